@@ -1,0 +1,32 @@
+"""The embedded default: a small ViT pretrained with I-JEPA on Fashion-MNIST, on the CPU.
+
+28x28 grey images, 4x4 patches (a 7x7 grid), the corrected mask sampler with
+min_keep lowered to 4 (the official 10 is more than a 7x7 grid's target blocks
+hold), float32 compute (bf16 matmuls are slow on CPUs), and a final linear
+probe of the target encoder against the same network at random initialisation.
+"""
+from ijepa_jax.recipes import base_config
+
+
+def get_config():
+  c = base_config()
+  c.batch_size = 128
+  c.num_epochs = 1.0
+  c.log_every = 25
+  c.model.variant = 'custom'
+  c.model.width = 64
+  c.model.depth = 4
+  c.model.num_heads = 4
+  c.model.patch_size = 4
+  c.model.pred_width = 32
+  c.model.pred_depth = 2
+  c.model.dtype = 'float32'
+  c.data.dataset = 'fashion_mnist'
+  c.data.image_size = 28
+  c.data.channels = 1
+  c.data.dataset_size = 60000
+  c.masks.mode = 'corrected'
+  c.masks.min_keep = 4
+  c.optim.warmup_epochs = 0.1
+  c.probe.enabled = True
+  return c

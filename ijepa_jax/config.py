@@ -1,0 +1,151 @@
+"""From an ml_collections config to validated pieces: model, masks, schedules.
+
+Every check here runs before anything is compiled; each error names the
+config field and what to change.
+"""
+
+import math
+
+import jax.numpy as jnp
+import ml_collections
+
+from ijepa_jax.masks import MaskConfig, MaskSampler, MODES
+from ijepa_jax.models import REMAT_POLICIES, VARIANTS, Predictor, VisionTransformer
+from ijepa_jax.objective import LOSSES
+from ijepa_jax.schedules import Schedules
+from ijepa_jax.sharding import mesh_shape
+from ijepa_jax.train_step import IJepa, make_optimizer
+
+DTYPES = {'bfloat16': jnp.bfloat16, 'float32': jnp.float32}
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the field and the fix."""
+
+
+def _require(ok: bool, message: str) -> None:
+  if not ok:
+    raise ConfigError(message)
+
+
+def encoder_dims(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+  """(width, depth, heads): the variant's, with any explicit override."""
+  m = config.model
+  _require(m.variant in VARIANTS or m.variant == 'custom',
+           f"model.variant={m.variant!r}: choose one of {sorted(VARIANTS)} or 'custom' "
+           '(then set model.width, model.depth, model.num_heads)')
+  base = VARIANTS.get(m.variant, (-1, -1, -1))
+  dims = tuple(v if v != -1 else b for v, b in zip((m.width, m.depth, m.num_heads), base))
+  for name, v in zip(('width', 'depth', 'num_heads'), dims):
+    _require(v > 0, f'model.{name}={v} must be a positive integer (required for variant=custom)')
+  return dims
+
+
+def grid(config: ml_collections.ConfigDict) -> tuple[int, int]:
+  n = config.data.image_size // config.model.patch_size
+  return (n, n)
+
+
+def mask_config(config: ml_collections.ConfigDict, local_batch: int) -> MaskConfig:
+  k = config.masks
+  return MaskConfig(
+      grid=grid(config), mode=k.mode, num_targets=k.num_targets,
+      target_scale=tuple(k.target_scale), target_aspect=tuple(k.target_aspect),
+      context_scale=tuple(k.context_scale), context_aspect=tuple(k.context_aspect),
+      min_keep=k.min_keep, context_len=None if k.context_len == -1 else k.context_len,
+      truncation_batch=k.truncation_batch)
+
+
+def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
+  if config.steps_per_epoch != -1:
+    return config.steps_per_epoch
+  return config.data.dataset_size // config.batch_size
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1) -> None:
+  """Raise ConfigError for the first value that cannot work (before any compile)."""
+  m, d, o = config.model, config.data, config.optim
+  width, depth, heads = encoder_dims(config)
+  _require(m.patch_size > 0, f'model.patch_size={m.patch_size} must be positive')
+  _require(d.image_size > 0 and d.image_size % m.patch_size == 0,
+           f'data.image_size={d.image_size} must be a positive multiple of model.patch_size='
+           f'{m.patch_size}; change one of them')
+  _require(d.image_size // m.patch_size >= 2,
+           f'data.image_size={d.image_size} / model.patch_size={m.patch_size} gives fewer than '
+           '2x2 patches; use larger images or smaller patches')
+  _require(width % heads == 0, f'model.width={width} must be divisible by model.num_heads={heads}')
+  _require(width % 4 == 0, f'model.width={width} must be divisible by 4 (2-D sin-cos positions)')
+  pred_heads = heads if m.pred_heads == -1 else m.pred_heads
+  _require(m.pred_width > 0 and m.pred_width % 4 == 0,
+           f'model.pred_width={m.pred_width} must be a positive multiple of 4')
+  _require(pred_heads > 0 and m.pred_width % pred_heads == 0,
+           f'model.pred_width={m.pred_width} must be divisible by the predictor heads ({pred_heads}; '
+           'set model.pred_heads)')
+  _require(m.pred_depth > 0, f'model.pred_depth={m.pred_depth} must be positive')
+  _require(m.mlp_ratio > 0, f'model.mlp_ratio={m.mlp_ratio} must be positive')
+  _require(m.dtype in DTYPES, f'model.dtype={m.dtype!r}: choose one of {sorted(DTYPES)}')
+  _require(m.remat_policy in REMAT_POLICIES,
+           f'model.remat_policy={m.remat_policy!r}: choose one of {sorted(REMAT_POLICIES)}')
+  _require(d.channels in (1, 3), f'data.channels={d.channels} must be 1 or 3')
+  _require(config.loss in LOSSES, f'loss={config.loss!r}: choose one of {LOSSES}')
+  _require(config.masks.mode in MODES, f'masks.mode={config.masks.mode!r}: choose one of {MODES}')
+  _require(config.batch_size > 0, f'batch_size={config.batch_size} must be positive')
+  try:
+    data_par, fsdp = mesh_shape(config.mesh.data, config.mesh.fsdp, num_devices)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  _require(config.batch_size % (data_par * fsdp) == 0,
+           f'batch_size={config.batch_size} must be divisible by the {data_par * fsdp} devices of '
+           f'the mesh ({data_par} data x {fsdp} fsdp); use a multiple of {data_par * fsdp}')
+  _require(config.batch_size % num_processes == 0,
+           f'batch_size={config.batch_size} must be divisible by the {num_processes} processes')
+  _require(config.num_epochs > 0, f'num_epochs={config.num_epochs} must be positive')
+  spe = steps_per_epoch(config)
+  _require(spe > 0, f'steps_per_epoch resolves to {spe}: data.dataset_size={d.dataset_size} is '
+           f'smaller than batch_size={config.batch_size}; lower batch_size or set steps_per_epoch')
+  _require(int(config.num_epochs * spe * o.ipe_scale) > 0,
+           'num_epochs * steps_per_epoch * optim.ipe_scale must be at least one step')
+  _require(config.max_steps == -1 or config.max_steps > 0,
+           f'max_steps={config.max_steps} must be positive or -1 (run every step)')
+  _require(o.warmup_epochs >= 0, f'optim.warmup_epochs={o.warmup_epochs} must be >= 0')
+  _require(o.ipe_scale >= 1.0, f'optim.ipe_scale={o.ipe_scale} must be >= 1 (it stretches the '
+           'schedules past the end of training; 1.0 in I-JEPA)')
+  for name in ('start_lr', 'lr', 'final_lr', 'weight_decay', 'final_weight_decay', 'grad_clip'):
+    v = o[name]
+    _require(math.isfinite(v) and v >= 0, f'optim.{name}={v} must be a finite number >= 0')
+  _require(len(o.ema) == 2 and 0 <= o.ema[0] <= o.ema[1] <= 1,
+           f'optim.ema={tuple(o.ema)} must be (start, end) with 0 <= start <= end <= 1')
+  _require(0 <= o.b1 < 1 and 0 <= o.b2 < 1 and o.eps > 0,
+           f'optim.b1={o.b1}, b2={o.b2} must be in [0, 1) and optim.eps={o.eps} positive')
+  _require(config.log_every > 0, f'log_every={config.log_every} must be positive')
+  try:
+    MaskSampler(mask_config(config, config.batch_size // num_processes))
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+
+
+def build_model(config: ml_collections.ConfigDict) -> IJepa:
+  """The static I-JEPA pieces (modules, optimizer, schedules) from a validated config."""
+  m, o = config.model, config.optim
+  width, depth, heads = encoder_dims(config)
+  dtype = DTYPES[m.dtype]
+  encoder = VisionTransformer(
+      patch_size=m.patch_size, width=width, depth=depth, num_heads=heads,
+      mlp_ratio=m.mlp_ratio, dtype=dtype, remat_policy=m.remat_policy)
+  predictor = Predictor(
+      grid=grid(config), embed_dim=width, width=m.pred_width, depth=m.pred_depth,
+      num_heads=heads if m.pred_heads == -1 else m.pred_heads, mlp_ratio=m.mlp_ratio,
+      dtype=dtype, remat_policy=m.remat_policy)
+  schedules = Schedules.from_epochs(
+      steps_per_epoch=steps_per_epoch(config), num_epochs=config.num_epochs,
+      warmup_epochs=o.warmup_epochs, ipe_scale=o.ipe_scale, start_lr=o.start_lr,
+      peak_lr=o.lr, final_lr=o.final_lr, weight_decay=o.weight_decay,
+      final_weight_decay=o.final_weight_decay, ema_start=o.ema[0], ema_end=o.ema[1])
+  optimizer = make_optimizer(schedules, b1=o.b1, b2=o.b2, eps=o.eps, grad_clip=o.grad_clip)
+  return IJepa(encoder, predictor, optimizer, schedules, config.loss)
+
+
+def total_steps(config: ml_collections.ConfigDict) -> int:
+  """Steps this run trains: num_epochs * steps_per_epoch, or max_steps if that is set."""
+  n = int(config.num_epochs * steps_per_epoch(config))
+  return n if config.max_steps == -1 else min(n, config.max_steps)

@@ -1,0 +1,280 @@
+"""Multi-block mask sampling on the host (numpy), with fixed output shapes.
+
+Each image gets M target blocks (rectangles of patches) and one context block
+made disjoint from every target block. Everything is vectorised over the
+batch; a batch is a pure function of (seed, step, process_index).
+
+Fixed shapes. The device step compiles once, so the sampler always returns
+
+  ctx_idx [B, Kc] int32, ctx_len [B] int32, tgt_idx [B, M, Kt] int32, tgt_len [B, M] int32
+
+with indices in raster order (index = row * W + col). Only the first `len`
+entries of a row are real; the rest are padding (index 0) that attention
+ignores as keys and the loss ignores. Kt is the largest area a target block
+can have under the config (computed exactly when the sampler is built), so
+target blocks are never cut. Kc is set as follows:
+
+* `official` mode reproduces the official sampler (facebookresearch/ijepa,
+  src/masks/multiblock.py) including its defects: (1) one random number draws
+  both a block's scale and aspect ratio; (2) block sizes are drawn once per
+  batch; (3) top/left are drawn with an exclusive upper bound and sizes are
+  clipped to <= H-1, so the last patch row and column are never used. The
+  official code then cuts every context to the *batch minimum* length in
+  raster order (defect 4), a length that varies from batch to batch. Fixed
+  shapes cannot follow that, so here every context is cut in raster order to
+  a fixed Kc: by default the mean batch-minimum length the official sampler
+  gives for the same grid and a batch of `truncation_batch` images (measured
+  once, when the sampler is built, by simulation). The mean context length
+  thus matches the official one, but the cut is per image (an image whose
+  context is shorter than Kc keeps all of it) instead of per batch.
+* `corrected` mode removes defects 1-4: scale and aspect ratio are drawn
+  independently, sizes are drawn per image, positions cover the whole grid
+  (blocks up to H x W), and nothing is cut: by default Kc is the largest
+  possible context. If the config sets a smaller `context_len`, longer
+  contexts are subsampled uniformly at random (not in raster order).
+
+Both modes: the context never overlaps a target block (the official code drops
+that constraint after 20 failed tries; we resample the image's target blocks
+instead), every block keeps more than `min_keep` patches, and sampling is
+bounded: an infeasible config raises ValueError when the sampler is built, and
+a batch that cannot be completed after a bounded number of retries raises
+RuntimeError instead of looping.
+"""
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+MODES = ('official', 'corrected')
+_MASK_STREAM = 0x6D61736B  # separates the mask RNG stream from other host streams
+_MAX_RETRIES = 64
+_ENUM_POINTS = 1001  # grid over a uniform draw, to find exact size extremes
+
+
+class MaskBatch(NamedTuple):
+  """Fixed-shape masks for a batch; see the module docstring."""
+  ctx_idx: np.ndarray  # [B, Kc] int32
+  ctx_len: np.ndarray  # [B] int32
+  tgt_idx: np.ndarray  # [B, M, Kt] int32
+  tgt_len: np.ndarray  # [B, M] int32
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskConfig:
+  """Mask settings; the defaults are the official I-JEPA configs'."""
+  grid: tuple[int, int]
+  mode: str = 'official'
+  num_targets: int = 4
+  target_scale: tuple[float, float] = (0.15, 0.2)
+  target_aspect: tuple[float, float] = (0.75, 1.5)
+  context_scale: tuple[float, float] = (0.85, 1.0)
+  context_aspect: tuple[float, float] = (1.0, 1.0)
+  min_keep: int = 10
+  context_len: int | None = None  # Kc; None derives it (module docstring)
+  truncation_batch: int = 128  # official mode: per-loader batch whose minimum sets Kc
+
+
+class MaskSampler:
+  """Builds (and validates) a multi-block sampler; call it to get a MaskBatch.
+
+  >>> sampler = MaskSampler(MaskConfig(grid=(14, 14)))
+  >>> masks = sampler(batch_size=8, seed=0, step=3, process_index=0)
+  >>> masks.ctx_idx.shape == (8, sampler.context_len)
+  True
+  """
+
+  def __init__(self, config: MaskConfig):
+    self.config = c = config
+    _validate(c)
+    self.height, self.width = c.grid
+    self.num_patches = self.height * self.width
+    self._official = c.mode == 'official'
+    lo_t, hi_t = self._area_range(c.target_scale, c.target_aspect)
+    lo_c, hi_c = self._area_range(c.context_scale, c.context_aspect)
+    if lo_t <= c.min_keep:
+      raise ValueError(
+          f'masks: target blocks can be as small as {lo_t} patches on a {self.height}x{self.width} '
+          f'grid, not more than min_keep={c.min_keep}; raise masks.target_scale, use larger '
+          f'images or smaller patches, or lower masks.min_keep.')
+    if lo_c <= c.min_keep:
+      raise ValueError(
+          f'masks: context blocks can be as small as {lo_c} patches, not more than '
+          f'min_keep={c.min_keep}; raise masks.context_scale or lower masks.min_keep.')
+    self.target_len = hi_t
+    if c.context_len is not None:
+      self.context_len = int(c.context_len)
+    elif self._official:
+      self.context_len = self._official_truncated_mean()
+    else:
+      self.context_len = hi_c
+    # A few batches now, so a setting that can't be sampled fails here, not mid-run.
+    self.sample(np.random.default_rng(0), 64)
+
+  # -- sizes -----------------------------------------------------------------
+
+  def _sizes(self, u_scale, u_aspect, scale, aspect):
+    """Official `_sample_block_size`, vectorised; returns integer (h, w) arrays."""
+    s = scale[0] + u_scale * (scale[1] - scale[0])
+    keep = np.floor(self.num_patches * s)
+    ar = aspect[0] + u_aspect * (aspect[1] - aspect[0])
+    h = np.round(np.sqrt(keep * ar)).astype(np.int64)
+    w = np.round(np.sqrt(keep / ar)).astype(np.int64)
+    cut = 1 if self._official else 0  # official: `while h >= height: h -= 1`
+    h = np.clip(h, 1, self.height - cut)
+    w = np.clip(w, 1, self.width - cut)
+    return h, w
+
+  def _area_range(self, scale, aspect) -> tuple[int, int]:
+    """Exact min and max block area, by enumerating the uniform draw(s)."""
+    u = np.linspace(0.0, 1.0, _ENUM_POINTS)
+    if self._official:
+      h, w = self._sizes(u, u, scale, aspect)
+    else:
+      h, w = self._sizes(u[:, None], u[None, :], scale, aspect)
+    area = h * w
+    return int(area.min()), int(area.max())
+
+  def _official_truncated_mean(self) -> int:
+    """Mean of the official per-batch minimum context length (simulated)."""
+    rng = np.random.default_rng([_MASK_STREAM, 1])
+    mins = [self._untruncated(rng, self.config.truncation_batch)[1].min() for _ in range(32)]
+    return int(math.ceil(float(np.mean(mins))))
+
+  # -- sampling --------------------------------------------------------------
+
+  def __call__(self, batch_size: int, seed: int, step: int, process_index: int = 0) -> MaskBatch:
+    """Masks for one host batch; a pure function of (seed, step, process_index)."""
+    rng = np.random.default_rng([_MASK_STREAM, seed, step, process_index])
+    return self.sample(rng, batch_size)
+
+  def sample(self, rng: np.random.Generator, batch_size: int) -> MaskBatch:
+    """Masks for `batch_size` images drawn from `rng`."""
+    ctx_mask, ctx_len, tgt_idx, tgt_len = self._untruncated(rng, batch_size)
+    kc = self.context_len
+    if self._official:
+      order_key = np.where(ctx_mask, 0.0, 1.0)  # raster order: keep the first kc
+    else:
+      order_key = np.where(ctx_mask, rng.random(ctx_mask.shape), 2.0)  # a random kc
+    keep = np.argsort(order_key, axis=1, kind='stable')[:, :kc]
+    ctx_len = np.minimum(ctx_len, kc)
+    valid = np.arange(kc)[None] < ctx_len[:, None]
+    ctx_idx = np.where(valid, np.sort(np.where(valid, keep, self.num_patches), axis=1), 0)
+    return MaskBatch(ctx_idx.astype(np.int32), ctx_len.astype(np.int32),
+                     tgt_idx.astype(np.int32), tgt_len.astype(np.int32))
+
+  def _target_sizes(self, rng, b, m):
+    c = self.config
+    if self._official:  # one draw for scale and aspect, one size per batch
+      u = rng.random()
+      h, w = self._sizes(u, u, c.target_scale, c.target_aspect)
+      return np.full((b, m), h), np.full((b, m), w)
+    return self._sizes(rng.random((b, m)), rng.random((b, m)), c.target_scale, c.target_aspect)
+
+  def _context_sizes(self, rng, b):
+    c = self.config
+    if self._official:
+      u = rng.random()
+      h, w = self._sizes(u, u, c.context_scale, c.context_aspect)
+      return np.full((b,), h), np.full((b,), w)
+    return self._sizes(rng.random(b), rng.random(b), c.context_scale, c.context_aspect)
+
+  def _untruncated(self, rng, b):
+    """-> ctx_mask [B, N] bool, ctx_len [B], tgt_idx [B, M, Kt], tgt_len [B, M]."""
+    m, hh, ww = self.config.num_targets, self.height, self.width
+    th, tw = self._target_sizes(rng, b, m)
+    ch, cw = self._context_sizes(rng, b)
+    top, left = np.zeros((b, m), np.int64), np.zeros((b, m), np.int64)
+    ctop, cleft = np.zeros(b, np.int64), np.zeros(b, np.int64)
+    todo = np.arange(b)
+    for _ in range(_MAX_RETRIES):
+      top[todo], left[todo] = self._positions(rng, th[todo], tw[todo])
+      union = _union(top[todo], left[todo], th[todo], tw[todo], hh, ww)
+      ok, ctop[todo], cleft[todo] = self._context_position(rng, union, ch[todo], cw[todo])
+      todo = todo[~ok]
+      if todo.size == 0:
+        break
+    else:
+      raise RuntimeError(
+          f'masks: no context block with more than min_keep={self.config.min_keep} patches '
+          f'outside the target blocks after {_MAX_RETRIES} tries; lower masks.min_keep or '
+          f'masks.target_scale, or raise masks.context_scale.')
+    union = _union(top, left, th, tw, hh, ww)
+    ctx_mask = (_rect(ctop[:, None], cleft[:, None], ch[:, None], cw[:, None], hh, ww)[:, 0]
+                & ~union).reshape(b, -1)
+    # Targets are whole rectangles: index i < h*w of a block is (top + i // w, left + i % w).
+    i = np.arange(self.target_len)
+    rows = top[..., None] + i // tw[..., None]
+    cols = left[..., None] + i % tw[..., None]
+    tgt_len = th * tw
+    tgt_idx = np.where(i < tgt_len[..., None], rows * ww + cols, 0)
+    return ctx_mask, ctx_mask.sum(1), tgt_idx, tgt_len
+
+  def _positions(self, rng, h, w):
+    """Top-left corners; the official bound is exclusive (randint(0, H - h))."""
+    extra = 0 if self._official else 1
+    return (rng.integers(0, self.height - h + extra),
+            rng.integers(0, self.width - w + extra))
+
+  def _context_position(self, rng, union, h, w):
+    """A uniformly chosen context corner among those keeping > min_keep free patches.
+
+    The official rejection loop (uniform corner, redraw while too few patches
+    survive) samples this same distribution. Returns (found [B], top, left).
+    """
+    b, hh, ww = union.shape
+    integral = np.zeros((b, hh + 1, ww + 1), np.int32)
+    integral[:, 1:, 1:] = union.cumsum(1).cumsum(2)
+    extra = 0 if self._official else 1
+    t = np.arange(hh)[None, :, None]
+    l = np.arange(ww)[None, None, :]
+    h3, w3 = h[:, None, None], w[:, None, None]
+    inside = (t < hh - h3 + extra) & (l < ww - w3 + extra)
+    bi = np.arange(b)[:, None, None]
+    t2, l2 = np.minimum(t + h3, hh), np.minimum(l + w3, ww)
+    covered = integral[bi, t2, l2] - integral[bi, t, l2] - integral[bi, t2, l] + integral[bi, t, l]
+    ok = inside & (h3 * w3 - covered > self.config.min_keep)
+    score = np.where(ok, rng.random(ok.shape), -1.0).reshape(b, -1)
+    pick = score.argmax(1)
+    return ok.reshape(b, -1).any(1), pick // ww, pick % ww
+
+
+def _rect(top, left, h, w, hh, ww):
+  """Boolean masks [..., H, W] of rectangles."""
+  r = np.arange(hh)
+  c = np.arange(ww)
+  in_r = (r >= top[..., None]) & (r < (top + h)[..., None])
+  in_c = (c >= left[..., None]) & (c < (left + w)[..., None])
+  return in_r[..., :, None] & in_c[..., None, :]
+
+
+def _union(top, left, h, w, hh, ww):
+  return _rect(top, left, h, w, hh, ww).any(axis=1)
+
+
+def _validate(c: MaskConfig) -> None:
+  def pair(name, lo, hi, low_ok, high_ok):
+    v = getattr(c, name)
+    if len(v) != 2 or not (low_ok(v[0]) and v[0] <= v[1] and high_ok(v[1])):
+      raise ValueError(f'masks.{name}={tuple(v)} must be a pair (lo, hi) with {lo} and lo <= hi{hi}')
+
+  if c.mode not in MODES:
+    raise ValueError(f"masks.mode={c.mode!r}: choose one of {MODES}")
+  h, w = c.grid
+  if h < 2 or w < 2:
+    raise ValueError(f'masks: the patch grid {h}x{w} is too small; use a grid of at least 2x2 '
+                     '(larger images or smaller patches)')
+  if c.num_targets < 1:
+    raise ValueError(f'masks.num_targets={c.num_targets} must be >= 1')
+  if c.min_keep < 0:
+    raise ValueError(f'masks.min_keep={c.min_keep} must be >= 0')
+  pair('target_scale', '0 < lo', ' <= 1', lambda x: x > 0, lambda x: x <= 1)
+  pair('context_scale', '0 < lo', ' <= 1', lambda x: x > 0, lambda x: x <= 1)
+  pair('target_aspect', '0 < lo', '', lambda x: x > 0, lambda x: True)
+  pair('context_aspect', '0 < lo', '', lambda x: x > 0, lambda x: True)
+  if c.context_len is not None and not 0 < c.context_len <= h * w:
+    raise ValueError(f'masks.context_len={c.context_len} must be in [1, {h * w}] (the grid size) '
+                     'or None to derive it')
+  if c.truncation_batch < 1:
+    raise ValueError(f'masks.truncation_batch={c.truncation_batch} must be >= 1')

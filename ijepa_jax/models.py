@@ -1,0 +1,239 @@
+"""The I-JEPA Vision Transformer encoder and predictor (Flax linen).
+
+Parameter names follow the official PyTorch modules one to one so that their
+checkpoints map onto ours: `patch_embed/proj`, `blocks/{norm1,attn/{qkv,proj},
+norm2,mlp/{fc1,fc2}}`, `norm` for the encoder; `predictor_embed`, `mask_token`,
+`predictor_blocks`, `predictor_norm`, `predictor_proj` for the predictor. The
+blocks run under `nn.scan`, so each block parameter carries a leading `[depth]`
+axis (the official `blocks.{i}` is slice i). Position tables are fixed
+constants, not parameters, as in the official code (`requires_grad=False`).
+
+Compute runs in `dtype` (bf16 by default); parameters, LayerNorm, softmax and
+the residual stream stay in float32.
+"""
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ijepa_jax.pos_embed import sincos_2d
+
+# width, depth, heads (MLP hidden = 4 * width), as in the official code.
+VARIANTS: dict[str, tuple[int, int, int]] = {
+    'tiny': (192, 12, 3),
+    'small': (384, 12, 6),
+    'base': (768, 12, 12),
+    'large': (1024, 24, 16),
+    'huge': (1280, 32, 16),
+    'giant': (1408, 40, 16),
+}
+
+LN_EPS = 1e-6
+INIT_STD = 0.02
+REMAT_POLICIES: dict[str, Callable | None] = {
+    'none': None,
+    'full': jax.checkpoint_policies.nothing_saveable,
+    'dots_saveable': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _dense(features: int, axes: tuple[str | None, str | None], dtype: Any, name: str) -> nn.Dense:
+  return nn.Dense(
+      features, dtype=dtype, param_dtype=jnp.float32, name=name,
+      kernel_init=nn.with_logical_partitioning(nn.initializers.normal(INIT_STD), axes),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)))
+
+
+def _layer_norm(name: str, axis_name: str = 'embed') -> nn.LayerNorm:
+  return nn.LayerNorm(
+      epsilon=LN_EPS, dtype=jnp.float32, param_dtype=jnp.float32, name=name,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones, (axis_name,)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axis_name,)))
+
+
+def gather_tokens(x: jax.Array, idx: jax.Array) -> jax.Array:
+  """x [B, N, D], idx [B, K] int -> [B, K, D]."""
+  return jnp.take_along_axis(x, idx[..., None].astype(jnp.int32), axis=1)
+
+
+def key_mask(lengths: jax.Array, size: int) -> jax.Array:
+  """Valid-key mask [B, 1, 1, size] for sequences whose first `lengths` tokens are real."""
+  return (jnp.arange(size)[None, :] < lengths[:, None])[:, None, None, :]
+
+
+class Mlp(nn.Module):
+  hidden: int
+  dtype: Any = jnp.bfloat16
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    d = x.shape[-1]
+    x = _dense(self.hidden, ('embed', 'mlp'), self.dtype, 'fc1')(x)
+    x = nn.gelu(x, approximate=False)  # the official nn.GELU() is the exact (erf) form
+    return _dense(d, ('mlp', 'embed'), self.dtype, 'fc2')(x)
+
+
+class Attention(nn.Module):
+  num_heads: int
+  dtype: Any = jnp.bfloat16
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
+    b, n, d = x.shape
+    hd = d // self.num_heads
+    # Packed as [q all heads | k all heads | v all heads], as the official qkv Linear.
+    qkv = _dense(3 * d, ('embed', 'qkv'), self.dtype, 'qkv')(x)
+    q, k, v = jnp.moveaxis(qkv.reshape(b, n, 3, self.num_heads, hd), 2, 0)
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=hd ** -0.5)  # [B, N, H, hd]
+    return _dense(d, ('heads', 'embed'), self.dtype, 'proj')(out.reshape(b, n, d))
+
+
+class Block(nn.Module):
+  """Pre-norm transformer block; the residual stream stays float32."""
+  num_heads: int
+  mlp_hidden: int
+  dtype: Any = jnp.bfloat16
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, None]:
+    x = nn.with_logical_constraint(x, ('batch', 'length', 'act_embed'))
+    x = x + Attention(self.num_heads, self.dtype, name='attn')(_layer_norm('norm1')(x), mask)
+    x = x + Mlp(self.mlp_hidden, self.dtype, name='mlp')(_layer_norm('norm2')(x))
+    return x.astype(jnp.float32), None
+
+
+class BlockStack(nn.Module):
+  """`depth` Blocks under nn.scan (compile time flat in depth) and nn.remat."""
+  depth: int
+  num_heads: int
+  mlp_hidden: int
+  dtype: Any = jnp.bfloat16
+  remat_policy: str = 'none'
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
+    block = Block
+    if self.remat_policy != 'none':
+      block = nn.remat(Block, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=False)
+    stack = nn.scan(
+        block, variable_axes={'params': 0}, split_rngs={'params': True},
+        in_axes=(nn.broadcast,), length=self.depth,
+        metadata_params={nn.PARTITION_NAME: 'layers'})
+    x, _ = stack(self.num_heads, self.mlp_hidden, self.dtype, name='layers')(x, mask)
+    return x
+
+
+class PatchEmbed(nn.Module):
+  patch_size: int
+  width: int
+  dtype: Any = jnp.bfloat16
+
+  @nn.compact
+  def __call__(self, images: jax.Array) -> jax.Array:
+    p = self.patch_size
+    x = nn.Conv(
+        self.width, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype,
+        param_dtype=jnp.float32, name='proj',
+        kernel_init=nn.with_logical_partitioning(
+            nn.initializers.normal(INIT_STD), (None, None, None, 'embed')),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)))(images)
+    b, h, w, d = x.shape
+    return x.reshape(b, h * w, d)  # raster order: index = row * W + col
+
+
+class VisionTransformer(nn.Module):
+  """I-JEPA ViT encoder: patches -> + sin-cos positions -> keep tokens -> blocks -> LayerNorm.
+
+  No class token, pooling or head. Call with images [B, H, W, C] (channels
+  last) and optionally `keep_idx` [B, K] (patch indices in raster order) with
+  `keep_len` [B] (only the first keep_len[b] of row b are real; the rest is
+  padding, ignored as attention keys). Returns tokens [B, K or N, width] float32.
+  """
+  patch_size: int = 16
+  width: int = 768
+  depth: int = 12
+  num_heads: int = 12
+  mlp_ratio: float = 4.0
+  dtype: Any = jnp.bfloat16
+  remat_policy: str = 'none'
+
+  @nn.compact
+  def __call__(self, images: jax.Array, keep_idx: jax.Array | None = None,
+               keep_len: jax.Array | None = None) -> jax.Array:
+    h, w = images.shape[1] // self.patch_size, images.shape[2] // self.patch_size
+    x = PatchEmbed(self.patch_size, self.width, self.dtype, name='patch_embed')(images)
+    x = x.astype(jnp.float32) + jnp.asarray(sincos_2d(self.width, (h, w)))[None]
+    mask = None
+    if keep_idx is not None:
+      x = gather_tokens(x, keep_idx)  # after adding positions, as the official code
+      if keep_len is not None:
+        mask = key_mask(keep_len, keep_idx.shape[1])
+    x = BlockStack(self.depth, self.num_heads, int(self.width * self.mlp_ratio), self.dtype,
+                   self.remat_policy, name='blocks')(x, mask)
+    return _layer_norm('norm')(x)
+
+
+class Predictor(nn.Module):
+  """I-JEPA predictor: narrow ViT over context tokens + one mask token per target patch.
+
+  ctx [B, Kc, D] (context-encoder output), ctx_idx [B, Kc], ctx_len [B],
+  tgt_idx [B, M, Kt], tgt_len [B, M] -> predictions [B, M, Kt, D] float32.
+  Each of the M target blocks is its own sequence [context | its mask tokens],
+  so target blocks never attend to each other. Padding (index >= length) is
+  masked out as attention keys; its outputs are meaningless.
+  """
+  grid: tuple[int, int] = (14, 14)
+  embed_dim: int = 768
+  width: int = 384
+  depth: int = 12
+  num_heads: int = 12
+  mlp_ratio: float = 4.0
+  dtype: Any = jnp.bfloat16
+  remat_policy: str = 'none'
+
+  @nn.compact
+  def __call__(self, ctx: jax.Array, ctx_idx: jax.Array, ctx_len: jax.Array,
+               tgt_idx: jax.Array, tgt_len: jax.Array) -> jax.Array:
+    b, kc, _ = ctx.shape
+    m, kt = tgt_idx.shape[1], tgt_idx.shape[2]
+    pos = jnp.asarray(sincos_2d(self.width, self.grid))  # [N, Dp]
+    x = _dense(self.width, ('embed', 'pred_embed'), self.dtype, 'predictor_embed')(ctx)
+    x = x.astype(jnp.float32) + pos[ctx_idx]  # [B, Kc, Dp]
+    mask_token = self.param(
+        'mask_token',
+        nn.with_logical_partitioning(nn.initializers.normal(INIT_STD), (None, None, 'pred_embed')),
+        (1, 1, self.width), jnp.float32)
+    tgt = mask_token[None] + pos[tgt_idx]  # [B, M, Kt, Dp]
+    x = jnp.broadcast_to(x[:, None], (b, m, kc, self.width))
+    x = jnp.concatenate([x, tgt], axis=2).reshape(b * m, kc + kt, self.width)
+    valid = jnp.concatenate([
+        jnp.broadcast_to((jnp.arange(kc)[None] < ctx_len[:, None])[:, None], (b, m, kc)),
+        jnp.arange(kt)[None, None] < tgt_len[..., None]], axis=2)
+    mask = valid.reshape(b * m, 1, 1, kc + kt)
+    x = BlockStack(self.depth, self.num_heads, int(self.width * self.mlp_ratio), self.dtype,
+                   self.remat_policy, name='predictor_blocks')(x, mask)
+    x = _layer_norm('predictor_norm', 'pred_embed')(x)[:, kc:]
+    x = _dense(self.embed_dim, ('pred_embed', 'embed'), self.dtype, 'predictor_proj')(x)
+    return x.astype(jnp.float32).reshape(b, m, kt, self.embed_dim)
+
+
+def rescale_residual_init(params: Any) -> Any:
+  """The official `fix_init_weight`: divide block i's attn.proj and mlp.fc2 kernels by sqrt(2 (i+1)).
+
+  Takes a module's unboxed params (any dict holding a scanned block stack
+  `layers`) and returns a copy with those kernels rescaled.
+  """
+  if not isinstance(params, dict):
+    return params
+  out = {k: rescale_residual_init(v) for k, v in params.items()}
+  layers = out.get('layers')
+  if isinstance(layers, dict) and 'attn' in layers:
+    depth = layers['attn']['proj']['kernel'].shape[0]
+    scale = jnp.asarray(1.0 / np.sqrt(2.0 * np.arange(1, depth + 1)), jnp.float32)
+    for mod, sub in (('attn', 'proj'), ('mlp', 'fc2')):
+      kernel = layers[mod][sub]['kernel']
+      layers[mod][sub]['kernel'] = kernel * scale.reshape((-1,) + (1,) * (kernel.ndim - 1))
+  return out

@@ -1,0 +1,95 @@
+"""Config defaults and the paper's recipes, shared by the files in configs/.
+
+`base_config()` lists every field the trainer reads, with the official
+I-JEPA values; `paper_recipe(...)` fills in one of the paper's models.
+"""
+
+import ml_collections
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every config field, with the official I-JEPA defaults (ViT-H/14 ImageNet-1K)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.batch_size = 2048          # global batch, over all processes and devices
+  c.num_epochs = 300.0
+  c.steps_per_epoch = -1       # -1: dataset size // batch_size (IN-1K at 2048: 625)
+  c.max_steps = -1             # stop early (schedules keep their full length); -1: run all
+  c.loss = 'smooth_l1'         # or 'l2'
+  c.log_every = 50
+
+  c.model = ml_collections.ConfigDict()
+  c.model.variant = 'huge'     # tiny small base large huge giant, or 'custom' (width/depth/heads)
+  c.model.width = -1           # -1: from the variant
+  c.model.depth = -1
+  c.model.num_heads = -1
+  c.model.patch_size = 14
+  c.model.mlp_ratio = 4.0
+  c.model.pred_width = 384
+  c.model.pred_depth = 12
+  c.model.pred_heads = -1      # -1: the encoder's number of heads (official)
+  c.model.dtype = 'bfloat16'   # compute dtype; parameters stay float32
+  c.model.remat_policy = 'none'  # none, full, dots_saveable
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dataset = 'imagenet2012'  # or 'fashion_mnist'
+  c.data.data_dir = ''         # '' : the dataset's default location
+  c.data.image_size = 224
+  c.data.channels = 3
+  c.data.dataset_size = 1281167  # training images; sets steps_per_epoch when it is -1
+
+  c.masks = ml_collections.ConfigDict()
+  c.masks.mode = 'official'    # or 'corrected' (ijepa_jax/masks.py)
+  c.masks.num_targets = 4
+  c.masks.target_scale = (0.15, 0.2)
+  c.masks.target_aspect = (0.75, 1.5)
+  c.masks.context_scale = (0.85, 1.0)
+  c.masks.context_aspect = (1.0, 1.0)
+  c.masks.min_keep = 10
+  c.masks.context_len = -1     # -1: derived (ijepa_jax/masks.py)
+  c.masks.truncation_batch = 128  # official per-GPU batch (2048 on 16 GPUs)
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.start_lr = 2e-4
+  c.optim.lr = 1e-3
+  c.optim.final_lr = 1e-6
+  c.optim.warmup_epochs = 40.0
+  c.optim.weight_decay = 0.04
+  c.optim.final_weight_decay = 0.4
+  c.optim.ema = (0.996, 1.0)
+  c.optim.ipe_scale = 1.0
+  c.optim.grad_clip = 0.0      # 0: none (official)
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-8
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1             # -1: the rest of the devices
+  c.mesh.fsdp = 1
+
+  c.probe = ml_collections.ConfigDict()
+  c.probe.enabled = False      # final linear probe (needs a labelled dataset)
+  c.probe.train_examples = 10000
+  c.probe.test_examples = 10000
+  c.probe.steps = 500
+  return c
+
+
+def paper_recipe(variant: str, patch_size: int, image_size: int, epochs: float,
+                 warmup_epochs: float, pred_depth: int = 12,
+                 dataset: str = 'imagenet2012') -> ml_collections.ConfigDict:
+  """One of the paper's ImageNet recipes (DESIGN.md); everything else is official default."""
+  c = base_config()
+  c.model.variant = variant
+  c.model.patch_size = patch_size
+  c.model.pred_depth = pred_depth
+  c.data.dataset = dataset
+  c.data.image_size = image_size
+  c.num_epochs = float(epochs)
+  c.optim.warmup_epochs = float(warmup_epochs)
+  if dataset == 'imagenet21k':  # ImageNet-22K (full, 21,841 classes)
+    c.data.dataset_size = 14197122
+  return c

@@ -1,0 +1,69 @@
+"""Device mesh, logical-axis rules and the shardings of state and batch.
+
+Every parameter dimension carries a logical name (models.py); this one table
+maps logical names to the mesh axes `data` and `fsdp`. Pure data parallelism is
+the mesh (N, 1); FSDP is the same rules on a mesh with fsdp > 1.
+"""
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+MESH_AXES = ('data', 'fsdp')
+BATCH_AXES = ('data', 'fsdp')  # the batch is split over every device
+
+LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
+    ('batch', BATCH_AXES),
+    ('embed', 'fsdp'),       # encoder width: FSDP shards each large weight along it
+    ('pred_embed', 'fsdp'),  # predictor width
+    ('mlp', None),
+    ('qkv', None),
+    ('heads', None),
+    ('layers', None),        # the scanned depth axis
+    ('length', None),
+    ('act_embed', None),
+)
+
+
+def mesh_shape(data: int, fsdp: int, num_devices: int) -> tuple[int, int]:
+  """Resolve -1 ("the rest") in a (data, fsdp) mesh request; error if it can't fit."""
+  sizes = [data, fsdp]
+  if sizes.count(-1) > 1:
+    raise ValueError('mesh: at most one of mesh.data, mesh.fsdp may be -1')
+  known = int(np.prod([s for s in sizes if s != -1]))
+  if any(s == 0 or s < -1 for s in sizes) or num_devices % known:
+    raise ValueError(f'mesh: mesh.data={data} x mesh.fsdp={fsdp} does not divide the '
+                     f'{num_devices} devices; use sizes whose product is {num_devices} (or -1)')
+  sizes = [num_devices // known if s == -1 else s for s in sizes]
+  if sizes[0] * sizes[1] != num_devices:
+    raise ValueError(f'mesh: mesh.data={sizes[0]} x mesh.fsdp={sizes[1]} must use all '
+                     f'{num_devices} devices')
+  return sizes[0], sizes[1]
+
+
+def make_mesh(data: int = -1, fsdp: int = 1,
+              devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+  """A (data, fsdp) mesh over `devices` (default: all), Auto axis types."""
+  devices = list(devices if devices is not None else jax.devices())
+  shape = mesh_shape(data, fsdp, len(devices))
+  return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 2,
+                       devices=devices)
+
+
+def logical_shardings(abstract_boxed: Any, mesh: jax.sharding.Mesh,
+                      rules=LOGICAL_RULES) -> Any:
+  """NamedShardings for a (possibly partly) logically-boxed abstract pytree."""
+  specs = nn.get_partition_spec(abstract_boxed)
+  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+  """Leading (batch) dimension split over all devices; the rest replicated."""
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())

@@ -1,0 +1,142 @@
+"""Train state, optimizer and the pure I-JEPA update.
+
+`IJepa` bundles the static pieces (modules, optimizer, schedules, loss kind);
+`create_train_state` and `train_step` are pure functions of arrays that a user
+can call inside their own `jax.jit`.
+"""
+
+import dataclasses
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from ijepa_jax.models import Predictor, VisionTransformer, gather_tokens, rescale_residual_init
+from ijepa_jax.objective import jepa_loss, normalize_targets
+from ijepa_jax.schedules import Schedules
+
+Batch = dict[str, jax.Array]  # images [B,H,W,C], ctx_idx [B,Kc], ctx_len [B], tgt_idx [B,M,Kt], tgt_len [B,M]
+
+
+@flax.struct.dataclass
+class TrainState:
+  """step, params {'encoder', 'predictor'}, target_params (EMA encoder), opt_state."""
+  step: jax.Array
+  params: Any
+  target_params: Any
+  opt_state: Any
+
+
+def decay_mask(params: Any) -> Any:
+  """True where weight decay applies: kernels and the mask token.
+
+  The official rule is "not a bias and not 1-D"; under nn.scan biases and
+  LayerNorm scales gain a depth axis, so we select by name instead: `bias`
+  and LayerNorm `scale` are exempt, every other parameter is decayed.
+  """
+  def decayed(path, _):
+    names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+    return names[-1] not in ('bias', 'scale')
+  return jax.tree_util.tree_map_with_path(decayed, params)
+
+
+def make_optimizer(schedules: Schedules, *, b1: float = 0.9, b2: float = 0.999,
+                   eps: float = 1e-8, grad_clip: float = 0.0) -> optax.GradientTransformation:
+  """AdamW as torch.optim.AdamW with the official lr / wd schedules and decay mask.
+
+  Update: p -= lr * (adam(g) + wd * p) on decayed params; optional global-norm
+  clipping first (the official recipe uses none: grad_clip = 0).
+  """
+  parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
+  parts += [
+      optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+      optax.add_decayed_weights(schedules.weight_decay_at, mask=decay_mask),
+      optax.scale_by_learning_rate(schedules.learning_rate),
+  ]
+  return optax.chain(*parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class IJepa:
+  """The static half of I-JEPA training: modules, optimizer, schedules, loss kind."""
+  encoder: VisionTransformer
+  predictor: Predictor
+  optimizer: optax.GradientTransformation
+  schedules: Schedules
+  loss: str = 'smooth_l1'
+
+
+def create_train_state(model: IJepa, rng: jax.Array, batch: Batch) -> TrainState:
+  """Initialise params with the official init, the EMA copy and the optimizer state.
+
+  `batch` only supplies shapes (abstract arrays are fine). Parameters stay
+  wrapped in logical-partitioning boxes so `jax.eval_shape` of this function
+  yields the sharding specs; call `nn.unbox` on the result (the trainer does).
+  """
+  k_enc, k_pred = jax.random.split(rng)
+  enc = model.encoder.init(k_enc, batch['images'], batch['ctx_idx'], batch['ctx_len'])['params']
+  ctx = jax.eval_shape(model.encoder.apply, {'params': enc}, batch['images'],
+                       batch['ctx_idx'], batch['ctx_len'])
+  pred = model.predictor.init(k_pred, jnp.zeros(ctx.shape, ctx.dtype), batch['ctx_idx'],
+                              batch['ctx_len'], batch['tgt_idx'], batch['tgt_len'])['params']
+  enc, pred = _rescale_boxed(enc), _rescale_boxed(pred)
+  params = {'encoder': enc, 'predictor': pred}
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    target_params=jax.tree.map(jnp.copy, enc),
+                    opt_state=model.optimizer.init(params))
+
+
+def _rescale_boxed(params):
+  """Apply the official residual-branch init rescale underneath logical boxes."""
+  unboxed = rescale_residual_init(nn.unbox(params))
+  return jax.tree.map(lambda box, v: box.replace_boxed(v) if isinstance(box, nn.Partitioned) else v,
+                      params, unboxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+
+def compute_loss(model: IJepa, params: Any, target_params: Any, batch: Batch) -> jax.Array:
+  """The I-JEPA loss for `params` against the (gradient-free) target encoder."""
+  h = model.encoder.apply({'params': target_params}, batch['images'])  # [B, N, D]
+  h = normalize_targets(h)
+  b, m, kt = batch['tgt_idx'].shape
+  targets = gather_tokens(h, batch['tgt_idx'].reshape(b, m * kt)).reshape(b, m, kt, -1)
+  targets = jax.lax.stop_gradient(targets)
+  z = model.encoder.apply({'params': params['encoder']}, batch['images'],
+                          batch['ctx_idx'], batch['ctx_len'])
+  pred = model.predictor.apply({'params': params['predictor']}, z, batch['ctx_idx'],
+                               batch['ctx_len'], batch['tgt_idx'], batch['tgt_len'])
+  return jepa_loss(pred, targets, batch['tgt_len'], model.loss)
+
+
+def ema_update(target: Any, online: Any, momentum: jax.Array) -> Any:
+  """target <- m * target + (1 - m) * online, leaf by leaf (float32)."""
+  return jax.tree.map(lambda t, o: t * momentum + (1.0 - momentum) * o, target, online)
+
+
+def train_step(model: IJepa, state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
+  """One I-JEPA update: loss -> grads -> AdamW -> EMA of the target encoder.
+
+  Pure; jit it (the trainer jits it with shardings and a donated state).
+  Returns the new state and scalar metrics.
+  """
+  loss, grads = jax.value_and_grad(compute_loss, argnums=1)(
+      model, state.params, state.target_params, batch)
+  updates, opt_state = model.optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  momentum = model.schedules.momentum(state.step)
+  target_params = ema_update(state.target_params, params['encoder'], momentum)
+  metrics = {
+      'loss': loss,
+      'lr': model.schedules.learning_rate(state.step),
+      'weight_decay': model.schedules.weight_decay_at(state.step),
+      'momentum': momentum,
+      'grad_norm': optax.global_norm(grads),
+      'param_norm': optax.global_norm(params),
+      'context_len': batch['ctx_len'].astype(jnp.float32).mean(),
+      'target_len': batch['tgt_len'].astype(jnp.float32).mean(),
+  }
+  new_state = TrainState(step=state.step + 1, params=params, target_params=target_params,
+                         opt_state=opt_state)
+  return new_state, metrics
