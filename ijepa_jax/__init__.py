@@ -1,0 +1,25 @@
+"""ijepa-jax: I-JEPA (Assran et al., CVPR 2023) in JAX/Flax.
+
+The pure building blocks, usable inside your own `jax.jit`:
+
+- `VisionTransformer`, `Predictor`, `VARIANTS`: the encoder and predictor (Flax linen).
+- `sincos_2d`: the fixed 2-D position table in the official layout.
+- `MaskConfig`, `MaskSampler`, `MaskBatch`: host-side multi-block masks, fixed shapes.
+- `normalize_targets`, `jepa_loss`: the objective.
+- `Schedules`, `make_optimizer`: official lr / weight-decay / EMA schedules and AdamW.
+- `IJepa`, `TrainState`, `create_train_state`, `train_step`, `compute_loss`, `ema_update`.
+"""
+
+from ijepa_jax.masks import MaskBatch, MaskConfig, MaskSampler
+from ijepa_jax.models import VARIANTS, Predictor, VisionTransformer
+from ijepa_jax.objective import jepa_loss, normalize_targets
+from ijepa_jax.pos_embed import sincos_2d
+from ijepa_jax.schedules import Schedules
+from ijepa_jax.train_step import (IJepa, TrainState, compute_loss, create_train_state,
+                                  ema_update, make_optimizer, train_step)
+
+__all__ = [
+    'VARIANTS', 'VisionTransformer', 'Predictor', 'sincos_2d', 'MaskConfig', 'MaskSampler',
+    'MaskBatch', 'normalize_targets', 'jepa_loss', 'Schedules', 'make_optimizer', 'IJepa',
+    'TrainState', 'create_train_state', 'train_step', 'compute_loss', 'ema_update',
+]

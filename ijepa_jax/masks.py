@@ -103,14 +103,14 @@ class MaskSampler:
           f'masks: context blocks can be as small as {lo_c} patches, not more than '
           f'min_keep={c.min_keep}; raise masks.context_scale or lower masks.min_keep.')
     self.target_len = hi_t
-    if c.context_len is not None:
-      self.context_len = int(c.context_len)
-    elif self._official:
-      self.context_len = self._official_truncated_mean()
-    else:
-      self.context_len = hi_c
-    # A few batches now, so a setting that can't be sampled fails here, not mid-run.
-    self.sample(np.random.default_rng(0), 64)
+    self.context_len = hi_c if c.context_len is None else int(c.context_len)
+    # Sampling now (a few batches) makes a setting that can't be sampled fail here, not mid-run.
+    try:
+      if c.context_len is None and self._official:
+        self.context_len = self._official_truncated_mean()
+      self.sample(np.random.default_rng(0), 64)
+    except RuntimeError as e:
+      raise ValueError(f'masks: infeasible setting: {e}') from None
 
   # -- sizes -----------------------------------------------------------------
 

@@ -1,0 +1,141 @@
+import numpy as np
+import pytest
+
+from ijepa_jax.masks import MaskConfig, MaskSampler
+from tests.reference.official_multiblock import official_masks, official_masks_untruncated
+
+
+def rect_of(idx, w):
+  r, c = np.divmod(idx, w)
+  return r.min(), r.max(), c.min(), c.max()
+
+
+def check_batch(s, mb, b):
+  m, n = s.config.num_targets, s.num_patches
+  assert mb.ctx_idx.shape == (b, s.context_len) and mb.ctx_idx.dtype == np.int32
+  assert mb.tgt_idx.shape == (b, m, s.target_len) and mb.tgt_idx.dtype == np.int32
+  assert mb.ctx_len.shape == (b,) and mb.tgt_len.shape == (b, m)
+  assert (mb.ctx_len > s.config.min_keep).all() and (mb.tgt_len > s.config.min_keep).all()
+  assert (mb.ctx_len <= s.context_len).all() and (mb.tgt_len <= s.target_len).all()
+  for i in range(b):
+    ctx = mb.ctx_idx[i, :mb.ctx_len[i]]
+    assert ((ctx >= 0) & (ctx < n)).all() and (np.diff(ctx) > 0).all()  # raster order, unique
+    assert (mb.ctx_idx[i, mb.ctx_len[i]:] == 0).all()  # padding
+    for j in range(m):
+      t = mb.tgt_idx[i, j, :mb.tgt_len[i, j]]
+      assert (mb.tgt_idx[i, j, mb.tgt_len[i, j]:] == 0).all()
+      assert ((t >= 0) & (t < n)).all() and (np.diff(t) > 0).all()
+      r0, r1, c0, c1 = rect_of(t, s.width)
+      assert (r1 - r0 + 1) * (c1 - c0 + 1) == len(t)  # a full rectangle
+      assert not np.intersect1d(ctx, t).size  # context disjoint from every target
+
+
+@pytest.mark.parametrize('mode', ['official', 'corrected'])
+@pytest.mark.parametrize('grid', [(14, 14), (16, 16), (7, 9)])
+def test_shapes_bounds_disjoint(mode, grid):
+  min_keep = 10 if grid[0] >= 14 else 2
+  s = MaskSampler(MaskConfig(grid=grid, mode=mode, min_keep=min_keep))
+  for step in range(20):
+    check_batch(s, s(16, seed=3, step=step), 16)
+
+
+def test_deterministic():
+  s = MaskSampler(MaskConfig(grid=(14, 14)))
+  a, b = s(32, 1, 5, 0), s(32, 1, 5, 0)
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x, y)
+  assert not np.array_equal(a.ctx_idx, s(32, 1, 6, 0).ctx_idx)   # another step
+  assert not np.array_equal(a.ctx_idx, s(32, 1, 5, 1).ctx_idx)   # another process
+  assert not np.array_equal(a.ctx_idx, s(32, 2, 5, 0).ctx_idx)   # another seed
+
+
+def coverage(s, steps=60, b=64):
+  ctx, tgt = np.zeros(s.num_patches, int), np.zeros(s.num_patches, int)
+  for step in range(steps):
+    mb = s(b, 0, step)
+    for i in range(b):
+      np.add.at(ctx, mb.ctx_idx[i, :mb.ctx_len[i]], 1)
+      for j in range(s.config.num_targets):
+        np.add.at(tgt, mb.tgt_idx[i, j, :mb.tgt_len[i, j]], 1)
+  return ctx.reshape(s.height, s.width), tgt.reshape(s.height, s.width)
+
+
+def test_official_defects_reproduced():
+  s = MaskSampler(MaskConfig(grid=(14, 14), mode='official'))
+  ctx, tgt = coverage(s)
+  # defect 3: the last row and column are never in any block
+  assert ctx[-1].sum() == 0 and ctx[:, -1].sum() == 0
+  assert tgt[-1].sum() == 0 and tgt[:, -1].sum() == 0
+  assert (tgt[:-1, :-1] > 0).all()
+  # defect 2: one target size per batch; defect 1: size on the one-draw curve
+  u = np.linspace(0, 1, 20001)
+  curve = set(zip(*s._sizes(u, u, (0.15, 0.2), (0.75, 1.5))))
+  for step in range(30):
+    mb = s(32, 0, step)
+    assert len(np.unique(mb.tgt_len)) == 1
+    t = mb.tgt_idx[0, 0, :mb.tgt_len[0, 0]]
+    r0, r1, c0, c1 = rect_of(t, 14)
+    assert (r1 - r0 + 1, c1 - c0 + 1) in curve
+
+
+def test_corrected_removes_defects():
+  s = MaskSampler(MaskConfig(grid=(14, 14), mode='corrected'))
+  ctx, tgt = coverage(s)
+  assert (ctx > 0).all() and (tgt > 0).all()  # every patch is chosen sometimes
+  mb = s(64, 0, 0)
+  assert len(np.unique(mb.tgt_len)) > 2  # sizes drawn per image
+  # scale and aspect independent: the same area occurs with several shapes
+  shapes = {}
+  for step in range(20):
+    mb = s(64, 0, step)
+    for i in range(64):
+      r0, r1, c0, c1 = rect_of(mb.tgt_idx[i, 0, :mb.tgt_len[i, 0]], 14)
+      shapes.setdefault((r1 - r0 + 1) * (c1 - c0 + 1), set()).add((r1 - r0 + 1, c1 - c0 + 1))
+  assert max(len(v) for v in shapes.values()) >= 2
+  # no truncation by default: the context keeps every free patch of its block
+  assert s.context_len == 196
+
+
+@pytest.mark.parametrize('grid', [(16, 16), (14, 14)])
+def test_official_lengths_match_reference(grid):
+  """Mean context / target lengths within 5% of the official sampler's (batch 128)."""
+  rng = np.random.default_rng(0)
+  ref_ctx, ref_tgt = [], []
+  for _ in range(40):
+    enc, pred = official_masks(rng, 128, grid)
+    ref_ctx.append(enc[0].shape[1])
+    ref_tgt.append(pred[0].shape[1])
+  s = MaskSampler(MaskConfig(grid=grid, mode='official', truncation_batch=128))
+  ours = [s(128, 7, step) for step in range(40)]
+  ctx = np.mean([m.ctx_len.mean() for m in ours])
+  tgt = np.mean([m.tgt_len.mean() for m in ours])
+  assert abs(ctx / np.mean(ref_ctx) - 1) < 0.05, (ctx, np.mean(ref_ctx))
+  assert abs(tgt / np.mean(ref_tgt) - 1) < 0.05, (tgt, np.mean(ref_tgt))
+
+
+def test_context_len_cap_random_subset():
+  s = MaskSampler(MaskConfig(grid=(14, 14), mode='corrected', context_len=40))
+  ctx, _ = coverage(s, steps=20)
+  assert s.context_len == 40 and (ctx[-1] > 0).all()  # not a raster-order cut
+  check_batch(s, s(16, 0, 0), 16)
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(grid=(14, 14), mode='fancy'), 'masks.mode'),
+    (dict(grid=(1, 14)), 'too small'),
+    (dict(grid=(14, 14), target_scale=(0.2, 0.1)), 'target_scale'),
+    (dict(grid=(14, 14), context_scale=(0.5, 1.5)), 'context_scale'),
+    (dict(grid=(7, 7)), 'min_keep=10'),  # official min_keep on a 7x7 grid
+    (dict(grid=(14, 14), context_len=500), 'context_len'),
+    (dict(grid=(6, 6), num_targets=8, target_scale=(0.5, 0.5), min_keep=2), 'infeasible'),
+])
+def test_infeasible_raises_at_build(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    MaskSampler(MaskConfig(**kwargs))
+
+
+def test_reference_port_sanity():
+  """The reference itself shows the official observed figures (DESIGN.md, 16x16, batch 128)."""
+  rng = np.random.default_rng(1)
+  enc, pred = official_masks(rng, 128, (16, 16))
+  assert 35 <= pred[0].shape[1] <= 54 and 40 <= enc[0].shape[1] <= 100

@@ -1,0 +1,140 @@
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ijepa_jax.models import VARIANTS, Mlp, Predictor, VisionTransformer, rescale_residual_init
+
+F32 = jnp.float32
+
+
+def count(tree):
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn.unbox(tree)))
+
+
+def encoder_params(variant, patch, image):
+  w, d, h = VARIANTS[variant]
+  m = VisionTransformer(patch, w, d, h)
+  return jax.eval_shape(m.init, jax.random.key(0), jnp.zeros((1, image, image, 3)))['params']
+
+
+def official_encoder_count(width, depth, patch):
+  """Trainable parameters of the official VisionTransformer (pos_embed is frozen)."""
+  block = 3 * width * width + 3 * width + width * width + width + 8 * width * width + 5 * width + 4 * width
+  return depth * block + 3 * patch * patch * width + width + 2 * width
+
+
+# timm's published totals (class token, 197/257-token pos embed and 1000-class head included),
+# minus those parts, which I-JEPA does not have or does not train.
+TIMM = {
+    ('base', 16): 86_567_656 - (768 * 1000 + 1000) - 768 - 197 * 768,
+    ('large', 16): 304_326_632 - (1024 * 1000 + 1000) - 1024 - 197 * 1024,
+    ('huge', 14): 630_764_800 - 1280 - 257 * 1280,  # vit_huge_patch14_224.orig_in21k, no head
+}
+
+
+@pytest.mark.parametrize('variant,patch', [('base', 16), ('large', 16), ('huge', 14)])
+def test_param_counts_match_timm(variant, patch):
+  assert count(encoder_params(variant, patch, 224)) == TIMM[(variant, patch)]
+
+
+@pytest.mark.parametrize('variant', sorted(VARIANTS))
+def test_param_counts_every_variant(variant):
+  w, d, _ = VARIANTS[variant]
+  assert count(encoder_params(variant, 16, 224)) == official_encoder_count(w, d, 16)
+
+
+def test_headline_counts():
+  assert count(encoder_params('large', 16, 224)) == 303_098_880   # "about 303M"
+  assert count(encoder_params('huge', 14, 224)) == 630_434_560    # "about 630M"
+
+
+def test_predictor_count_vith14():
+  p = Predictor((16, 16), 1280, 384, 12, 16)
+  ctx = jnp.zeros((1, 10, 1280))
+  v = jax.eval_shape(p.init, jax.random.key(0), ctx, jnp.zeros((1, 10), jnp.int32),
+                     jnp.ones((1,), jnp.int32), jnp.zeros((1, 4, 5), jnp.int32),
+                     jnp.ones((1, 4), jnp.int32))['params']
+  d, dp = 1280, 384
+  block = 12 * dp * dp + 13 * dp
+  assert count(v) == (d * dp + dp) + dp + 12 * block + 2 * dp + (dp * d + d)
+
+
+def test_exact_gelu():
+  m = Mlp(8, F32)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 4)), F32)
+  p = nn.unbox(m.init(jax.random.key(0), x)['params'])
+  p = jax.tree.map(lambda a: jnp.asarray(np.random.default_rng(1).normal(size=a.shape), F32), p)
+  h = np.asarray(x) @ np.asarray(p['fc1']['kernel']) + np.asarray(p['fc1']['bias'])
+  erf = np.vectorize(math.erf)
+  exact = 0.5 * h * (1 + erf(h / math.sqrt(2)))
+  tanh = 0.5 * h * (1 + np.tanh(math.sqrt(2 / math.pi) * (h + 0.044715 * h ** 3)))
+  y_exact = exact @ np.asarray(p['fc2']['kernel']) + np.asarray(p['fc2']['bias'])
+  y_tanh = tanh @ np.asarray(p['fc2']['kernel']) + np.asarray(p['fc2']['bias'])
+  y = np.asarray(m.apply({'params': p}, x))
+  np.testing.assert_allclose(y, y_exact, rtol=1e-5, atol=1e-5)
+  assert np.abs(y - y_tanh).max() > 1e-3  # the tanh form would be caught
+
+
+@pytest.fixture(scope='module')
+def small():
+  enc = VisionTransformer(4, 32, 2, 4, dtype=F32)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 16, 16, 3)), F32)
+  params = nn.unbox(enc.init(jax.random.key(0), x))['params']
+  return enc, params, x
+
+
+def test_padding_is_invisible(small):
+  enc, params, x = small
+  idx = jnp.array([[0, 3, 5, 9, 0, 0], [1, 2, 3, 4, 5, 6]])
+  lens = jnp.array([4, 6])
+  out = enc.apply({'params': params}, x, idx, lens)
+  alone = enc.apply({'params': params}, x[:1], idx[:1, :4])
+  np.testing.assert_allclose(out[0, :4], alone[0], atol=1e-5)
+  full = enc.apply({'params': params}, x[1:], idx[1:], None)
+  np.testing.assert_allclose(out[1], full[0], atol=1e-5)
+
+
+def test_gather_after_positions(small):
+  """A kept token differs from the same patch at another position (positions came first)."""
+  enc, params, x = small
+  same = jnp.broadcast_to(x[:1, :4, :4], (1, 4, 4, 3))
+  tiled = jnp.tile(same, (1, 4, 4, 1))  # every patch identical
+  a = enc.apply({'params': params}, tiled, jnp.array([[0]]))
+  b = enc.apply({'params': params}, tiled, jnp.array([[5]]))
+  assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-3
+
+
+def test_predictor_blocks_are_independent(small):
+  enc, params, x = small
+  pred = Predictor((4, 4), 32, 16, 2, 4, dtype=F32)
+  ctx_idx = jnp.array([[0, 1, 2, 3, 4, 0], [5, 6, 7, 8, 9, 10]])
+  ctx_len = jnp.array([5, 6])
+  z = enc.apply({'params': params}, x, ctx_idx, ctx_len)
+  tgt = jnp.array([[[12, 13, 0], [14, 15, 11]], [[0, 1, 2], [3, 4, 0]]])
+  tlen = jnp.array([[2, 3], [3, 2]])
+  pp = nn.unbox(pred.init(jax.random.key(1), z, ctx_idx, ctx_len, tgt, tlen))['params']
+  out = pred.apply({'params': pp}, z, ctx_idx, ctx_len, tgt, tlen)
+  assert out.shape == (2, 2, 3, 32)
+  tgt2 = tgt.at[:, 1].set(jnp.array([[7, 8, 9], [11, 12, 13]]))
+  out2 = pred.apply({'params': pp}, z, ctx_idx, ctx_len, tgt2, tlen.at[:, 1].set(3))
+  np.testing.assert_allclose(out[:, 0], out2[:, 0], atol=1e-5)  # block 0 untouched
+  z2 = z.at[0, 5].set(100.0)  # context padding content is ignored
+  out3 = pred.apply({'params': pp}, z2, ctx_idx, ctx_len, tgt, tlen)
+  np.testing.assert_allclose(out[0, :, :2], out3[0, :, :2], atol=1e-5)
+
+
+def test_rescale_residual_init():
+  enc = VisionTransformer(4, 32, 3, 4, dtype=F32)
+  p = nn.unbox(enc.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3))))['params']
+  r = rescale_residual_init(p)
+  for i in range(3):
+    for mod, sub in (('attn', 'proj'), ('mlp', 'fc2')):
+      np.testing.assert_allclose(r['blocks']['layers'][mod][sub]['kernel'][i],
+                                 p['blocks']['layers'][mod][sub]['kernel'][i] / math.sqrt(2 * (i + 1)),
+                                 rtol=1e-6)
+  np.testing.assert_array_equal(r['blocks']['layers']['attn']['qkv']['kernel'],
+                                p['blocks']['layers']['attn']['qkv']['kernel'])
