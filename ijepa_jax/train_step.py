@@ -132,8 +132,8 @@ def train_step(model: IJepa, state: TrainState, batch: Batch) -> tuple[TrainStat
       'lr': model.schedules.learning_rate(state.step),
       'weight_decay': model.schedules.weight_decay_at(state.step),
       'momentum': momentum,
-      'grad_norm': optax.global_norm(grads),
-      'param_norm': optax.global_norm(params),
+      'grad_norm': optax.tree.norm(grads),
+      'param_norm': optax.tree.norm(params),
       'context_len': batch['ctx_len'].astype(jnp.float32).mean(),
       'target_len': batch['tgt_len'].astype(jnp.float32).mean(),
   }

@@ -1,0 +1,93 @@
+"""Config errors surface before anything compiles, naming the field and the fix."""
+
+import importlib.util
+import os
+
+import jax
+import pytest
+
+from ijepa_jax import config as cfg_lib
+from ijepa_jax import trainer
+
+ROOT = os.path.dirname(os.path.dirname(__file__))
+
+
+def load(name):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'configs', f'{name}.py'))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config()
+
+
+@pytest.mark.parametrize('name', ['demo', 'vits16', 'vitb16', 'vitl16', 'vith14', 'vith16_448', 'vitg16'])
+def test_configs_validate(name):
+  c = load(name)
+  cfg_lib.validate(c, num_devices=8)
+  model = cfg_lib.build_model(c)
+  assert model.encoder.width == cfg_lib.encoder_dims(c)[0]
+
+
+def test_paper_recipes():
+  c = load('vith14')
+  assert (c.model.patch_size, c.data.image_size, c.num_epochs, c.optim.warmup_epochs) == (14, 224, 300, 40)
+  assert cfg_lib.steps_per_epoch(c) == 625 and c.batch_size == 2048
+  assert (c.optim.start_lr, c.optim.lr, c.optim.final_lr) == (2e-4, 1e-3, 1e-6)
+  assert (c.optim.weight_decay, c.optim.final_weight_decay, tuple(c.optim.ema)) == (0.04, 0.4, (0.996, 1.0))
+  assert c.masks.mode == 'official' and c.masks.min_keep == 10 and c.loss == 'smooth_l1'
+  g = load('vitg16')
+  assert (g.model.variant, g.model.pred_depth, g.num_epochs, g.optim.warmup_epochs) == ('giant', 16, 44, 3)
+  h448 = load('vith16_448')
+  assert (h448.model.patch_size, h448.data.image_size) == (16, 448)
+  assert load('vitl16').model.variant == 'large'
+
+
+@pytest.mark.parametrize('field,value,match', [
+    ('data.image_size', 30, 'multiple of model.patch_size'),
+    ('batch_size', 100, 'divisible by the 8 devices'),
+    ('model.variant', 'enormous', 'model.variant'),
+    ('model.num_heads', 5, 'divisible by model.num_heads'),
+    ('masks.min_keep', 40, 'min_keep'),
+    ('masks.mode', 'random', 'masks.mode'),
+    ('loss', 'l1', 'loss'),
+    ('model.dtype', 'float16', 'model.dtype'),
+    ('optim.lr', -1.0, 'optim.lr'),
+    ('optim.ema', (0.999, 0.99), 'optim.ema'),
+    ('num_epochs', 0.0, 'num_epochs'),
+    ('mesh.fsdp', 3, 'mesh'),
+    ('model.remat_policy', 'some', 'remat_policy'),
+])
+def test_bad_values(field, value, match):
+  c = load('demo')
+  section, _, key = field.rpartition('.')
+  (c[section] if section else c)[key] = value
+  with pytest.raises(cfg_lib.ConfigError, match=match):
+    cfg_lib.validate(c, num_devices=8)
+
+
+def test_errors_before_compiling(tmp_path, capsys, monkeypatch):
+  """A bad value stops train_and_evaluate before any jit is built."""
+  def no_jit(*a, **k):
+    raise AssertionError('compiled before validating')
+  monkeypatch.setattr(jax, 'jit', no_jit)
+  c = load('demo')
+  c.masks.min_keep = 40
+  with pytest.raises(cfg_lib.ConfigError, match='min_keep'):
+    trainer.train_and_evaluate(c, str(tmp_path))
+
+
+def test_vitl16_without_imagenet_stops_before_compiling(tmp_path, capsys, monkeypatch):
+  monkeypatch.setattr(jax, 'jit', lambda *a, **k: (_ for _ in ()).throw(AssertionError('jit')))
+  monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path / 'no_such_dir'))
+  c = load('vitl16')
+  c.batch_size = 64
+  with pytest.raises(trainer.DataMissingError, match='imagenet2012.*data_dir'):
+    trainer.train_and_evaluate(c, str(tmp_path / 'work'))
+  out = capsys.readouterr().out
+  assert '303,098,880' in out  # the paper's ViT-L/16 was built (abstractly) first
+
+
+def test_missing_fashion_mnist(tmp_path):
+  c = load('demo')
+  c.data.data_dir = str(tmp_path)
+  with pytest.raises(FileNotFoundError, match='apt-get install -y dataset-fashion-mnist'):
+    trainer.load_train_images(c)

@@ -1,0 +1,133 @@
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from ijepa_jax import sharding
+from ijepa_jax.masks import MaskConfig, MaskSampler
+from ijepa_jax.models import Predictor, VisionTransformer
+from ijepa_jax.schedules import Schedules
+from ijepa_jax.train_step import (IJepa, decay_mask, ema_update, make_optimizer, train_step)
+from ijepa_jax.trainer import global_batch, init_state, make_step_fn
+
+F32 = jnp.float32
+B = 16
+
+
+def tiny_model(grad_clip=0.0):
+  sched = Schedules.from_epochs(steps_per_epoch=10, num_epochs=10, warmup_epochs=1)
+  return IJepa(VisionTransformer(4, 32, 2, 4, dtype=F32), Predictor((6, 6), 32, 16, 1, 4, dtype=F32),
+               make_optimizer(sched, grad_clip=grad_clip), sched)
+
+
+def batch_for(step, seed=0):
+  masks = MaskSampler(MaskConfig(grid=(6, 6), mode="corrected", min_keep=2,
+                                 target_scale=(0.15, 0.25)))
+  images = np.random.default_rng(seed).normal(size=(B, 24, 24, 3)).astype(np.float32)
+  return {'images': images, **masks(B, 0, step)._asdict()}
+
+
+def shapes_of(batch):
+  return {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
+
+
+def run(model, devices, steps, fixed_batch=False):
+  mesh = sharding.make_mesh(-1, 1, devices)
+  batch0 = batch_for(0)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    state, sh = init_state(model, mesh, shapes_of(batch0), seed=0)
+    step_fn = make_step_fn(model, sh, mesh)
+    losses = []
+    for i in range(steps):
+      state, m = step_fn(state, global_batch(batch0 if fixed_batch else batch_for(i), mesh))
+      losses.append(float(m['loss']))
+  return state, losses, step_fn
+
+
+def test_ema_update_exact():
+  t = {'a': jnp.array([1.0, 2.0]), 'b': {'c': jnp.array(4.0)}}
+  o = {'a': jnp.array([3.0, 0.0]), 'b': {'c': jnp.array(0.0)}}
+  out = ema_update(t, o, jnp.float32(0.75))
+  np.testing.assert_allclose(out['a'], [1.5, 1.5])
+  np.testing.assert_allclose(out['b']['c'], 3.0)
+
+
+def test_decay_mask_names():
+  p = {'blocks': {'layers': {'attn': {'qkv': {'kernel': 0, 'bias': 0}},
+                             'norm1': {'scale': 0, 'bias': 0}}},
+       'mask_token': 0, 'norm': {'scale': 0, 'bias': 0}}
+  m = decay_mask(p)
+  assert m['blocks']['layers']['attn']['qkv'] == {'kernel': True, 'bias': False}
+  assert m['blocks']['layers']['norm1'] == {'scale': False, 'bias': False}
+  assert m['mask_token'] is True and m['norm'] == {'scale': False, 'bias': False}
+
+
+def test_adamw_first_step_matches_torch_formula():
+  sched = Schedules.from_epochs(steps_per_epoch=10, num_epochs=10, warmup_epochs=1)
+  tx = make_optimizer(sched)
+  p = {'kernel': jnp.array([[1.0, -2.0], [0.5, 3.0]]), 'bias': jnp.array([0.1, -0.1])}
+  g = {'kernel': jnp.array([[0.1, 0.2], [-0.3, 0.0]]), 'bias': jnp.array([1.0, -1.0])}
+  upd, _ = tx.update(g, tx.init(p), p)
+  new = optax.apply_updates(p, upd)
+  lr, wd = float(sched.learning_rate(0)), float(sched.weight_decay_at(0))
+  # torch.optim.AdamW step 1: p *= 1 - lr*wd; m_hat = g; v_hat = g^2; p -= lr * g / (|g| + eps)
+  for name, decay in (('kernel', wd), ('bias', 0.0)):
+    gp, pp = np.asarray(g[name]), np.asarray(p[name])
+    expect = pp * (1 - lr * decay) - lr * gp / (np.abs(gp) + 1e-8)
+    np.testing.assert_allclose(new[name], expect, rtol=1e-6, atol=1e-9)
+
+
+def test_compiles_once_and_lowers_loss_on_fixed_batch():
+  model = tiny_model()
+  _, losses, step_fn = run(model, jax.devices()[:1], 25, fixed_batch=True)
+  assert step_fn._cache_size() == 1
+  assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_compiles_once_across_mask_draws():
+  _, _, step_fn = run(tiny_model(), jax.devices()[:1], 4)
+  assert step_fn._cache_size() == 1
+
+
+def test_eight_devices_equal_one():
+  model = tiny_model()
+  s1, l1, _ = run(model, jax.devices()[:1], 3)
+  s8, l8, _ = run(model, jax.devices()[:8], 3)
+  assert len(jax.devices()) == 8
+  np.testing.assert_allclose(l1, l8, rtol=2e-5)
+  for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s8)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+  # the batch really was split over the 8 devices
+  assert len(s8.params['encoder']['norm']['scale'].sharding.device_set) == 8
+
+
+def test_state_and_metrics():
+  model = tiny_model()
+  state, losses, _ = run(model, jax.devices()[:1], 2)
+  assert int(state.step) == 2
+  # the EMA target moved (momentum < 1) but much less than the online encoder
+  init, _, _ = run(model, jax.devices()[:1], 0)
+  d_online = optax.tree.norm(jax.tree.map(lambda a, b: a - b, state.params['encoder'],
+                                            init.params['encoder']))
+  d_target = optax.tree.norm(jax.tree.map(lambda a, b: a - b, state.target_params,
+                                            init.target_params))
+  assert 0 < float(d_target) < 0.05 * float(d_online)
+  mesh = sharding.make_mesh(-1, 1, jax.devices()[:1])
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    _, m = jax.jit(lambda s, b: train_step(model, s, b))(state, batch_for(5))
+  for k in ('loss', 'lr', 'weight_decay', 'momentum', 'grad_norm', 'context_len', 'target_len'):
+    assert np.isfinite(float(m[k])), k
+  assert float(m['lr']) == pytest.approx(float(model.schedules.learning_rate(2)))
+  assert float(m['context_len']) == pytest.approx(batch_for(5)['ctx_len'].mean())
+
+
+def test_usable_inside_user_jit():
+  """The pure API composes with a plain jax.jit, no mesh or trainer involved."""
+  from ijepa_jax import create_train_state
+  model = tiny_model(grad_clip=1.0)
+  batch = batch_for(0)
+  state = jax.jit(lambda r: nn.unbox(create_train_state(model, r, batch)))(jax.random.key(0))
+  state, m = jax.jit(lambda s, b: train_step(model, s, b))(state, batch)
+  assert np.isfinite(float(m['loss'])) and int(state.step) == 1
