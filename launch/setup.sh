@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Set up ijepa-jax on this machine: Fashion-MNIST (Debian package), a Python >= 3.12
+# virtual environment in .venv, and the package with its test extra. Safe to re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# -- the embedded default data ------------------------------------------------
+FMNIST=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+if [ ! -f "$FMNIST" ]; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
+  elif command -v apt-get >/dev/null && sudo -n true 2>/dev/null; then
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
+  else
+    cat >&2 <<'MSG'
+setup: Fashion-MNIST is not installed and this shell cannot run apt-get as root.
+  On Debian/Ubuntu:  sudo apt-get update && sudo apt-get install -y dataset-fashion-mnist
+  Elsewhere: download the four IDX .gz files from https://github.com/zalandoresearch/fashion-mnist
+  into a folder and add --config.data.data_dir=<that folder> to the demo command.
+  (Continuing: the tests that need the data are skipped until then.)
+MSG
+  fi
+fi
+
+# -- Python >= 3.12 -------------------------------------------------------------
+is_ok() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1; }
+PY=""
+for cand in "${PYTHON:-}" python3.13 python3.12 python3; do
+  if [ -n "$cand" ] && command -v "$cand" >/dev/null && is_ok "$cand"; then PY=$(command -v "$cand"); break; fi
+done
+if [ -z "$PY" ] && command -v pyenv >/dev/null; then
+  for cand in "$(pyenv root)"/versions/3.1[2-9]*/bin/python3; do
+    if [ -x "$cand" ] && is_ok "$cand"; then PY=$cand; break; fi
+  done
+fi
+if [ -z "$PY" ]; then
+  echo "setup: no Python >= 3.12 found (JAX >= 0.11 needs it). Install one (e.g. 'pyenv install 3.12')," \
+       "or point PYTHON=/path/to/python3.12 at it, and re-run." >&2
+  exit 1
+fi
+
+# -- virtual environment and package -------------------------------------------
+if [ ! -x .venv/bin/python ] || ! is_ok .venv/bin/python; then
+  rm -rf .venv
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[test]'
+echo "setup: ready ($(.venv/bin/python --version), jax $(.venv/bin/python -c 'import jax; print(jax.__version__)'))"

@@ -1,0 +1,14 @@
+from setuptools import find_packages, setup
+
+with open('requirements.txt') as f:
+  requirements = [line.strip() for line in f if line.strip() and not line.startswith('#')]
+
+setup(
+    name='ijepa-jax',
+    version='0.1.0',
+    description='I-JEPA self-supervised ViT pretraining in JAX/Flax',
+    packages=find_packages(include=['ijepa_jax', 'ijepa_jax.*']),
+    python_requires='>=3.12',
+    install_requires=requirements,
+    extras_require={'test': ['pytest>=8']},
+)
