@@ -131,3 +131,28 @@ def test_usable_inside_user_jit():
   state = jax.jit(lambda r: nn.unbox(create_train_state(model, r, batch)))(jax.random.key(0))
   state, m = jax.jit(lambda s, b: train_step(model, s, b))(state, batch)
   assert np.isfinite(float(m['loss'])) and int(state.step) == 1
+
+
+def test_fsdp_mesh_equals_one_device_and_shards_params():
+  """Only the mesh changes for FSDP: a 4x2 data x fsdp mesh gives the 1-device result."""
+  model = tiny_model()
+  s1, l1, _ = run(model, jax.devices()[:1], 2)
+  mesh = sharding.make_mesh(4, 2)
+  batch0 = batch_for(0)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    state, sh = init_state(model, mesh, shapes_of(batch0), seed=0)
+    step_fn = make_step_fn(model, sh, mesh)
+    losses = []
+    for i in range(2):
+      state, m = step_fn(state, global_batch(batch_for(i), mesh))
+      losses.append(float(m['loss']))
+  np.testing.assert_allclose(l1, losses, rtol=2e-5)
+  for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(state)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+  qkv = state.params['encoder']['blocks']['layers']['attn']['qkv']['kernel']  # [depth, D, 3D]
+  assert qkv.sharding.spec[1] == 'fsdp'
+  assert qkv.addressable_shards[0].data.shape == (2, 16, 96)  # D split in two
+  ema = state.target_params['blocks']['layers']['attn']['qkv']['kernel']
+  assert ema.sharding == qkv.sharding
+  mu = state.opt_state[0].mu['encoder']['blocks']['layers']['attn']['qkv']['kernel']
+  assert mu.sharding == qkv.sharding
