@@ -31,13 +31,13 @@ def main(argv):
   from ijepa_jax import sharding
   from ijepa_jax.flops import peak_flops, train_step_flops
   from ijepa_jax.masks import MaskSampler
-  from ijepa_jax.trainer import global_batch, init_state, make_step_fn
+  from ijepa_jax.trainer import device_memory, global_batch, init_state, make_step_fn
 
   config = FLAGS.config
   cfg_lib.validate(config, jax.device_count(), jax.process_count())
   model = cfg_lib.build_model(config)
   local = config.batch_size // jax.process_count()
-  masks = MaskSampler(cfg_lib.mask_config(config, local))
+  masks = MaskSampler(cfg_lib.mask_config(config))
   size, ch = config.data.image_size, config.data.channels
   rng = np.random.default_rng(0)
   images = rng.normal(size=(local, size, size, ch)).astype(np.float32)
@@ -50,6 +50,7 @@ def main(argv):
     t0 = time.perf_counter()
     step = make_step_fn(model, sh, mesh).lower(state, shapes).compile()
     compile_s = time.perf_counter() - t0
+    memory = device_memory(step)
     device_batches = [global_batch(b, mesh) for b in batches]
     state, m = step(state, device_batches[0])
     jax.block_until_ready(m)
@@ -66,7 +67,7 @@ def main(argv):
   print(f'config: batch {config.batch_size}, image {size}, patch {config.model.patch_size}, '
         f'dtype {config.model.dtype}, masks {config.masks.mode} (Kc {masks.context_len}, '
         f'Kt {masks.target_len})')
-  print(f'compile: {compile_s:.1f} s')
+  print(f'compile: {compile_s:.1f} s | memory: {memory}')
   print(f'step: {1000 * step_s:.1f} ms | {config.batch_size / step_s:,.1f} images/s | '
         f'{config.batch_size / step_s / jax.device_count():,.1f} images/s/device')
   print(f'flops/step: {flops / 1e9:,.1f} GFLOP | achieved {per_dev / 1e9:,.1f} GFLOP/s/device'

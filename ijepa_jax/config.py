@@ -17,6 +17,7 @@ from ijepa_jax.sharding import mesh_shape
 from ijepa_jax.train_step import IJepa, make_optimizer
 
 DTYPES = {'bfloat16': jnp.bfloat16, 'float32': jnp.float32}
+ATTENTION = ('default', 'xla', 'cudnn')  # jax.nn.dot_product_attention implementations
 
 
 class ConfigError(ValueError):
@@ -28,17 +29,22 @@ def _require(ok: bool, message: str) -> None:
     raise ConfigError(message)
 
 
-def encoder_dims(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
-  """(width, depth, heads): the variant's, with any explicit override."""
+def encoder_dims(config: ml_collections.ConfigDict) -> tuple[int, int, int, int]:
+  """(width, depth, heads, mlp_dim): the variant's, with any explicit override.
+
+  A custom model's MLP defaults to 4 x width.
+  """
   m = config.model
   _require(m.variant in VARIANTS or m.variant == 'custom',
            f"model.variant={m.variant!r}: choose one of {sorted(VARIANTS)} or 'custom' "
            '(then set model.width, model.depth, model.num_heads)')
-  base = VARIANTS.get(m.variant, (-1, -1, -1))
-  dims = tuple(v if v != -1 else b for v, b in zip((m.width, m.depth, m.num_heads), base))
-  for name, v in zip(('width', 'depth', 'num_heads'), dims):
+  base = VARIANTS.get(m.variant, (-1, -1, -1, -1))
+  width, depth, heads = (v if v != -1 else b for v, b in zip((m.width, m.depth, m.num_heads), base))
+  for name, v in (('width', width), ('depth', depth), ('num_heads', heads)):
     _require(v > 0, f'model.{name}={v} must be a positive integer (required for variant=custom)')
-  return dims
+  mlp_dim = m.mlp_dim if m.mlp_dim != -1 else (base[3] if m.width == -1 and base[3] > 0 else 4 * width)
+  _require(mlp_dim > 0, f'model.mlp_dim={mlp_dim} must be positive (or -1 for the default)')
+  return width, depth, heads, mlp_dim
 
 
 def grid(config: ml_collections.ConfigDict) -> tuple[int, int]:
@@ -46,7 +52,7 @@ def grid(config: ml_collections.ConfigDict) -> tuple[int, int]:
   return (n, n)
 
 
-def mask_config(config: ml_collections.ConfigDict, local_batch: int) -> MaskConfig:
+def mask_config(config: ml_collections.ConfigDict) -> MaskConfig:
   k = config.masks
   return MaskConfig(
       grid=grid(config), mode=k.mode, num_targets=k.num_targets,
@@ -65,7 +71,7 @@ def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
 def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1) -> None:
   """Raise ConfigError for the first value that cannot work (before any compile)."""
   m, d, o = config.model, config.data, config.optim
-  width, depth, heads = encoder_dims(config)
+  width, depth, heads, _ = encoder_dims(config)
   _require(m.patch_size > 0, f'model.patch_size={m.patch_size} must be positive')
   _require(d.image_size > 0 and d.image_size % m.patch_size == 0,
            f'data.image_size={d.image_size} must be a positive multiple of model.patch_size='
@@ -82,7 +88,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
            f'model.pred_width={m.pred_width} must be divisible by the predictor heads ({pred_heads}; '
            'set model.pred_heads)')
   _require(m.pred_depth > 0, f'model.pred_depth={m.pred_depth} must be positive')
-  _require(m.mlp_ratio > 0, f'model.mlp_ratio={m.mlp_ratio} must be positive')
+  _require(m.attention in ATTENTION, f'model.attention={m.attention!r}: choose one of {ATTENTION}')
   _require(m.dtype in DTYPES, f'model.dtype={m.dtype!r}: choose one of {sorted(DTYPES)}')
   _require(m.remat_policy in REMAT_POLICIES,
            f'model.remat_policy={m.remat_policy!r}: choose one of {sorted(REMAT_POLICIES)}')
@@ -119,7 +125,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
            f'optim.b1={o.b1}, b2={o.b2} must be in [0, 1) and optim.eps={o.eps} positive')
   _require(config.log_every > 0, f'log_every={config.log_every} must be positive')
   try:
-    MaskSampler(mask_config(config, config.batch_size // num_processes))
+    MaskSampler(mask_config(config))
   except ValueError as e:
     raise ConfigError(str(e)) from None
 
@@ -127,15 +133,16 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
 def build_model(config: ml_collections.ConfigDict) -> IJepa:
   """The static I-JEPA pieces (modules, optimizer, schedules) from a validated config."""
   m, o = config.model, config.optim
-  width, depth, heads = encoder_dims(config)
+  width, depth, heads, mlp_dim = encoder_dims(config)
   dtype = DTYPES[m.dtype]
+  attention = None if m.attention == 'default' else m.attention
   encoder = VisionTransformer(
-      patch_size=m.patch_size, width=width, depth=depth, num_heads=heads,
-      mlp_ratio=m.mlp_ratio, dtype=dtype, remat_policy=m.remat_policy)
+      patch_size=m.patch_size, width=width, depth=depth, num_heads=heads, mlp_dim=mlp_dim,
+      dtype=dtype, remat_policy=m.remat_policy, attention=attention)
   predictor = Predictor(
       grid=grid(config), embed_dim=width, width=m.pred_width, depth=m.pred_depth,
-      num_heads=heads if m.pred_heads == -1 else m.pred_heads, mlp_ratio=m.mlp_ratio,
-      dtype=dtype, remat_policy=m.remat_policy)
+      num_heads=heads if m.pred_heads == -1 else m.pred_heads, mlp_dim=4 * m.pred_width,
+      dtype=dtype, remat_policy=m.remat_policy, attention=attention)
   schedules = Schedules.from_epochs(
       steps_per_epoch=steps_per_epoch(config), num_epochs=config.num_epochs,
       warmup_epochs=o.warmup_epochs, ipe_scale=o.ipe_scale, start_lr=o.start_lr,

@@ -20,7 +20,7 @@ PEAK_FLOPS = {
     'TPU v5': 459e12,
     'TPU v6': 918e12,
     'H200': 989e12,
-    'H100': 989e12,
+    'H100': 989e12,  # SXM; an H100 PCIe peaks at 756e12
     'A100': 312e12,
 }
 
@@ -33,9 +33,8 @@ def peak_flops(device_kind: str) -> float | None:
   return None
 
 
-def transformer_flops(tokens: int, width: int, depth: int, mlp_ratio: float) -> float:
-  """Forward FLOPs of `depth` pre-norm blocks over one sequence of `tokens`."""
-  hidden = int(width * mlp_ratio)
+def transformer_flops(tokens: int, width: int, depth: int, hidden: int) -> float:
+  """Forward FLOPs of `depth` pre-norm blocks (MLP `hidden` wide) over one sequence of `tokens`."""
   dense = 2 * tokens * (4 * width * width + 2 * width * hidden)  # qkv + proj + fc1 + fc2
   attention = 2 * 2 * tokens * tokens * width  # q k^T and p v
   return depth * (dense + attention)
@@ -43,15 +42,15 @@ def transformer_flops(tokens: int, width: int, depth: int, mlp_ratio: float) -> 
 
 def train_step_flops(config: ml_collections.ConfigDict, context_len: int, target_len: int) -> float:
   """FLOPs of one train step on the global batch (forward + backward)."""
-  width, depth, _ = cfg_lib.encoder_dims(config)
+  width, depth, _, mlp_dim = cfg_lib.encoder_dims(config)
   m = config.model
   n = (config.data.image_size // m.patch_size) ** 2
-  patch = 2 * n * m.patch_size ** 2 * config.data.channels * width
+  patch = 2 * n * m.patch_size ** 2 * config.data.channels * width  # the whole image, both encoders
   k = config.masks.num_targets
-  target = patch + transformer_flops(n, width, depth, m.mlp_ratio)
-  context = patch * context_len / n + transformer_flops(context_len, width, depth, m.mlp_ratio)
+  target = patch + transformer_flops(n, width, depth, mlp_dim)
+  context = patch + transformer_flops(context_len, width, depth, mlp_dim)
   predictor = (2 * context_len * width * m.pred_width  # predictor_embed
                + k * transformer_flops(context_len + target_len, m.pred_width, m.pred_depth,
-                                       m.mlp_ratio)
+                                       4 * m.pred_width)
                + 2 * k * target_len * m.pred_width * width)  # predictor_proj
   return config.batch_size * (target + 3 * (context + predictor))

@@ -36,13 +36,20 @@ class ArrayBatches:
     self.masks = masks
     self.process_index = process_index
     self.steps_per_epoch = len(images) // global_batch
+    self._perm: tuple[int, np.ndarray | None] = (-1, None)
 
   def indices(self, step: int) -> np.ndarray:
     """Dataset indices [local_batch] of this process's part of global batch `step`."""
     epoch, pos = divmod(step, self.steps_per_epoch)
-    perm = np.random.default_rng([_EPOCH_STREAM, self.seed, epoch]).permutation(len(self.images))
+    perm = self._permutation(epoch)
     start = pos * self.global_batch + self.process_index * self.local_batch
     return perm[start:start + self.local_batch]
+
+  def _permutation(self, epoch: int) -> np.ndarray:
+    if self._perm[0] != epoch:  # drawn once per epoch, not once per step
+      self._perm = (epoch, np.random.default_rng([_EPOCH_STREAM, self.seed, epoch]).permutation(
+          len(self.images)))
+    return self._perm[1]
 
   def __call__(self, step: int) -> dict[str, np.ndarray]:
     """The host-local batch for `step`: images and fixed-shape mask indices."""

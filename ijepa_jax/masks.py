@@ -114,25 +114,45 @@ class MaskSampler:
 
   # -- sizes -----------------------------------------------------------------
 
-  def _sizes(self, u_scale, u_aspect, scale, aspect):
-    """Official `_sample_block_size`, vectorised; returns integer (h, w) arrays."""
-    s = scale[0] + u_scale * (scale[1] - scale[0])
-    keep = np.floor(self.num_patches * s)
-    ar = aspect[0] + u_aspect * (aspect[1] - aspect[0])
+  def _hw(self, keep, ar):
+    """Block (h, w) for `keep` patches at aspect ratio `ar`, as the official code rounds and clips."""
     h = np.round(np.sqrt(keep * ar)).astype(np.int64)
     w = np.round(np.sqrt(keep / ar)).astype(np.int64)
     cut = 1 if self._official else 0  # official: `while h >= height: h -= 1`
-    h = np.clip(h, 1, self.height - cut)
-    w = np.clip(w, 1, self.width - cut)
-    return h, w
+    return np.clip(h, 1, self.height - cut), np.clip(w, 1, self.width - cut)
+
+  def _sizes(self, u_scale, u_aspect, scale, aspect):
+    """Official `_sample_block_size`, vectorised over uniform draws; integer (h, w) arrays."""
+    keep = np.floor(self.num_patches * (scale[0] + u_scale * (scale[1] - scale[0])))
+    return self._hw(keep, aspect[0] + u_aspect * (aspect[1] - aspect[0]))
 
   def _area_range(self, scale, aspect) -> tuple[int, int]:
-    """Exact min and max block area, by enumerating the uniform draw(s)."""
-    u = np.linspace(0.0, 1.0, _ENUM_POINTS)
-    if self._official:
+    """Exact min and max block area over all draws.
+
+    (h, w) is piecewise constant in the draws: it changes only where N * scale
+    crosses an integer or sqrt(keep * ar), sqrt(keep / ar) cross a half-integer.
+    Evaluating at every such breakpoint and between consecutive ones covers
+    every value the sampler can produce.
+    """
+    n, (s0, s1), (a0, a1) = self.num_patches, scale, aspect
+    keeps = np.arange(np.floor(n * s0), np.floor(n * s1) + 1)
+    half = np.arange(max(self.height, self.width) + 2) + 0.5
+    ar_breaks = np.concatenate([(half[None] ** 2 / keeps[:, None]).ravel(),
+                                (keeps[:, None] / half[None] ** 2).ravel()])
+
+    def fill(points):  # breakpoints within [0, 1], plus the midpoints between them
+      u = np.unique(np.clip(np.concatenate([[0.0, 1.0], points]), 0.0, 1.0))
+      return np.concatenate([u, (u[1:] + u[:-1]) / 2])
+
+    u_keep = (keeps / n - s0) / (s1 - s0) if s1 > s0 else np.zeros(0)
+    u_ar = (ar_breaks - a0) / (a1 - a0) if a1 > a0 else np.zeros(0)
+    if self._official:  # one draw sets both scale and aspect ratio
+      u = fill(np.concatenate([u_keep, u_ar]))
       h, w = self._sizes(u, u, scale, aspect)
-    else:
-      h, w = self._sizes(u[:, None], u[None, :], scale, aspect)
+    else:  # independent draws: every reachable keep with every aspect piece
+      keep = np.unique(np.floor(n * (s0 + fill(u_keep) * (s1 - s0))))
+      ar = a0 + fill(u_ar) * (a1 - a0)
+      h, w = self._hw(keep[:, None], ar[None, :])
     area = h * w
     return int(area.min()), int(area.max())
 
@@ -145,13 +165,20 @@ class MaskSampler:
   # -- sampling --------------------------------------------------------------
 
   def __call__(self, batch_size: int, seed: int, step: int, process_index: int = 0) -> MaskBatch:
-    """Masks for one host batch; a pure function of (seed, step, process_index)."""
-    rng = np.random.default_rng([_MASK_STREAM, seed, step, process_index])
-    return self.sample(rng, batch_size)
+    """Masks for one host batch; a pure function of (seed, step, process_index).
 
-  def sample(self, rng: np.random.Generator, batch_size: int) -> MaskBatch:
-    """Masks for `batch_size` images drawn from `rng`."""
-    ctx_mask, ctx_len, tgt_idx, tgt_len = self._untruncated(rng, batch_size)
+    Official mode draws the per-batch block sizes from (seed, step) alone, so
+    every process uses the same sizes at a step, as the official collator
+    (seeded by its step counter on every rank) does; positions differ per process.
+    """
+    rng = np.random.default_rng([_MASK_STREAM, seed, step, process_index])
+    size_rng = np.random.default_rng([_MASK_STREAM, seed, step])
+    return self.sample(rng, batch_size, size_rng)
+
+  def sample(self, rng: np.random.Generator, batch_size: int,
+             size_rng: np.random.Generator | None = None) -> MaskBatch:
+    """Masks for `batch_size` images drawn from `rng` (official sizes from `size_rng`)."""
+    ctx_mask, ctx_len, tgt_idx, tgt_len = self._untruncated(rng, batch_size, size_rng or rng)
     kc = self.context_len
     if self._official:
       order_key = np.where(ctx_mask, 0.0, 1.0)  # raster order: keep the first kc
@@ -164,27 +191,30 @@ class MaskSampler:
     return MaskBatch(ctx_idx.astype(np.int32), ctx_len.astype(np.int32),
                      tgt_idx.astype(np.int32), tgt_len.astype(np.int32))
 
-  def _target_sizes(self, rng, b, m):
+  def _target_sizes(self, rng, size_rng, b, m):
     c = self.config
     if self._official:  # one draw for scale and aspect, one size per batch
-      u = rng.random()
+      u = size_rng.random()
       h, w = self._sizes(u, u, c.target_scale, c.target_aspect)
       return np.full((b, m), h), np.full((b, m), w)
     return self._sizes(rng.random((b, m)), rng.random((b, m)), c.target_scale, c.target_aspect)
 
-  def _context_sizes(self, rng, b):
+  def _context_sizes(self, rng, size_rng, b):
     c = self.config
     if self._official:
-      u = rng.random()
+      u = size_rng.random()
       h, w = self._sizes(u, u, c.context_scale, c.context_aspect)
       return np.full((b,), h), np.full((b,), w)
     return self._sizes(rng.random(b), rng.random(b), c.context_scale, c.context_aspect)
 
-  def _untruncated(self, rng, b):
+  def _untruncated(self, rng, b, size_rng=None):
     """-> ctx_mask [B, N] bool, ctx_len [B], tgt_idx [B, M, Kt], tgt_len [B, M]."""
     m, hh, ww = self.config.num_targets, self.height, self.width
-    th, tw = self._target_sizes(rng, b, m)
-    ch, cw = self._context_sizes(rng, b)
+    size_rng = size_rng or rng
+    th, tw = self._target_sizes(rng, size_rng, b, m)
+    ch, cw = self._context_sizes(rng, size_rng, b)
+    if (th * tw).max() > self.target_len:  # _area_range is exact; this guards against a bug
+      raise AssertionError(f'target block of {(th * tw).max()} patches exceeds Kt={self.target_len}')
     top, left = np.zeros((b, m), np.int64), np.zeros((b, m), np.int64)
     ctop, cleft = np.zeros(b, np.int64), np.zeros(b, np.int64)
     todo = np.arange(b)

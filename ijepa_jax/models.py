@@ -17,18 +17,17 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ijepa_jax.pos_embed import sincos_2d
 
-# width, depth, heads (MLP hidden = 4 * width), as in the official code.
-VARIANTS: dict[str, tuple[int, int, int]] = {
-    'tiny': (192, 12, 3),
-    'small': (384, 12, 6),
-    'base': (768, 12, 12),
-    'large': (1024, 24, 16),
-    'huge': (1280, 32, 16),
-    'giant': (1408, 40, 16),
+# width, depth, heads, MLP hidden, as in the official code (ViT-g's mlp_ratio is 48/11).
+VARIANTS: dict[str, tuple[int, int, int, int]] = {
+    'tiny': (192, 12, 3, 768),
+    'small': (384, 12, 6, 1536),
+    'base': (768, 12, 12, 3072),
+    'large': (1024, 24, 16, 4096),
+    'huge': (1280, 32, 16, 5120),
+    'giant': (1408, 40, 16, 6144),
 }
 
 LN_EPS = 1e-6
@@ -59,11 +58,6 @@ def gather_tokens(x: jax.Array, idx: jax.Array) -> jax.Array:
   return jnp.take_along_axis(x, idx[..., None].astype(jnp.int32), axis=1)
 
 
-def key_mask(lengths: jax.Array, size: int) -> jax.Array:
-  """Valid-key mask [B, 1, 1, size] for sequences whose first `lengths` tokens are real."""
-  return (jnp.arange(size)[None, :] < lengths[:, None])[:, None, None, :]
-
-
 class Mlp(nn.Module):
   hidden: int
   dtype: Any = jnp.bfloat16
@@ -77,17 +71,26 @@ class Mlp(nn.Module):
 
 
 class Attention(nn.Module):
+  """Multi-head self-attention; `kv_len` [B] marks the real tokens (a prefix) of each row.
+
+  Padding is always a suffix, so it is passed as key/value sequence lengths,
+  which both XLA and the cuDNN flash kernel take (`implementation`: None lets
+  JAX choose, or 'xla' / 'cudnn').
+  """
   num_heads: int
   dtype: Any = jnp.bfloat16
+  implementation: str | None = None
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
+  def __call__(self, x: jax.Array, kv_len: jax.Array | None) -> jax.Array:
     b, n, d = x.shape
     hd = d // self.num_heads
     # Packed as [q all heads | k all heads | v all heads], as the official qkv Linear.
     qkv = _dense(3 * d, ('embed', 'qkv'), self.dtype, 'qkv')(x)
     q, k, v = jnp.moveaxis(qkv.reshape(b, n, 3, self.num_heads, hd), 2, 0)
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=hd ** -0.5)  # [B, N, H, hd]
+    out = jax.nn.dot_product_attention(  # [B, N, H, hd]
+        q, k, v, scale=hd ** -0.5, implementation=self.implementation,
+        key_value_seq_lengths=None if kv_len is None else kv_len.astype(jnp.int32))
     return _dense(d, ('heads', 'embed'), self.dtype, 'proj')(out.reshape(b, n, d))
 
 
@@ -96,11 +99,13 @@ class Block(nn.Module):
   num_heads: int
   mlp_hidden: int
   dtype: Any = jnp.bfloat16
+  attention: str | None = None
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, None]:
+  def __call__(self, x: jax.Array, kv_len: jax.Array | None) -> tuple[jax.Array, None]:
     x = nn.with_logical_constraint(x, ('batch', 'length', 'act_embed'))
-    x = x + Attention(self.num_heads, self.dtype, name='attn')(_layer_norm('norm1')(x), mask)
+    attn = Attention(self.num_heads, self.dtype, self.attention, name='attn')
+    x = x + attn(_layer_norm('norm1')(x), kv_len)
     x = x + Mlp(self.mlp_hidden, self.dtype, name='mlp')(_layer_norm('norm2')(x))
     return x.astype(jnp.float32), None
 
@@ -112,9 +117,10 @@ class BlockStack(nn.Module):
   mlp_hidden: int
   dtype: Any = jnp.bfloat16
   remat_policy: str = 'none'
+  attention: str | None = None
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
+  def __call__(self, x: jax.Array, kv_len: jax.Array | None) -> jax.Array:
     block = Block
     if self.remat_policy != 'none':
       block = nn.remat(Block, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=False)
@@ -122,7 +128,8 @@ class BlockStack(nn.Module):
         block, variable_axes={'params': 0}, split_rngs={'params': True},
         in_axes=(nn.broadcast,), length=self.depth,
         metadata_params={nn.PARTITION_NAME: 'layers'})
-    x, _ = stack(self.num_heads, self.mlp_hidden, self.dtype, name='layers')(x, mask)
+    x, _ = stack(self.num_heads, self.mlp_hidden, self.dtype, self.attention, name='layers')(
+        x, kv_len)
     return x
 
 
@@ -156,9 +163,10 @@ class VisionTransformer(nn.Module):
   width: int = 768
   depth: int = 12
   num_heads: int = 12
-  mlp_ratio: float = 4.0
+  mlp_dim: int | None = None  # None: 4 x width
   dtype: Any = jnp.bfloat16
   remat_policy: str = 'none'
+  attention: str | None = None
 
   @nn.compact
   def __call__(self, images: jax.Array, keep_idx: jax.Array | None = None,
@@ -166,13 +174,10 @@ class VisionTransformer(nn.Module):
     h, w = images.shape[1] // self.patch_size, images.shape[2] // self.patch_size
     x = PatchEmbed(self.patch_size, self.width, self.dtype, name='patch_embed')(images)
     x = x.astype(jnp.float32) + jnp.asarray(sincos_2d(self.width, (h, w)))[None]
-    mask = None
     if keep_idx is not None:
       x = gather_tokens(x, keep_idx)  # after adding positions, as the official code
-      if keep_len is not None:
-        mask = key_mask(keep_len, keep_idx.shape[1])
-    x = BlockStack(self.depth, self.num_heads, int(self.width * self.mlp_ratio), self.dtype,
-                   self.remat_policy, name='blocks')(x, mask)
+    x = BlockStack(self.depth, self.num_heads, self.mlp_dim or 4 * self.width, self.dtype,
+                   self.remat_policy, self.attention, name='blocks')(x, keep_len if keep_idx is not None else None)
     return _layer_norm('norm')(x)
 
 
@@ -181,18 +186,20 @@ class Predictor(nn.Module):
 
   ctx [B, Kc, D] (context-encoder output), ctx_idx [B, Kc], ctx_len [B],
   tgt_idx [B, M, Kt], tgt_len [B, M] -> predictions [B, M, Kt, D] float32.
-  Each of the M target blocks is its own sequence [context | its mask tokens],
-  so target blocks never attend to each other. Padding (index >= length) is
-  masked out as attention keys; its outputs are meaningless.
+  Each of the M target blocks is its own sequence [real context | its real
+  mask tokens | padding], so target blocks never attend to each other and
+  padding (index >= length) is a suffix that attention ignores; outputs at
+  padded target slots are meaningless. The official predictor's MLP ratio is 4.
   """
   grid: tuple[int, int] = (14, 14)
   embed_dim: int = 768
   width: int = 384
   depth: int = 12
   num_heads: int = 12
-  mlp_ratio: float = 4.0
+  mlp_dim: int | None = None  # None: 4 x width (the official predictor's ratio)
   dtype: Any = jnp.bfloat16
   remat_policy: str = 'none'
+  attention: str | None = None
 
   @nn.compact
   def __call__(self, ctx: jax.Array, ctx_idx: jax.Array, ctx_len: jax.Array,
@@ -209,31 +216,16 @@ class Predictor(nn.Module):
     tgt = mask_token[None] + pos[tgt_idx]  # [B, M, Kt, Dp]
     x = jnp.broadcast_to(x[:, None], (b, m, kc, self.width))
     x = jnp.concatenate([x, tgt], axis=2).reshape(b * m, kc + kt, self.width)
-    valid = jnp.concatenate([
-        jnp.broadcast_to((jnp.arange(kc)[None] < ctx_len[:, None])[:, None], (b, m, kc)),
-        jnp.arange(kt)[None, None] < tgt_len[..., None]], axis=2)
-    mask = valid.reshape(b * m, 1, 1, kc + kt)
-    x = BlockStack(self.depth, self.num_heads, int(self.width * self.mlp_ratio), self.dtype,
-                   self.remat_policy, name='predictor_blocks')(x, mask)
-    x = _layer_norm('predictor_norm', 'pred_embed')(x)[:, kc:]
+    # Move the real mask tokens right after the real context: slot p holds context p
+    # (p < cl), then target p - cl (p < cl + tl), then padding.
+    cl = jnp.repeat(ctx_len, m)[:, None]  # [B*M, 1]
+    tl = tgt_len.reshape(b * m, 1)
+    p = jnp.arange(kc + kt)[None]
+    src = jnp.where(p < cl, p, jnp.where(p < cl + tl, kc + p - cl, p))
+    x = gather_tokens(x, src)
+    x = BlockStack(self.depth, self.num_heads, self.mlp_dim or 4 * self.width, self.dtype,
+                   self.remat_policy, self.attention, name='predictor_blocks')(x, (cl + tl)[:, 0])
+    x = _layer_norm('predictor_norm', 'pred_embed')(x)
+    x = gather_tokens(x, jnp.minimum(cl + jnp.arange(kt)[None], kc + kt - 1))  # target slots
     x = _dense(self.embed_dim, ('pred_embed', 'embed'), self.dtype, 'predictor_proj')(x)
     return x.astype(jnp.float32).reshape(b, m, kt, self.embed_dim)
-
-
-def rescale_residual_init(params: Any) -> Any:
-  """The official `fix_init_weight`: divide block i's attn.proj and mlp.fc2 kernels by sqrt(2 (i+1)).
-
-  Takes a module's unboxed params (any dict holding a scanned block stack
-  `layers`) and returns a copy with those kernels rescaled.
-  """
-  if not isinstance(params, dict):
-    return params
-  out = {k: rescale_residual_init(v) for k, v in params.items()}
-  layers = out.get('layers')
-  if isinstance(layers, dict) and 'attn' in layers:
-    depth = layers['attn']['proj']['kernel'].shape[0]
-    scale = jnp.asarray(1.0 / np.sqrt(2.0 * np.arange(1, depth + 1)), jnp.float32)
-    for mod, sub in (('attn', 'proj'), ('mlp', 'fc2')):
-      kernel = layers[mod][sub]['kernel']
-      layers[mod][sub]['kernel'] = kernel * scale.reshape((-1,) + (1,) * (kernel.ndim - 1))
-  return out

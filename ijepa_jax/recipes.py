@@ -27,12 +27,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.depth = -1
   c.model.num_heads = -1
   c.model.patch_size = 14
-  c.model.mlp_ratio = 4.0
+  c.model.mlp_dim = -1         # -1: the variant's (4 x width; ViT-g 6144); custom: 4 x width
   c.model.pred_width = 384
   c.model.pred_depth = 12
   c.model.pred_heads = -1      # -1: the encoder's number of heads (official)
   c.model.dtype = 'bfloat16'   # compute dtype; parameters stay float32
   c.model.remat_policy = 'none'  # none, full, dots_saveable
+  c.model.attention = 'default'  # jax.nn.dot_product_attention implementation: default, xla, cudnn
 
   c.data = ml_collections.ConfigDict()
   c.data.dataset = 'imagenet2012'  # or 'fashion_mnist'

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ijepa_jax.models import Predictor, VisionTransformer, gather_tokens, rescale_residual_init
+from ijepa_jax.models import Predictor, VisionTransformer, gather_tokens
 from ijepa_jax.objective import jepa_loss, normalize_targets
 from ijepa_jax.schedules import Schedules
 
@@ -70,7 +70,8 @@ class IJepa:
 
 
 def create_train_state(model: IJepa, rng: jax.Array, batch: Batch) -> TrainState:
-  """Initialise params with the official init, the EMA copy and the optimizer state.
+  """Initialise params (the official init: Linear/conv weights and the mask token
+  N(0, 0.02), biases 0, LayerNorm 1/0), the EMA copy and the optimizer state.
 
   `batch` only supplies shapes (abstract arrays are fine). Parameters stay
   wrapped in logical-partitioning boxes so `jax.eval_shape` of this function
@@ -82,18 +83,10 @@ def create_train_state(model: IJepa, rng: jax.Array, batch: Batch) -> TrainState
                        batch['ctx_idx'], batch['ctx_len'])
   pred = model.predictor.init(k_pred, jnp.zeros(ctx.shape, ctx.dtype), batch['ctx_idx'],
                               batch['ctx_len'], batch['tgt_idx'], batch['tgt_len'])['params']
-  enc, pred = _rescale_boxed(enc), _rescale_boxed(pred)
   params = {'encoder': enc, 'predictor': pred}
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     target_params=jax.tree.map(jnp.copy, enc),
                     opt_state=model.optimizer.init(params))
-
-
-def _rescale_boxed(params):
-  """Apply the official residual-branch init rescale underneath logical boxes."""
-  unboxed = rescale_residual_init(nn.unbox(params))
-  return jax.tree.map(lambda box, v: box.replace_boxed(v) if isinstance(box, nn.Partitioned) else v,
-                      params, unboxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
 
 
 def compute_loss(model: IJepa, params: Any, target_params: Any, batch: Batch) -> jax.Array:

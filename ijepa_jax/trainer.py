@@ -95,6 +95,17 @@ def global_batch(local: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[
   return {k: jax.make_array_from_process_local_data(s, v) for k, v in local.items()}
 
 
+def device_memory(compiled) -> str:
+  """Per-device memory of a compiled step (arguments + outputs + temporaries - aliased)."""
+  m = compiled.memory_analysis()
+  if m is None:
+    return 'memory analysis unavailable'
+  total = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+           - m.alias_size_in_bytes)
+  return (f'{total / 2**30:.2f} GiB/device (state+batch {m.argument_size_in_bytes / 2**30:.2f}, '
+          f'temporaries {m.temp_size_in_bytes / 2**30:.2f})')
+
+
 def _fmt_time(seconds: float) -> str:
   seconds = int(max(seconds, 0))
   h, rem = divmod(seconds, 3600)
@@ -109,8 +120,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   n_dev, n_proc = jax.device_count(), jax.process_count()
   cfg_lib.validate(config, n_dev, n_proc)
   model = cfg_lib.build_model(config)
-  local_batch = config.batch_size // n_proc
-  masks = MaskSampler(cfg_lib.mask_config(config, local_batch))
+  masks = MaskSampler(cfg_lib.mask_config(config))
   size, ch = config.data.image_size, config.data.channels
   shapes = {
       'images': jax.ShapeDtypeStruct((config.batch_size, size, size, ch), jnp.float32),
@@ -122,9 +132,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   }
   abstract = nn.unbox(jax.eval_shape(functools.partial(create_train_state, model),
                                      jax.random.key(0), shapes))
-  width, depth, heads = cfg_lib.encoder_dims(config)
+  width, depth, heads, mlp_dim = cfg_lib.encoder_dims(config)
   total = cfg_lib.total_steps(config)
-  log(f'model: ViT {config.model.variant} width {width} depth {depth} heads {heads} '
+  log(f'model: ViT {config.model.variant} width {width} depth {depth} heads {heads} mlp {mlp_dim} '
       f'patch {config.model.patch_size} @ {size}px | encoder '
       f'{param_count(abstract.params["encoder"]):,} params, predictor '
       f'{param_count(abstract.params["predictor"]):,} params')
@@ -146,8 +156,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     step_fn = make_step_fn(model, state_sh, mesh)
     t0 = time.time()
     compiled = step_fn.lower(state, shapes).compile()
-    log(f'compiled the train step in {time.time() - t0:.1f}s')
     flops = train_step_flops(config, masks.context_len, masks.target_len)
+    log(f'compiled the train step in {time.time() - t0:.1f}s | {flops / 1e9:,.1f} GFLOP/step | '
+        f'{device_memory(compiled)}')
 
     metrics_path = os.path.join(workdir, 'metrics.jsonl')
     last: dict[str, float] = {}

@@ -139,3 +139,29 @@ def test_reference_port_sanity():
   rng = np.random.default_rng(1)
   enc, pred = official_masks(rng, 128, (16, 16))
   assert 35 <= pred[0].shape[1] <= 54 and 40 <= enc[0].shape[1] <= 100
+
+
+@pytest.mark.parametrize('mode', ['official', 'corrected'])
+@pytest.mark.parametrize('kwargs', [
+    dict(grid=(27, 27), target_scale=(0.1, 0.3), target_aspect=(0.5, 2.0)),
+    dict(grid=(16, 16)), dict(grid=(20, 12), target_aspect=(0.3, 3.0))])
+def test_target_len_is_the_exact_maximum(mode, kwargs):
+  """Kt equals the largest area over a brute-force sweep of the draws (never too small)."""
+  s = MaskSampler(MaskConfig(mode=mode, **kwargs))
+  c = s.config
+  if mode == 'official':
+    u = np.linspace(0, 1, 2_000_001)
+    h, w = s._sizes(u, u, c.target_scale, c.target_aspect)
+  else:  # every reachable patch count, with a dense sweep of the aspect ratio
+    n, (s0, s1), (a0, a1) = s.num_patches, c.target_scale, c.target_aspect
+    keep = np.arange(np.floor(n * s0), np.floor(n * s1) + 1)[:, None]
+    h, w = s._hw(keep, np.linspace(a0, a1, 200_001)[None])
+  assert s.target_len == (h * w).max()
+
+
+def test_official_sizes_shared_by_processes():
+  """Official block sizes come from (seed, step): equal on every process, positions differ."""
+  s = MaskSampler(MaskConfig(grid=(16, 16), mode='official'))
+  a, b = s(8, 0, 3, process_index=0), s(8, 0, 3, process_index=1)
+  assert a.tgt_len[0, 0] == b.tgt_len[0, 0]
+  assert not np.array_equal(a.tgt_idx, b.tgt_idx)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ijepa_jax.models import VARIANTS, Mlp, Predictor, VisionTransformer, rescale_residual_init
+from ijepa_jax.models import VARIANTS, Mlp, Predictor, VisionTransformer
 
 F32 = jnp.float32
 
@@ -16,14 +16,20 @@ def count(tree):
 
 
 def encoder_params(variant, patch, image):
-  w, d, h = VARIANTS[variant]
-  m = VisionTransformer(patch, w, d, h)
+  w, d, h, hidden = VARIANTS[variant]
+  m = VisionTransformer(patch, w, d, h, hidden)
   return jax.eval_shape(m.init, jax.random.key(0), jnp.zeros((1, image, image, 3)))['params']
 
 
-def official_encoder_count(width, depth, patch):
+# The official vit_* constructors: mlp_ratio 4, except vit_giant's 48/11.
+OFFICIAL_MLP_RATIO = {'giant': 48 / 11}
+
+
+def official_encoder_count(width, depth, patch, mlp_ratio=4.0):
   """Trainable parameters of the official VisionTransformer (pos_embed is frozen)."""
-  block = 3 * width * width + 3 * width + width * width + width + 8 * width * width + 5 * width + 4 * width
+  hidden = int(width * mlp_ratio)
+  block = (3 * width * width + 3 * width + width * width + width  # qkv, proj
+           + 2 * width * hidden + hidden + width + 4 * width)  # fc1, fc2, two LayerNorms
   return depth * block + 3 * patch * patch * width + width + 2 * width
 
 
@@ -43,8 +49,14 @@ def test_param_counts_match_timm(variant, patch):
 
 @pytest.mark.parametrize('variant', sorted(VARIANTS))
 def test_param_counts_every_variant(variant):
-  w, d, _ = VARIANTS[variant]
-  assert count(encoder_params(variant, 16, 224)) == official_encoder_count(w, d, 16)
+  w, d, _, _ = VARIANTS[variant]
+  ratio = OFFICIAL_MLP_RATIO.get(variant, 4.0)
+  assert count(encoder_params(variant, 16, 224)) == official_encoder_count(w, d, 16, ratio)
+
+
+def test_giant_mlp_is_6144():
+  p = encoder_params('giant', 16, 224)
+  assert nn.unbox(p)['blocks']['layers']['mlp']['fc1']['kernel'].shape == (40, 1408, 6144)
 
 
 def test_headline_counts():
@@ -127,14 +139,17 @@ def test_predictor_blocks_are_independent(small):
   np.testing.assert_allclose(out[0, :, :2], out3[0, :, :2], atol=1e-5)
 
 
-def test_rescale_residual_init():
-  enc = VisionTransformer(4, 32, 3, 4, dtype=F32)
-  p = nn.unbox(enc.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3))))['params']
-  r = rescale_residual_init(p)
-  for i in range(3):
-    for mod, sub in (('attn', 'proj'), ('mlp', 'fc2')):
-      np.testing.assert_allclose(r['blocks']['layers'][mod][sub]['kernel'][i],
-                                 p['blocks']['layers'][mod][sub]['kernel'][i] / math.sqrt(2 * (i + 1)),
-                                 rtol=1e-6)
-  np.testing.assert_array_equal(r['blocks']['layers']['attn']['qkv']['kernel'],
-                                p['blocks']['layers']['attn']['qkv']['kernel'])
+def test_predictor_padding_equals_trimmed(small):
+  """A padded row gives the same predictions as the same row with no padding at all."""
+  enc, params, x = small
+  pred = Predictor((4, 4), 32, 16, 2, 4, dtype=F32)
+  ctx_idx = jnp.array([[0, 1, 2, 3, 4, 0, 0]])
+  tgt = jnp.array([[[12, 13, 0, 0], [9, 10, 14, 15]]])
+  z = enc.apply({'params': params}, x[:1], ctx_idx, jnp.array([5]))
+  pp = nn.unbox(pred.init(jax.random.key(2), z, ctx_idx, jnp.array([5]), tgt,
+                          jnp.array([[2, 4]])))['params']
+  padded = pred.apply({'params': pp}, z, ctx_idx, jnp.array([5]), tgt, jnp.array([[2, 4]]))
+  for m, tl in ((0, 2), (1, 4)):
+    trimmed = pred.apply({'params': pp}, z[:, :5], ctx_idx[:, :5], jnp.array([5]),
+                         tgt[:, m:m + 1, :tl], jnp.array([[tl]]))
+    np.testing.assert_allclose(padded[0, m, :tl], trimmed[0, 0], atol=1e-5)
