@@ -38,11 +38,10 @@ def official_encoder_count(width, depth, patch, mlp_ratio=4.0):
 TIMM = {
     ('base', 16): 86_567_656 - (768 * 1000 + 1000) - 768 - 197 * 768,
     ('large', 16): 304_326_632 - (1024 * 1000 + 1000) - 1024 - 197 * 1024,
-    ('huge', 14): 630_764_800 - 1280 - 257 * 1280,  # vit_huge_patch14_224.orig_in21k, no head
 }
 
 
-@pytest.mark.parametrize('variant,patch', [('base', 16), ('large', 16), ('huge', 14)])
+@pytest.mark.parametrize('variant,patch', [('base', 16), ('large', 16)])
 def test_param_counts_match_timm(variant, patch):
   assert count(encoder_params(variant, patch, 224)) == TIMM[(variant, patch)]
 
