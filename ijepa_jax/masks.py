@@ -178,7 +178,7 @@ class MaskSampler:
   def sample(self, rng: np.random.Generator, batch_size: int,
              size_rng: np.random.Generator | None = None) -> MaskBatch:
     """Masks for `batch_size` images drawn from `rng` (official sizes from `size_rng`)."""
-    ctx_mask, ctx_len, tgt_idx, tgt_len = self._untruncated(rng, batch_size, size_rng or rng)
+    ctx_mask, ctx_len, tgt_idx, tgt_len = self._untruncated(rng, batch_size, size_rng)
     kc = self.context_len
     if self._official:
       order_key = np.where(ctx_mask, 0.0, 1.0)  # raster order: keep the first kc

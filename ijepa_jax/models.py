@@ -176,8 +176,10 @@ class VisionTransformer(nn.Module):
     x = x.astype(jnp.float32) + jnp.asarray(sincos_2d(self.width, (h, w)))[None]
     if keep_idx is not None:
       x = gather_tokens(x, keep_idx)  # after adding positions, as the official code
+    else:
+      keep_len = None  # every token is real
     x = BlockStack(self.depth, self.num_heads, self.mlp_dim or 4 * self.width, self.dtype,
-                   self.remat_policy, self.attention, name='blocks')(x, keep_len if keep_idx is not None else None)
+                   self.remat_policy, self.attention, name='blocks')(x, keep_len)
     return _layer_norm('norm')(x)
 
 

@@ -78,13 +78,23 @@ def make_step_fn(model: IJepa, state_shardings: Any, mesh: jax.sharding.Mesh):
       donate_argnums=(0,))
 
 
-def init_state(model: IJepa, mesh: jax.sharding.Mesh, shapes: dict, seed: int):
-  """Create the sharded train state from batch shapes; returns (state, its shardings)."""
+def abstract_state(model: IJepa, shapes: dict) -> TrainState:
+  """The train state's shapes, still in logical-partitioning boxes (no compute, no compile)."""
+  return jax.eval_shape(functools.partial(create_train_state, model), jax.random.key(0), shapes)
+
+
+def init_state(model: IJepa, mesh: jax.sharding.Mesh, shapes: dict, seed: int,
+               abstract: TrainState | None = None):
+  """Create the sharded train state from batch shapes; returns (state, its shardings).
+
+  `abstract` (from `abstract_state`) saves tracing the init a second time.
+  """
   def init(rng):
     batch = {k: jnp.zeros(v.shape, v.dtype) for k, v in shapes.items()}
     return create_train_state(model, rng, batch)
 
-  shardings = sharding.logical_shardings(jax.eval_shape(init, jax.random.key(seed)), mesh)
+  abstract = abstract if abstract is not None else abstract_state(model, shapes)
+  shardings = sharding.logical_shardings(abstract, mesh)
   state = jax.jit(lambda rng: nn.unbox(init(rng)), out_shardings=shardings)(jax.random.key(seed))
   return state, shardings
 
@@ -130,8 +140,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           (config.batch_size, masks.config.num_targets, masks.target_len), jnp.int32),
       'tgt_len': jax.ShapeDtypeStruct((config.batch_size, masks.config.num_targets), jnp.int32),
   }
-  abstract = nn.unbox(jax.eval_shape(functools.partial(create_train_state, model),
-                                     jax.random.key(0), shapes))
+  boxed = abstract_state(model, shapes)
+  abstract = nn.unbox(boxed)
   width, depth, heads, mlp_dim = cfg_lib.encoder_dims(config)
   total = cfg_lib.total_steps(config)
   log(f'model: ViT {config.model.variant} width {width} depth {depth} heads {heads} mlp {mlp_dim} '
@@ -152,7 +162,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       f'{n_proc} process(es)')
   os.makedirs(workdir, exist_ok=True)
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-    state, state_sh = init_state(model, mesh, shapes, config.seed)
+    state, state_sh = init_state(model, mesh, shapes, config.seed, boxed)
     step_fn = make_step_fn(model, state_sh, mesh)
     t0 = time.time()
     compiled = step_fn.lower(state, shapes).compile()
@@ -210,7 +220,7 @@ def final_probe(config: ml_collections.ConfigDict, model: IJepa, state: TrainSta
   tr_x, tr_y = fashion_mnist.normalize(tr_x[pick]), tr_y[pick]
   te_x, te_y = fashion_mnist.normalize(te_x[:p.test_examples]), te_y[:p.test_examples]
   random_state, _ = init_state(model, sharding.make_mesh(config.mesh.data, config.mesh.fsdp),
-                               shapes, config.seed + 1)
+                               shapes, config.seed + 1)  # same architecture, fresh weights
   results = {}
   for name, params in (('pretrained', state.target_params),
                        ('random_init', random_state.target_params)):
