@@ -2,25 +2,32 @@
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py); override fields '
                                 'with --config.<field>=<value>.', lock_config=True)
-flags.DEFINE_string('workdir', None, 'Directory for metrics (and, later, checkpoints).')
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics; a run started again '
+                    'with the same workdir resumes from its latest complete checkpoint.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
   del argv
-  from ijepa_jax.config import ConfigError  # after absl parsed the flags
-  from ijepa_jax.trainer import train_and_evaluate
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO; -v 0 shows it
+  from ijepa_jax.checkpoint import CheckpointError  # after absl parsed the flags
+  from ijepa_jax.config import ConfigError
+  from ijepa_jax.trainer import NonFiniteError, train_and_evaluate
   try:
-    train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    train_and_evaluate(FLAGS.config, FLAGS.workdir)  # returns normally when preempted, too
   except (ConfigError, FileNotFoundError) as e:  # the user's to fix: no traceback, just the fix
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
+  except (CheckpointError, NonFiniteError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == '__main__':

@@ -40,7 +40,7 @@ def main(argv):
   masks = MaskSampler(cfg_lib.mask_config(config))
   size, ch = config.data.image_size, config.data.channels
   rng = np.random.default_rng(0)
-  images = rng.normal(size=(local, size, size, ch)).astype(np.float32)
+  images = rng.integers(0, 256, size=(local, size, size, ch), dtype=np.uint8)
   batches = [{'images': images, **masks(local, 0, s)._asdict()} for s in range(FLAGS.steps + 1)]
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
@@ -48,7 +48,8 @@ def main(argv):
               for k, v in batches[0].items()}
     state, sh = init_state(model, mesh, shapes, 0)
     t0 = time.perf_counter()
-    step = make_step_fn(model, sh, mesh).lower(state, shapes).compile()
+    step = make_step_fn(model, sh, mesh, tuple(config.data.mean),
+                        tuple(config.data.std)).lower(state, shapes).compile()
     compile_s = time.perf_counter() - t0
     memory = device_memory(step)
     device_batches = [global_batch(b, mesh) for b in batches]

@@ -25,6 +25,10 @@ def get_config():
   c.data.image_size = 28
   c.data.channels = 1
   c.data.dataset_size = 60000
+  c.data.crop_scale = (0.3, 1.0)  # the official RandomResizedCrop, at 28 px
+  c.data.mean = (0.2860,)      # Fashion-MNIST's pixel statistics
+  c.data.std = (0.3530,)
+  c.checkpoint.every = 100
   c.masks.mode = 'corrected'
   c.masks.min_keep = 4
   c.masks.context_len = 32  # mean context is ~24 of 49 patches; padding to 49 costs 1.7x the time

@@ -5,6 +5,7 @@ config field and what to change.
 """
 
 import math
+import os
 
 import jax.numpy as jnp
 import ml_collections
@@ -16,6 +17,8 @@ from ijepa_jax.schedules import Schedules
 from ijepa_jax.sharding import mesh_shape
 from ijepa_jax.train_step import IJepa, make_optimizer
 
+NONFINITE = ('stop', 'skip')
+INIT_FROM_MODES = ('weights', 'full')
 DTYPES = {'bfloat16': jnp.bfloat16, 'float32': jnp.float32}
 ATTENTION = ('default', 'xla', 'cudnn')  # jax.nn.dot_product_attention implementations
 
@@ -106,11 +109,16 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   _require(config.batch_size % num_processes == 0,
            f'batch_size={config.batch_size} must be divisible by the {num_processes} processes')
   _require(config.num_epochs > 0, f'num_epochs={config.num_epochs} must be positive')
-  spe = steps_per_epoch(config)
-  _require(spe > 0, f'steps_per_epoch resolves to {spe}: data.dataset_size={d.dataset_size} is '
-           f'smaller than batch_size={config.batch_size}; lower batch_size or set steps_per_epoch')
-  _require(int(config.num_epochs * spe * o.ipe_scale) > 0,
-           'num_epochs * steps_per_epoch * optim.ipe_scale must be at least one step')
+  _require(config.steps_per_epoch == -1 or config.steps_per_epoch > 0,
+           f'steps_per_epoch={config.steps_per_epoch} must be positive or -1 (from the dataset)')
+  _require(d.dataset_size == -1 or d.dataset_size > 0,
+           f'data.dataset_size={d.dataset_size} must be positive or -1 (the split\'s size)')
+  if config.steps_per_epoch != -1 or d.dataset_size != -1:  # else known once the data is open
+    spe = steps_per_epoch(config)
+    _require(spe > 0, f'steps_per_epoch resolves to {spe}: data.dataset_size={d.dataset_size} is '
+             f'smaller than batch_size={config.batch_size}; lower batch_size or set steps_per_epoch')
+    _require(int(config.num_epochs * spe * o.ipe_scale) > 0,
+             'num_epochs * steps_per_epoch * optim.ipe_scale must be at least one step')
   _require(config.max_steps == -1 or config.max_steps > 0,
            f'max_steps={config.max_steps} must be positive or -1 (run every step)')
   _require(o.warmup_epochs >= 0, f'optim.warmup_epochs={o.warmup_epochs} must be >= 0')
@@ -124,10 +132,57 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   _require(0 <= o.b1 < 1 and 0 <= o.b2 < 1 and o.eps > 0,
            f'optim.b1={o.b1}, b2={o.b2} must be in [0, 1) and optim.eps={o.eps} positive')
   _require(config.log_every > 0, f'log_every={config.log_every} must be positive')
+  _validate_data(d)
+  k = config.checkpoint
+  _require(k.every > 0, f'checkpoint.every={k.every} must be a positive number of steps')
+  _require(k.keep >= 1, f'checkpoint.keep={k.keep} must be >= 1 (the latest is what resumes)')
+  _require(k.keep_every >= 0, f'checkpoint.keep_every={k.keep_every} must be >= 0 (0: none)')
+  _require(config.nonfinite in NONFINITE, f'nonfinite={config.nonfinite!r}: choose one of {NONFINITE}')
+  _require(config.init_from_mode in INIT_FROM_MODES,
+           f'init_from_mode={config.init_from_mode!r}: choose one of {INIT_FROM_MODES}')
+  _require(not config.init_from or _is_remote(config.init_from) or os.path.exists(config.init_from),
+           f'init_from={config.init_from!r} does not exist; give the workdir of an earlier run '
+           '(or its checkpoints/<step> folder), or leave it empty')
   try:
     MaskSampler(mask_config(config))
   except ValueError as e:
     raise ConfigError(str(e)) from None
+
+
+def _is_remote(path: str) -> bool:
+  return '://' in path  # gs://, s3://: checked when opened
+
+
+def _validate_data(d: ml_collections.ConfigDict) -> None:
+  _require(bool(d.dataset), "data.dataset is empty: name a prepared TFDS dataset, 'image_folder' "
+           "or 'fashion_mnist'")
+  _require(bool(d.split), 'data.split is empty: name the split to train on (e.g. train)')
+  _require(not d.data_dir or _is_remote(d.data_dir) or os.path.isdir(d.data_dir),
+           f'data.data_dir={d.data_dir!r} is not a directory; point it at the dataset '
+           '(or leave it empty for the default location)')
+  _require(d.dataset != 'image_folder' or bool(d.data_dir),
+           'data.dataset=image_folder needs data.data_dir=<root of <split>/<class>/*.jpg>')
+  lo, hi = d.crop_scale
+  _require(0 < lo <= hi <= 1, f'data.crop_scale={tuple(d.crop_scale)} must satisfy '
+           '0 < min <= max <= 1 (fractions of the image area; official (0.3, 1.0))')
+  lo, hi = d.crop_ratio
+  _require(0 < lo <= hi, f'data.crop_ratio={tuple(d.crop_ratio)} must satisfy 0 < min <= max '
+           '(width / height; official (3/4, 4/3))')
+  for name in ('mean', 'std'):
+    _require(len(d[name]) == d.channels, f'data.{name} has {len(d[name])} values but '
+             f'data.channels={d.channels}; give one per channel')
+  _require(all(v > 0 for v in d.std), f'data.std={tuple(d.std)} must be positive')
+  _require(d.workers == -1 or d.workers > 0, f'data.workers={d.workers} must be positive or -1 '
+           '(one per CPU core)')
+  _require(d.prefetch >= 1, f'data.prefetch={d.prefetch} must be >= 1 batch')
+
+
+def with_dataset_size(config: ml_collections.ConfigDict, size: int) -> ml_collections.ConfigDict:
+  """A copy of `config` with data.dataset_size set to the split's size where it was -1."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  if config.data.dataset_size == -1:
+    config.data.dataset_size = size
+  return config
 
 
 def build_model(config: ml_collections.ConfigDict) -> IJepa:

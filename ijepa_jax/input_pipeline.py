@@ -1,42 +1,77 @@
-"""Host input pipeline: images and masks for a step, as a pure function of (seed, step, process).
+"""Host input pipeline: a step's images and masks as a pure function of (seed, step, process).
 
-This first pipeline serves an in-memory array source (the embedded
-Fashion-MNIST). Each epoch is a permutation drawn from (seed, epoch); global
+Why not Grain: every element here is already a pure function of the run's
+seed, the step and its position in the global batch, so the iterator's whole
+state is one integer (the step) that the checkpoint stores. Grain's
+MapDataset would give the same, at the price of another dependency and of
+worker processes that copy every decoded image between processes; decoding
+and resizing in Pillow release the GIL, so a thread pool scales over cores.
+
+Order: epoch `e` is a permutation of the dataset drawn from (seed, e); global
 batch `step` is a contiguous slice of it (the tail that does not fill a batch
-is dropped) and each process takes its own contiguous part, so processes never
-overlap and a run resumes from the step number alone. A background thread
-prepares the next batches while the device works.
+is dropped, as the official `drop_last=True`), and process `p` of `P` reads
+only its own contiguous part. The slices of the processes are disjoint and
+together cover the epoch, and the global order does not depend on `P`.
+Each element's crop and flip come from (seed, step, position in the global
+batch); masks come from (seed, step, process) (ijepa_jax/masks.py).
+
+A corrupt image is replaced by another image chosen deterministically
+(the next in a fixed stride through the dataset), counted and named in the
+batch's `skipped` list; the run goes on. A background thread keeps `depth`
+batches ready while the device works.
 """
 
+import concurrent.futures
+import dataclasses
 import queue
 import threading
 from typing import Callable, Iterator
 
 import numpy as np
 
+from ijepa_jax.data import CorruptImageError, Source, train_transform
 from ijepa_jax.masks import MaskSampler
 
 _EPOCH_STREAM = 0x65706F63
+_CROP_STREAM = 0x63726F70
+_MAX_REPLACEMENTS = 32
 
 
-class ArrayBatches:
-  """Batches of one process from in-memory images [N, H, W, C] float32."""
+@dataclasses.dataclass(frozen=True)
+class TransformConfig:
+  """The training transform (data.image_size, data.channels, data.crop_scale, ...)."""
+  size: int
+  channels: int
+  scale: tuple[float, float] = (0.3, 1.0)
+  ratio: tuple[float, float] = (3 / 4, 4 / 3)
+  flip: bool = False
 
-  def __init__(self, images: np.ndarray, global_batch: int, seed: int, masks: MaskSampler,
-               process_index: int = 0, process_count: int = 1):
+
+class Batches:
+  """One process's batches from a random-access `Source`: `batches(step) -> dict`.
+
+  The dict holds `images` uint8 [local_batch, size, size, channels], the
+  fixed-shape mask arrays, and `skipped` (names of corrupt images replaced).
+  """
+
+  def __init__(self, source: Source, global_batch: int, seed: int, masks: MaskSampler,
+               transform: TransformConfig, process_index: int = 0, process_count: int = 1,
+               workers: int = 4):
     if global_batch % process_count:
       raise ValueError(f'batch_size={global_batch} must be divisible by the {process_count} processes')
-    if len(images) < global_batch:
-      raise ValueError(f'batch_size={global_batch} is larger than the dataset ({len(images)} images); '
+    if len(source) < global_batch:
+      raise ValueError(f'batch_size={global_batch} is larger than the dataset ({len(source)} images); '
                        'lower --config.batch_size')
-    self.images = images
+    self.source = source
     self.global_batch = global_batch
     self.local_batch = global_batch // process_count
     self.seed = seed
     self.masks = masks
+    self.transform = transform
     self.process_index = process_index
-    self.steps_per_epoch = len(images) // global_batch
+    self.steps_per_epoch = len(source) // global_batch
     self._perm: tuple[int, np.ndarray | None] = (-1, None)
+    self._pool = concurrent.futures.ThreadPoolExecutor(max(1, workers), 'ijepa-data')
 
   def indices(self, step: int) -> np.ndarray:
     """Dataset indices [local_batch] of this process's part of global batch `step`."""
@@ -48,14 +83,43 @@ class ArrayBatches:
   def _permutation(self, epoch: int) -> np.ndarray:
     if self._perm[0] != epoch:  # drawn once per epoch, not once per step
       self._perm = (epoch, np.random.default_rng([_EPOCH_STREAM, self.seed, epoch]).permutation(
-          len(self.images)))
+          len(self.source)))
     return self._perm[1]
 
-  def __call__(self, step: int) -> dict[str, np.ndarray]:
-    """The host-local batch for `step`: images and fixed-shape mask indices."""
-    batch = {'images': self.images[np.sort(self.indices(step))]}
+  def element(self, step: int, position: int, index: int) -> tuple[np.ndarray, list[str]]:
+    """Transformed image `index` at `position` of global batch `step` (+ names it skipped)."""
+    rng = np.random.default_rng([_CROP_STREAM, self.seed, step, position])
+    t = self.transform
+    skipped = []
+    n = len(self.source)
+    for attempt in range(_MAX_REPLACEMENTS):
+      i = (index + attempt * 7919) % n  # a fixed stride: the same replacement every time
+      try:
+        img = self.source.load(i)
+      except CorruptImageError as e:
+        skipped.append(str(e))
+        continue
+      return train_transform(img, rng, t.size, t.channels, t.scale, t.ratio, t.flip), skipped
+    raise CorruptImageError(f'{_MAX_REPLACEMENTS} images in a row could not be decoded '
+                            f'(last: {skipped[-1]}); is data.data_dir the right dataset?')
+
+  def __call__(self, step: int) -> dict:
+    """The host-local batch for `step`: uint8 images, fixed-shape masks, skipped names."""
+    first = self.process_index * self.local_batch
+    jobs = [self._pool.submit(self.element, step, first + k, int(i))
+            for k, i in enumerate(self.indices(step))]
+    images = np.empty((self.local_batch, self.transform.size, self.transform.size,
+                       self.transform.channels), np.uint8)
+    skipped: list[str] = []
+    for k, job in enumerate(jobs):
+      images[k], names = job.result()
+      skipped += names
+    batch = {'images': images, 'skipped': skipped}
     batch.update(self.masks(self.local_batch, self.seed, step, self.process_index)._asdict())
     return batch
+
+  def close(self) -> None:
+    self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def prefetch(make: Callable[[int], dict], start: int, stop: int, depth: int = 2) -> Iterator[dict]:
@@ -68,17 +132,24 @@ def prefetch(make: Callable[[int], dict], start: int, stop: int, depth: int = 2)
       for step in range(start, stop):
         if stop_flag.is_set():
           return
-        q.put((step, make(step), None))
+        item = make(step)
+        while not stop_flag.is_set():
+          try:
+            q.put((item, None), timeout=0.1)
+            break
+          except queue.Full:
+            continue
     except Exception as e:  # surfaced in the consumer thread
-      q.put((None, None, e))
+      q.put((None, e))
 
   thread = threading.Thread(target=work, daemon=True)
   thread.start()
   try:
     for _ in range(start, stop):
-      _, item, err = q.get()
+      item, err = q.get()
       if err is not None:
         raise err
       yield item
   finally:
     stop_flag.set()
+

@@ -20,6 +20,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.max_steps = -1             # stop early (schedules keep their full length); -1: run all
   c.loss = 'smooth_l1'         # or 'l2'
   c.log_every = 50
+  c.nonfinite = 'stop'         # a non-finite loss or gradient: 'stop' (keep the last good
+                               # checkpoint) or 'skip' (leave the state as it was; count it)
+  c.init_from = ''             # start from another run: its workdir, checkpoints/ or checkpoints/<step>
+  c.init_from_mode = 'weights'  # 'weights': params + EMA, fresh optimizer, step 0; 'full': all of it
 
   c.model = ml_collections.ConfigDict()
   c.model.variant = 'huge'     # tiny small base large huge giant, or 'custom' (width/depth/heads)
@@ -36,11 +40,26 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.attention = 'default'  # jax.nn.dot_product_attention implementation: default, xla, cudnn
 
   c.data = ml_collections.ConfigDict()
-  c.data.dataset = 'imagenet2012'  # or 'fashion_mnist'
-  c.data.data_dir = ''         # '' : the dataset's default location
+  c.data.dataset = 'imagenet2012'  # a prepared TFDS dataset, 'image_folder' or 'fashion_mnist'
+  c.data.data_dir = ''         # TFDS: its data_dir ('' : $TFDS_DATA_DIR or ~/tensorflow_datasets);
+                               # image_folder: the root of <split>/<class>/*.jpg
+  c.data.split = 'train'
   c.data.image_size = 224
-  c.data.channels = 3
-  c.data.dataset_size = 1281167  # training images; sets steps_per_epoch when it is -1
+  c.data.channels = 3          # grey images are made 3-channel (and colour ones grey) to match
+  c.data.dataset_size = -1     # -1: the split's size; sets steps_per_epoch when that is -1
+  c.data.crop_scale = (0.3, 1.0)  # RandomResizedCrop (official)
+  c.data.crop_ratio = (3 / 4, 4 / 3)
+  c.data.flip = False          # horizontal flip (off in the official recipe)
+  c.data.mean = IMAGENET_MEAN  # per channel, images in [0, 1]
+  c.data.std = IMAGENET_STD
+  c.data.workers = -1          # decoding threads per process; -1: one per CPU core
+  c.data.prefetch = 2          # batches prepared ahead of the device
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every = 1000    # steps between checkpoints (also at the end and on SIGTERM/SIGINT)
+  c.checkpoint.keep = 3        # the last K checkpoints ...
+  c.checkpoint.keep_every = 0  # ... plus every M-th step for good (0: none)
+  c.checkpoint.async_save = True
 
   c.masks = ml_collections.ConfigDict()
   c.masks.mode = 'official'    # or 'corrected' (ijepa_jax/masks.py)
@@ -91,6 +110,8 @@ def paper_recipe(variant: str, patch_size: int, image_size: int, epochs: float,
   c.data.image_size = image_size
   c.num_epochs = float(epochs)
   c.optim.warmup_epochs = float(warmup_epochs)
-  if dataset == 'imagenet21k':  # ImageNet-22K (full, 21,841 classes)
+  if dataset == 'imagenet2012':
+    c.data.dataset_size = 1281167  # the official schedules count ImageNet-1K's epochs
+  elif dataset == 'imagenet21k':  # ImageNet-22K (full, 21,841 classes)
     c.data.dataset_size = 14197122
   return c

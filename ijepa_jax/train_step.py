@@ -133,3 +133,18 @@ def train_step(model: IJepa, state: TrainState, batch: Batch) -> tuple[TrainStat
   new_state = TrainState(step=state.step + 1, params=params, target_params=target_params,
                          opt_state=opt_state)
   return new_state, metrics
+
+
+def guarded_train_step(model: IJepa, state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
+  """`train_step` that keeps params, EMA and optimizer state unchanged when the loss or the
+  gradient norm is not finite (the step counter still advances, so the data moves on).
+
+  `metrics['finite']` (1.0 / 0.0) says which happened; the trainer either stops on a
+  non-finite step (default) or skips it and counts it (`nonfinite='skip'`). XLA fuses the
+  select into the update, so a finite step costs no extra memory traffic.
+  """
+  new, metrics = train_step(model, state, batch)
+  finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(metrics['grad_norm'])
+  kept = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new.replace(step=state.step), state)
+  metrics['finite'] = finite.astype(jnp.float32)
+  return kept.replace(step=new.step), metrics

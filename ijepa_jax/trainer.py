@@ -1,14 +1,23 @@
 """The I-JEPA trainer: one readable loop around the pure train step.
 
-Sections: (1) check the config and the data before compiling anything,
-(2) build model, mesh and shardings, (3) initialise and compile,
-(4) train, logging to stdout and `<workdir>/metrics.jsonl`, (5) the final
-linear probe (when the config asks for it).
+Sections: (1) check the config, the workdir and the data before compiling
+anything, (2) build model, mesh and shardings, (3) resume from the latest
+checkpoint (or `init_from`, or a fresh init) and compile, (4) train: log to
+stdout and `<workdir>/metrics.jsonl`, checkpoint every `checkpoint.every`
+steps, at the end and on SIGTERM/SIGINT, (5) the final linear probe.
+
+Faults: SIGTERM/SIGINT save a checkpoint and return (exit 0); `kill -9` loses
+only the steps since the last complete checkpoint (metrics rows past it are
+dropped at the next start, so the log has no duplicates); a non-finite loss
+or gradient never reaches the weights (`guarded_train_step`) and stops the
+run by default (`nonfinite='skip'` skips and counts such steps).
 """
 
 import functools
 import json
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -19,18 +28,20 @@ import ml_collections
 import numpy as np
 
 from ijepa_jax import config as cfg_lib
+from ijepa_jax import data as data_lib
 from ijepa_jax import fashion_mnist, sharding
+from ijepa_jax.checkpoint import CheckpointError, Checkpoints, find_checkpoint, restore_target
 from ijepa_jax.flops import train_step_flops
-from ijepa_jax.input_pipeline import ArrayBatches, prefetch
+from ijepa_jax.input_pipeline import Batches, TransformConfig, prefetch
 from ijepa_jax.masks import MaskSampler
 from ijepa_jax.probe import extract_features, linear_probe
-from ijepa_jax.train_step import IJepa, TrainState, create_train_state, train_step
+from ijepa_jax.train_step import IJepa, TrainState, create_train_state, guarded_train_step
 
-TFDS_DATASETS = ('imagenet2012', 'imagenet21k', 'imagenet2012_subset', 'imagenette')
+DataMissingError = data_lib.DataMissingError
 
 
-class DataMissingError(FileNotFoundError):
-  """The configured dataset is not on this machine; the message says how to point at it."""
+class NonFiniteError(FloatingPointError):
+  """A non-finite loss or gradient with nonfinite='stop'; the message says what to change."""
 
 
 def log(msg: str) -> None:
@@ -38,29 +49,29 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
-# -- (1) data ----------------------------------------------------------------
+# -- (1) workdir and data ------------------------------------------------------
 
-def load_train_images(config: ml_collections.ConfigDict) -> np.ndarray:
-  """Training images [N, H, W, C] float32, or a clear error when the data is not here."""
+def check_writable(workdir: str) -> None:
+  """Fail now, not at the first checkpoint, when the workdir cannot be written."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f'.write_test.{os.getpid()}')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise CheckpointError(f'--workdir={workdir} is not writable ({type(e).__name__}: {e}); '
+                          'pass a directory this process can write') from None
+
+
+def make_batches(config: ml_collections.ConfigDict, source: data_lib.Source,
+                 masks: MaskSampler) -> Batches:
   d = config.data
-  if d.dataset == 'fashion_mnist':
-    images, _ = fashion_mnist.load('train', d.data_dir or None)
-    return fashion_mnist.normalize(images)
-  if d.dataset in TFDS_DATASETS:
-    root = d.data_dir or os.environ.get('TFDS_DATA_DIR') or os.path.expanduser('~/tensorflow_datasets')
-    path = os.path.join(root, d.dataset)
-    if not os.path.isdir(path):
-      raise DataMissingError(
-          f'data.dataset={d.dataset!r} needs the TFDS-prepared dataset at {path}, which does not '
-          f'exist. Prepare it once (for ImageNet: download the archives by hand, then `tfds build '
-          f'{d.dataset} --manual_dir=<folder with the archives> --data_dir=<dir>`) and pass '
-          f'--config.data.data_dir=<dir> (or set TFDS_DATA_DIR). Nothing is downloaded for you. '
-          f'To try the trainer without ImageNet, use --config=configs/demo.py.')
-    raise DataMissingError(
-        f'{path} exists, but reading TFDS datasets is not implemented yet (it arrives with the '
-        f'ImageNet input pipeline); for now only data.dataset=fashion_mnist trains.')
-  raise cfg_lib.ConfigError(
-      f"data.dataset={d.dataset!r}: choose 'fashion_mnist' or one of {TFDS_DATASETS}")
+  transform = TransformConfig(d.image_size, d.channels, tuple(d.crop_scale), tuple(d.crop_ratio),
+                              bool(d.flip))
+  workers = (os.cpu_count() or 1) if d.workers == -1 else d.workers
+  return Batches(source, config.batch_size, config.seed, masks, transform,
+                 jax.process_index(), jax.process_count(), workers)
 
 
 # -- (2)-(3) model, mesh, state ----------------------------------------------
@@ -69,10 +80,16 @@ def param_count(tree: Any) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
-def make_step_fn(model: IJepa, state_shardings: Any, mesh: jax.sharding.Mesh):
-  """train_step jitted over the mesh with a donated state."""
+def make_step_fn(model: IJepa, state_shardings: Any, mesh: jax.sharding.Mesh,
+                 mean: tuple[float, ...], std: tuple[float, ...]):
+  """guarded_train_step on uint8 images (normalised on the device), jitted over the mesh
+  with a donated state."""
+  def step(state, batch):
+    batch = dict(batch, images=data_lib.normalize(batch['images'], mean, std))
+    return guarded_train_step(model, state, batch)
+
   return jax.jit(
-      functools.partial(train_step, model),
+      step,
       in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
       out_shardings=(state_shardings, sharding.replicated(mesh)),
       donate_argnums=(0,))
@@ -122,18 +139,121 @@ def _fmt_time(seconds: float) -> str:
   return f'{h}h{rem // 60:02d}m' if h else f'{rem // 60}m{rem % 60:02d}s'
 
 
-# -- the run -----------------------------------------------------------------
+class StopRequest:
+  """SIGTERM / SIGINT set a flag that the loop reads between steps (a second SIGINT
+  interrupts at once). With several processes they agree, so all save the same step."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.signum: int | None = None
+    self._previous: dict = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in self.SIGNALS:
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+  def _handle(self, signum, frame):
+    if self.signum is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signum = signum
+    print(f'{signal.Signals(signum).name} received: saving a checkpoint after this step',
+          flush=True)
+
+  def requested(self) -> bool:
+    flag = self.signum is not None
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      flag = bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
+    return flag
+
+
+class MetricsLog:
+  """`metrics.jsonl` (process 0): on resume, rows past the restored step are dropped."""
+
+  def __init__(self, path: str, resume_step: int):
+    self.file = None
+    if jax.process_index():
+      return
+    if os.path.exists(path):
+      with open(path) as f:
+        rows = [l for l in f if l.strip()]
+      kept = []
+      for line in rows:
+        try:
+          if json.loads(line)['step'] <= resume_step:
+            kept.append(line)
+        except (ValueError, KeyError):
+          pass  # a line torn by a kill
+      tmp = path + '.tmp'
+      with open(tmp, 'w') as f:
+        f.writelines(kept)
+      os.replace(tmp, path)
+    self.file = open(path, 'a')
+
+  def write(self, row: dict) -> None:
+    if self.file:
+      self.file.write(json.dumps(row) + '\n')
+      self.file.flush()
+
+  def close(self) -> None:
+    if self.file:
+      self.file.close()
+
+
+def _fresh_accounting() -> dict:
+  return {'train_seconds': 0.0, 'skipped_images': 0, 'nonfinite_steps': 0, 'starts': 0}
+
+
+def restore_or_init(config, ckpts, model, mesh, shapes, boxed, target, data_meta):
+  """(state, accounting, how): the latest checkpoint of this workdir, else `init_from`,
+  else a fresh init."""
+  latest = ckpts.latest_step()
+  if latest is not None:
+    state, meta = ckpts.restore(latest, target)
+    for key in ('dataset_size', 'global_batch', 'seed'):
+      if meta['data'].get(key) != data_meta[key]:
+        log(f'warning: checkpoint {latest} was written with data {key}={meta["data"].get(key)}, '
+            f'this run has {data_meta[key]}: the data order from here differs from that run\'s')
+    return state, meta['accounting'], f'resumed from checkpoint {latest} in {ckpts.directory}'
+  if config.init_from:
+    directory, step = find_checkpoint(config.init_from)
+    loaded, _ = Checkpoints(directory, read_only=True).restore(step, target)
+    if config.init_from_mode == 'full':
+      state = loaded
+    else:
+      fresh, _ = init_state(model, mesh, shapes, config.seed, boxed)
+      state = fresh.replace(params=loaded.params, target_params=loaded.target_params)
+    return state, _fresh_accounting(), (f'initialised from {directory}/{step} '
+                                        f'({config.init_from_mode})')
+  state, _ = init_state(model, mesh, shapes, config.seed, boxed)
+  return state, _fresh_accounting(), 'fresh initialisation'
+
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Pretrain as `config` says; returns the final metrics (and probe accuracies)."""
+  """Pretrain as `config` says, resuming from `workdir`'s latest checkpoint if there is one.
+
+  Returns the final metrics (and probe accuracies); `preempted: 1.0` when a
+  signal stopped the run early (its checkpoint is saved).
+  """
   t_start = time.time()
   n_dev, n_proc = jax.device_count(), jax.process_count()
   cfg_lib.validate(config, n_dev, n_proc)
+  check_writable(workdir)
+  source = data_lib.open_source(config.data.dataset, config.data.split, config.data.data_dir)
+  config = cfg_lib.with_dataset_size(config, len(source))
+  cfg_lib.validate(config, n_dev, n_proc)  # the schedule checks need the dataset's size
   model = cfg_lib.build_model(config)
   masks = MaskSampler(cfg_lib.mask_config(config))
   size, ch = config.data.image_size, config.data.channels
   shapes = {
-      'images': jax.ShapeDtypeStruct((config.batch_size, size, size, ch), jnp.float32),
+      'images': jax.ShapeDtypeStruct((config.batch_size, size, size, ch), jnp.uint8),
       'ctx_idx': jax.ShapeDtypeStruct((config.batch_size, masks.context_len), jnp.int32),
       'ctx_len': jax.ShapeDtypeStruct((config.batch_size,), jnp.int32),
       'tgt_idx': jax.ShapeDtypeStruct(
@@ -150,62 +270,146 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       f'{param_count(abstract.params["predictor"]):,} params')
   log(f'masks: {config.masks.mode} mode, grid {masks.height}x{masks.width}, context len '
       f'{masks.context_len}, {masks.config.num_targets} targets x len {masks.target_len}')
-  log(f'schedule: {total} steps, global batch {config.batch_size}, '
-      f'{cfg_lib.steps_per_epoch(config)} steps/epoch')
+  log(f'data: {config.data.dataset}/{config.data.split}, {len(source):,} images | schedule: '
+      f'{total} steps, global batch {config.batch_size}, {cfg_lib.steps_per_epoch(config)} '
+      'steps/epoch')
 
-  images = load_train_images(config)  # a missing dataset stops the run here, before compiling
-  source = ArrayBatches(images, config.batch_size, config.seed, masks,
-                        jax.process_index(), n_proc)
-
+  batches = make_batches(config, source, masks)
+  k = config.checkpoint
+  ckpts = Checkpoints(os.path.join(workdir, 'checkpoints'), k.keep, k.keep_every, k.async_save)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
   log(f'mesh: {dict(mesh.shape)} over {n_dev} {jax.devices()[0].platform} device(s), '
       f'{n_proc} process(es)')
-  os.makedirs(workdir, exist_ok=True)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-    state, state_sh = init_state(model, mesh, shapes, config.seed, boxed)
-    step_fn = make_step_fn(model, state_sh, mesh)
-    t0 = time.time()
-    compiled = step_fn.lower(state, shapes).compile()
-    flops = train_step_flops(config, masks.context_len, masks.target_len)
-    log(f'compiled the train step in {time.time() - t0:.1f}s | {flops / 1e9:,.1f} GFLOP/step | '
-        f'{device_memory(compiled)}')
-
-    metrics_path = os.path.join(workdir, 'metrics.jsonl')
-    last: dict[str, float] = {}
-    t_log, n_log = time.time(), 0
-    t_train = time.time()
-    with open(metrics_path, 'a') as metrics_file:
-      first = int(state.step)
-      for step, local in enumerate(prefetch(source, first, total), start=first + 1):
-        state, metrics = compiled(state, global_batch(local, mesh))
-        n_log += 1
-        if step % config.log_every and step != total:
-          continue  # fetch metrics only when logging, so the device never waits on the host
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not np.isfinite(metrics['loss']):
-          raise FloatingPointError(f'non-finite loss {metrics["loss"]} at step {step}; '
-                                   'lower optim.lr or use model.dtype=float32')
-        dt = time.time() - t_log
-        metrics.update(step=step, images_per_sec=n_log * config.batch_size / dt,
-                       flops_per_sec=n_log * flops / dt, time=time.time() - t_start)
-        eta = (total - step) * dt / n_log
-        log(f'step {step:>6d}/{total} | loss {metrics["loss"]:.4f} | lr {metrics["lr"]:.2e} | '
-            f'{metrics["images_per_sec"]:,.0f} img/s | ETA {_fmt_time(eta)}')
-        if jax.process_index() == 0:
-          metrics_file.write(json.dumps(metrics) + '\n')
-          metrics_file.flush()
-        last = metrics
-        t_log, n_log = time.time(), 0
-    last['train_seconds'] = time.time() - t_train
-    log(f'trained {total} steps in {_fmt_time(last["train_seconds"])}')
-
-    if config.probe.enabled:
-      last.update(final_probe(config, model, state, shapes))
+  data_meta = {'seed': config.seed, 'dataset_size': len(source), 'global_batch': config.batch_size}
+  try:
+    with StopRequest() as stop, jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+      state_sh = sharding.logical_shardings(boxed, mesh)
+      state, acct, how = restore_or_init(config, ckpts, model, mesh, shapes, boxed,
+                                         restore_target(abstract, state_sh), data_meta)
+      start = int(state.step)
+      acct['starts'] += 1
+      log(f'state: {how}, at step {start}')
+      t0 = time.time()
+      compiled = make_step_fn(model, state_sh, mesh, tuple(config.data.mean),
+                              tuple(config.data.std)).lower(state, shapes).compile()
+      flops = train_step_flops(config, masks.context_len, masks.target_len)
+      log(f'compiled the train step in {time.time() - t0:.1f}s | {flops / 1e9:,.1f} GFLOP/step | '
+          f'{device_memory(compiled)}')
+      metrics_log = MetricsLog(os.path.join(workdir, 'metrics.jsonl'), start)
+      try:
+        loop = _Loop(config, compiled, mesh, ckpts, stop, metrics_log, acct, flops, total,
+                     dict(data_meta, process_count=n_proc), t_start)
+        state, last = loop.run(state, start, batches)
+      finally:
+        metrics_log.close()
+      if last.get('preempted'):
+        return last
+      if config.probe.enabled:
+        last.update(final_probe(config, model, state, shapes))
+  finally:
+    batches.close()
+    try:
+      ckpts.wait()  # let a save in flight finish: it is a good checkpoint
+    finally:
+      ckpts.close()
   last['total_seconds'] = time.time() - t_start
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'final.json'), 'w') as f:
       json.dump(last, f, indent=1)
   return last
+
+
+class _Loop:
+  """The training loop's state between steps: logging, checkpoints, faults."""
+
+  def __init__(self, config, compiled, mesh, ckpts, stop, metrics_log, acct, flops, total,
+               data_meta, t_start):
+    self.config, self.compiled, self.mesh, self.ckpts = config, compiled, mesh, ckpts
+    self.stop, self.metrics_log, self.acct, self.flops = stop, metrics_log, acct, flops
+    self.total, self.data_meta, self.t_start = total, data_meta, t_start
+    self.last: dict[str, float] = {}
+
+  def run(self, state: TrainState, start: int, batches: Batches) -> tuple[TrainState, dict]:
+    cfg = self.config
+    self.t_log, self.n_log = time.time(), 0
+    self.train_seconds0, self.t_train = self.acct['train_seconds'], time.time()
+    if start >= self.total:
+      log(f'already trained: checkpoint at step {start} of {self.total}')
+      return state, {'step': start}
+    pending = None
+    for step, local in enumerate(prefetch(batches, start, self.total, cfg.data.prefetch),
+                                 start=start + 1):
+      skipped = local.pop('skipped')
+      for name in skipped:
+        print(f'[process {jax.process_index()}] skipped a corrupt image at step {step}: {name}',
+              flush=True)
+      self.acct['skipped_images'] += len(skipped)
+      state, metrics = self.compiled(state, global_batch(local, self.mesh))
+      self.n_log += 1
+      if pending is not None:  # read the previous step's metrics: the device is busy meanwhile
+        self._resolve(*pending)
+      pending = (step, metrics)
+      preempted = self.stop.requested()
+      if step % cfg.checkpoint.every == 0 or step == self.total or preempted:
+        self._resolve(*pending)
+        pending = None
+        self._save(step, state)
+      if preempted:
+        self.ckpts.wait()
+        log(f'stopped by {signal.Signals(self.stop.signum).name} at step {step}: checkpoint '
+            f'{step} is complete; run the same command again to resume')
+        return state, dict(self.last, step=step, preempted=1.0)
+    if pending is not None:
+      self._resolve(*pending)
+    self.last['train_seconds'] = self._train_seconds()
+    log(f'trained to step {self.total} ({_fmt_time(time.time() - self.t_train)} in this start, '
+        f'{_fmt_time(self.last["train_seconds"])} in all)')
+    return state, self.last
+
+  def _train_seconds(self) -> float:
+    return self.train_seconds0 + time.time() - self.t_train
+
+  def _save(self, step: int, state: TrainState) -> None:
+    acct = dict(self.acct, train_seconds=self._train_seconds(),
+                images_seen=step * self.config.batch_size)
+    meta = {
+        'step': step,
+        'data': dict(self.data_meta, next_step=step),
+        # the host RNG is counter-based: numpy Generators seeded with (stream, seed, step,
+        # position or process), so (seed, step) is its whole state
+        'host_rng': {'seed': self.config.seed, 'step': step},
+        'accounting': acct,
+        'config': json.loads(self.config.to_json_best_effort()),
+    }
+    blocked = self.ckpts.save(step, state, meta)
+    log(f'checkpoint {step}: training blocked {blocked:.2f}s, writing in the background')
+
+  def _resolve(self, step: int, metrics: dict) -> None:
+    cfg = self.config
+    m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    if m['finite'] < 1.0:
+      self.acct['nonfinite_steps'] += 1
+      if cfg.nonfinite == 'stop':
+        raise NonFiniteError(
+            f'step {step}: loss {m["loss"]} / gradient norm {m["grad_norm"]} is not finite; the '
+            f'update was not applied and the run stopped (latest complete checkpoint: '
+            f'{self.ckpts.latest_step()}). Lower optim.lr, set optim.grad_clip, use '
+            'model.dtype=float32, or set nonfinite=skip to skip such steps and count them.')
+      log(f'warning: step {step} had a non-finite loss or gradient; skipped '
+          f'({self.acct["nonfinite_steps"]} so far)')
+    if step % cfg.log_every and step != self.total:
+      return
+    dt = time.time() - self.t_log
+    m.update(step=step, images_per_sec=self.n_log * cfg.batch_size / dt,
+             flops_per_sec=self.n_log * self.flops / dt, time=time.time() - self.t_start,
+             skipped_images=self.acct['skipped_images'],
+             nonfinite_steps=self.acct['nonfinite_steps'])
+    eta = (self.total - step) * dt / max(self.n_log, 1)
+    log(f'step {step:>6d}/{self.total} | loss {m["loss"]:.4f} | lr {m["lr"]:.2e} | '
+        f'{m["images_per_sec"]:,.0f} img/s | ETA {_fmt_time(eta)}')
+    self.metrics_log.write(m)
+    self.last = m
+    self.t_log, self.n_log = time.time(), 0
 
 
 def final_probe(config: ml_collections.ConfigDict, model: IJepa, state: TrainState,

@@ -1,30 +1,103 @@
-import numpy as np
+"""The host pipeline: per-process shards, determinism, corrupt images, prefetch."""
 
-from ijepa_jax.input_pipeline import ArrayBatches, prefetch
+import io
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ijepa_jax.data import ArraySource, FolderSource
+from ijepa_jax.input_pipeline import Batches, TransformConfig, prefetch
 from ijepa_jax.masks import MaskConfig, MaskSampler
 
 MASKS = MaskSampler(MaskConfig(grid=(7, 7), mode='corrected', min_keep=2))
-IMAGES = np.arange(100, dtype=np.float32).reshape(100, 1, 1, 1) * np.ones((1, 28, 28, 1), np.float32)
+# image i is filled with the value i, so a batch says which images it holds
+IMAGES = np.repeat(np.arange(100, dtype=np.uint8)[:, None, None], 28, 1).repeat(28, 2)
+FULL = TransformConfig(28, 1, scale=(1.0, 1.0), ratio=(1.0, 1.0))  # identity crop
 
 
 def ids(batch):
   return batch['images'][:, 0, 0, 0].astype(int)
 
 
+def batches(images=IMAGES, global_batch=20, seed=1, p=0, n=1, transform=FULL, source=None):
+  return Batches(source or ArraySource(images), global_batch, seed, MASKS, transform, p, n,
+                 workers=2)
+
+
 def test_processes_are_disjoint_and_cover_the_epoch():
-  parts = [ArrayBatches(IMAGES, 20, seed=1, masks=MASKS, process_index=p, process_count=4)
-           for p in range(4)]
-  seen = np.concatenate([ids(src(step)) for step in range(5) for src in parts])
+  parts = [batches(p=p, n=4) for p in range(4)]
+  per_process = [np.concatenate([ids(src(step)) for step in range(5)]) for src in parts]
+  for a in range(4):
+    for b in range(a + 1, 4):
+      assert not set(per_process[a]) & set(per_process[b])  # disjoint shards
+  seen = np.concatenate(per_process)
   assert len(seen) == 100 and len(np.unique(seen)) == 100  # one epoch, every image once
-  a, b = parts[0](7), ArrayBatches(IMAGES, 20, 1, MASKS, 0, 4)(7)
-  np.testing.assert_array_equal(ids(a), ids(b))  # a function of (seed, step, process)
+  a, b = parts[0](7), batches(p=0, n=4)(7)
+  np.testing.assert_array_equal(a['images'], b['images'])  # a function of (seed, step, process)
   np.testing.assert_array_equal(a['ctx_idx'], b['ctx_idx'])
-  assert a['images'].shape == (5, 28, 28, 1) and a['ctx_idx'].shape == (5, MASKS.context_len)
+  assert a['images'].shape == (5, 28, 28, 1) and a['images'].dtype == np.uint8
+  assert a['ctx_idx'].shape == (5, MASKS.context_len)
 
 
-def test_epochs_reshuffle():
-  src = ArrayBatches(IMAGES, 50, seed=0, masks=MASKS)
-  assert not np.array_equal(np.sort(ids(src(0))), np.sort(ids(src(2))))
+def test_global_batch_does_not_depend_on_the_process_count():
+  """The same global batch (images and crops) whether 1, 2 or 4 processes read it."""
+  crop = TransformConfig(28, 1)
+  whole = batches(n=1, transform=crop)(3)['images']
+  for n in (2, 4):
+    parts = np.concatenate([batches(p=p, n=n, transform=crop)(3)['images'] for p in range(n)])
+    np.testing.assert_array_equal(parts, whole)
+
+
+def test_epochs_reshuffle_and_drop_the_tail():
+  src = batches(global_batch=30, seed=0)
+  assert src.steps_per_epoch == 3  # 100 // 30; the last 10 of each epoch are dropped
+  assert not np.array_equal(np.sort(ids(src(0))), np.sort(ids(src(3))))
+
+
+def _write(path, value, fmt):
+  Image.fromarray(np.full((40, 30, 3), value, np.uint8)).save(path, format=fmt)
+
+
+def test_image_folder_skips_and_counts_corrupt_images(tmp_path):
+  root = tmp_path / 'train'
+  for c, cls in enumerate(('cat', 'dog')):
+    os.makedirs(root / cls)
+    for i in range(10):
+      _write(root / cls / f'{i}.{"png" if i % 2 else "jpg"}', 10 * c + i, 'PNG' if i % 2 else 'JPEG')
+  (root / 'dog' / 'bad.jpg').write_bytes(b'not an image at all')
+  good = io.BytesIO()
+  _write(good, 7, 'JPEG')
+  (root / 'cat' / 'truncated.jpg').write_bytes(good.getvalue()[:200])
+  (root / 'cat' / 'notes.txt').write_text('ignored: not an image extension')
+  src = FolderSource(str(tmp_path), 'train')
+  assert len(src) == 22 and src.classes == ['cat', 'dog']
+  assert np.bincount(src.labels).tolist() == [11, 11]
+  pipe = batches(source=src, global_batch=22, transform=TransformConfig(16, 3))
+  batch = pipe(0)  # the whole dataset: both bad files are in it
+  assert batch['images'].shape == (22, 16, 16, 3)
+  assert len(batch['skipped']) == 2
+  assert any('bad.jpg' in s for s in batch['skipped'])
+  assert any('truncated.jpg' in s for s in batch['skipped'])
+  again = pipe(0)
+  np.testing.assert_array_equal(again['images'], batch['images'])  # replacements are deterministic
+
+
+def test_grey_images_become_three_channels():
+  src = ArraySource(IMAGES)
+  out = batches(source=src, transform=TransformConfig(14, 3))(0)['images']
+  assert out.shape == (20, 14, 14, 3)
+  np.testing.assert_array_equal(out[..., 0], out[..., 2])
+
+
+def test_empty_or_missing_split(tmp_path):
+  from ijepa_jax.data import DataMissingError
+  with pytest.raises(DataMissingError, match='does not exist'):
+    FolderSource(str(tmp_path), 'train')
+  os.makedirs(tmp_path / 'val' / 'cls')
+  with pytest.raises(DataMissingError, match='holds no images'):
+    FolderSource(str(tmp_path), 'val')
 
 
 def test_prefetch_order_and_errors():
@@ -36,9 +109,7 @@ def test_prefetch_order_and_errors():
       raise OSError('disk gone')
     return step
   got = []
-  try:
+  with pytest.raises(OSError, match='disk gone'):
     for v in prefetch(bad, 0, 5):
       got.append(v)
-  except OSError as e:
-    assert 'disk gone' in str(e)
   assert got == [0, 1]

@@ -22,11 +22,19 @@ def tiny_model(grad_clip=0.0):
                make_optimizer(sched, grad_clip=grad_clip), sched)
 
 
+MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
+
+
 def batch_for(step, seed=0):
   masks = MaskSampler(MaskConfig(grid=(6, 6), mode="corrected", min_keep=2,
                                  target_scale=(0.15, 0.25)))
-  images = np.random.default_rng(seed).normal(size=(B, 24, 24, 3)).astype(np.float32)
+  images = np.random.default_rng(seed).integers(0, 256, size=(B, 24, 24, 3), dtype=np.uint8)
   return {'images': images, **masks(B, 0, step)._asdict()}
+
+
+def float_batch(step):
+  b = batch_for(step)
+  return dict(b, images=b['images'].astype(np.float32) / 255.0)
 
 
 def shapes_of(batch):
@@ -38,7 +46,7 @@ def run(model, devices, steps, fixed_batch=False):
   batch0 = batch_for(0)
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
     state, sh = init_state(model, mesh, shapes_of(batch0), seed=0)
-    step_fn = make_step_fn(model, sh, mesh)
+    step_fn = make_step_fn(model, sh, mesh, MEAN, STD)
     losses = []
     for i in range(steps):
       state, m = step_fn(state, global_batch(batch0 if fixed_batch else batch_for(i), mesh))
@@ -116,7 +124,7 @@ def test_state_and_metrics():
   assert 0 < float(d_target) < 0.05 * float(d_online)
   mesh = sharding.make_mesh(-1, 1, jax.devices()[:1])
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-    _, m = jax.jit(lambda s, b: train_step(model, s, b))(state, batch_for(5))
+    _, m = jax.jit(lambda s, b: train_step(model, s, b))(state, float_batch(5))
   for k in ('loss', 'lr', 'weight_decay', 'momentum', 'grad_norm', 'context_len', 'target_len'):
     assert np.isfinite(float(m[k])), k
   assert float(m['lr']) == pytest.approx(float(model.schedules.learning_rate(2)))
@@ -127,10 +135,31 @@ def test_usable_inside_user_jit():
   """The pure API composes with a plain jax.jit, no mesh or trainer involved."""
   from ijepa_jax import create_train_state
   model = tiny_model(grad_clip=1.0)
-  batch = batch_for(0)
+  batch = float_batch(0)
   state = jax.jit(lambda r: nn.unbox(create_train_state(model, r, batch)))(jax.random.key(0))
   state, m = jax.jit(lambda s, b: train_step(model, s, b))(state, batch)
   assert np.isfinite(float(m['loss'])) and int(state.step) == 1
+
+
+def test_guarded_step_leaves_the_state_alone_on_nan():
+  from ijepa_jax import create_train_state
+  from ijepa_jax.train_step import guarded_train_step
+  model = tiny_model()
+  batch = float_batch(0)
+  state = jax.jit(lambda r: nn.unbox(create_train_state(model, r, batch)))(jax.random.key(0))
+  step = jax.jit(lambda s, b: guarded_train_step(model, s, b))
+  bad = dict(batch, images=np.where(np.arange(24)[None, :, None, None] == 3, np.nan,
+                                    batch['images']).astype(np.float32))
+  after_bad, m = step(state, bad)
+  assert float(m['finite']) == 0.0 and not np.isfinite(float(m['loss']))
+  assert int(after_bad.step) == 1  # the data moves on ...
+  for a, b in zip(jax.tree.leaves(after_bad.replace(step=state.step)), jax.tree.leaves(state)):
+    np.testing.assert_array_equal(a, b)  # ... but weights, EMA and Adam moments do not
+  good, m = step(state, batch)
+  assert float(m['finite']) == 1.0
+  ref, _ = jax.jit(lambda s, b: train_step(model, s, b))(state, batch)
+  for a, b in zip(jax.tree.leaves(good), jax.tree.leaves(ref)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)  # a finite step is train_step's
 
 
 def test_fsdp_mesh_equals_one_device_and_shards_params():
@@ -141,7 +170,7 @@ def test_fsdp_mesh_equals_one_device_and_shards_params():
   batch0 = batch_for(0)
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
     state, sh = init_state(model, mesh, shapes_of(batch0), seed=0)
-    step_fn = make_step_fn(model, sh, mesh)
+    step_fn = make_step_fn(model, sh, mesh, MEAN, STD)
     losses = []
     for i in range(2):
       state, m = step_fn(state, global_batch(batch_for(i), mesh))

@@ -1,0 +1,262 @@
+"""Image sources and the official image transforms, on the host, in numpy and Pillow.
+
+A source is random access: `len(source)` images, `source.load(i)` decodes
+image `i` to a Pillow image (or raises `CorruptImageError` naming it), and
+in-memory and folder sources also hold `labels`. Three kinds:
+
+- `ArraySource`: images already in memory (the embedded Fashion-MNIST).
+- `FolderSource`: an image-folder tree `root/<split>/<class>/*.jpg|jpeg|png`.
+- `TfdsSource`: a TFDS dataset prepared on disk or in a bucket in the
+  ArrayRecord format, read with `tfds.data_source` (no TensorFlow); images are
+  taken as encoded bytes and decoded here, so a corrupt one can be skipped.
+
+Transforms follow the official recipe (torchvision on Pillow images):
+RandomResizedCrop with scale (0.3, 1.0), ratio (3/4, 4/3), bilinear; optional
+horizontal flip; evaluation resizes the short side to size / 0.875 and takes
+the centre crop. Images leave the host as uint8 (4x less traffic than float32);
+`normalize` (mean/std) runs on the device inside the jitted step.
+"""
+
+import io
+import math
+import os
+from typing import Protocol, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from ijepa_jax import fashion_mnist
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
+TFDS_HOW_TO = ('prepare it once with `tfds build {name} --data_dir=<dir>` (for ImageNet, download '
+               'the archives by hand and add `--manual_dir=<folder with them>`; add '
+               '`--file_format=array_record` so it can be read without TensorFlow) and pass '
+               '--config.data.data_dir=<dir> (or set TFDS_DATA_DIR). Nothing is downloaded for you')
+
+
+class CorruptImageError(ValueError):
+  """An image that cannot be decoded; the pipeline skips it and counts it."""
+
+
+class DataMissingError(FileNotFoundError):
+  """The configured dataset is not on this machine; the message says how to get it."""
+
+
+class Source(Protocol):
+  def __len__(self) -> int: ...
+
+  def load(self, index: int) -> Image.Image: ...
+
+  def name(self, index: int) -> str: ...
+
+
+def decode(data: bytes, name: str) -> Image.Image:
+  """Encoded bytes -> a fully decoded Pillow image; CorruptImageError if that fails."""
+  try:
+    img = Image.open(io.BytesIO(data))
+    img.load()  # Pillow decodes lazily; truncation only shows here
+    return img
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    raise CorruptImageError(f'{name}: {type(e).__name__}: {e}') from None
+
+
+class ArraySource:
+  """In-memory uint8 images [N, H, W] or [N, H, W, C] with their labels."""
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray | None = None, name: str = 'array'):
+    if images.dtype != np.uint8 or images.ndim not in (3, 4):
+      raise ValueError(f'ArraySource wants uint8 [N, H, W(, C)] images, got {images.dtype} '
+                       f'{images.shape}')
+    self.images = images[..., 0] if images.ndim == 4 and images.shape[-1] == 1 else images
+    self.labels = np.zeros(len(images), np.int32) if labels is None else np.asarray(labels)
+    self._name = name
+
+  def __len__(self) -> int:
+    return len(self.images)
+
+  def load(self, index: int) -> Image.Image:
+    return Image.fromarray(self.images[index])
+
+  def name(self, index: int) -> str:
+    return f'{self._name}[{index}]'
+
+
+class FolderSource:
+  """`root/<split>/<class>/<image>`: classes are the sorted sub-folder names."""
+
+  def __init__(self, root: str, split: str):
+    self.root = os.path.join(root, split)
+    if not os.path.isdir(self.root):
+      raise DataMissingError(
+          f'image folder split {self.root} does not exist: data.data_dir must hold one folder '
+          f'per split (here {split!r}, from data.split), each with one folder per class')
+    classes = sorted(e.name for e in os.scandir(self.root) if e.is_dir())
+    files, labels = [], []
+    for label, cls in enumerate(classes):
+      names = sorted(e.name for e in os.scandir(os.path.join(self.root, cls))
+                     if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
+      files += [os.path.join(cls, n) for n in names]
+      labels += [label] * len(names)
+    if not files:
+      raise DataMissingError(
+          f'image folder split {self.root} holds no images: expected '
+          f'{self.root}/<class>/<name>{{{",".join(IMAGE_EXTENSIONS)}}}')
+    self.classes = classes
+    self.files = files
+    self.labels = np.asarray(labels, np.int32)
+
+  def __len__(self) -> int:
+    return len(self.files)
+
+  def load(self, index: int) -> Image.Image:
+    path = os.path.join(self.root, self.files[index])
+    try:
+      with open(path, 'rb') as f:
+        data = f.read()
+    except OSError as e:
+      raise CorruptImageError(f'{path}: unreadable: {e}') from None
+    return decode(data, path)
+
+  def name(self, index: int) -> str:
+    return os.path.join(self.root, self.files[index])
+
+
+def tfds_dataset_dir(name: str, data_dir: str) -> str:
+  """`<data_dir>/<name>[/<config>]/<version>` of a prepared TFDS dataset, or DataMissingError."""
+  base = os.path.join(data_dir, name)
+  found = []
+  for dirpath, _, filenames in os.walk(base):
+    if 'dataset_info.json' in filenames:
+      found.append(dirpath)
+  if not found:
+    raise DataMissingError(f'data.dataset={name!r}: no prepared TFDS dataset under {base}; '
+                           + TFDS_HOW_TO.format(name=name))
+  return max(found)  # the newest version when several are prepared
+
+
+class TfdsSource:
+  """A prepared TFDS dataset in ArrayRecord format, random access without TensorFlow."""
+
+  def __init__(self, name: str, split: str, data_dir: str):
+    import tensorflow_datasets as tfds  # imported here: only this source needs it
+    path = tfds_dataset_dir(name, data_dir)
+    builder = tfds.builder_from_directory(path)
+    if split not in builder.info.splits:
+      raise DataMissingError(f'data.split={split!r}: {path} has splits '
+                             f'{sorted(builder.info.splits)}; set data.split to one of them')
+    fmt = str(builder.info.file_format)
+    if 'array_record' not in fmt:
+      raise DataMissingError(
+          f'{path} is prepared as {fmt}, which needs TensorFlow to read; re-prepare it with '
+          f'`tfds build {name} --file_format=array_record --data_dir=<dir>` (random access, '
+          'no TensorFlow), or convert it once with tfds.data_sources')
+    features = builder.info.features
+    if 'image' not in features:
+      raise DataMissingError(f'{path} has no "image" feature (features: {sorted(features)})')
+    self._ds = builder.as_data_source(
+        split=split, decoders={'image': tfds.decode.SkipDecoding()})
+    if len(self._ds) == 0:
+      raise DataMissingError(f'data.split={split!r} of {path} is empty')
+    self._desc = f'{name}/{split}'
+
+  def __len__(self) -> int:
+    return len(self._ds)
+
+  def load(self, index: int) -> Image.Image:
+    try:
+      record = self._ds[int(index)]
+    except Exception as e:  # a damaged record: skip it like a damaged image
+      raise CorruptImageError(f'{self.name(index)}: unreadable record: {e}') from None
+    return decode(record['image'], self.name(index))
+
+  def name(self, index: int) -> str:
+    return f'{self._desc}[{index}]'
+
+
+def open_source(dataset: str, split: str, data_dir: str) -> Source:
+  """The source a config names (data.dataset / data.split / data.data_dir)."""
+  if dataset == 'fashion_mnist':
+    fm_split = {'train': 'train', 'test': 'test', 'validation': 'test'}.get(split)
+    if fm_split is None:
+      raise DataMissingError(f"data.split={split!r}: fashion_mnist has 'train' and 'test'")
+    images, labels = fashion_mnist.load(fm_split, data_dir or None)
+    return ArraySource(images, labels, f'fashion_mnist/{fm_split}')
+  if dataset == 'image_folder':
+    if not data_dir:
+      raise DataMissingError('data.dataset=image_folder needs data.data_dir=<root> '
+                             '(holding <root>/<split>/<class>/*.jpg)')
+    return FolderSource(data_dir, split)
+  root = data_dir or os.environ.get('TFDS_DATA_DIR') or os.path.expanduser('~/tensorflow_datasets')
+  return TfdsSource(dataset, split, root)
+
+
+# -- transforms ---------------------------------------------------------------
+
+def random_resized_crop_box(rng: np.random.Generator, height: int, width: int,
+                            scale: Sequence[float], ratio: Sequence[float]) -> tuple[int, int, int, int]:
+  """(top, left, h, w) as torchvision's RandomResizedCrop.get_params draws it.
+
+  Ten tries for a box of area fraction in `scale` and aspect (w/h) in
+  `ratio` (log-uniform); then the largest centred box whose aspect is clamped
+  into `ratio`.
+  """
+  area = height * width
+  log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+  for _ in range(10):
+    target = area * rng.uniform(scale[0], scale[1])
+    aspect = math.exp(rng.uniform(log_lo, log_hi))
+    w = int(round(math.sqrt(target * aspect)))
+    h = int(round(math.sqrt(target / aspect)))
+    if 0 < w <= width and 0 < h <= height:
+      return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+  in_ratio = width / height
+  if in_ratio < min(ratio):
+    w, h = width, int(round(width / min(ratio)))
+  elif in_ratio > max(ratio):
+    h, w = height, int(round(height * max(ratio)))
+  else:
+    h, w = height, width
+  return (height - h) // 2, (width - w) // 2, h, w
+
+
+def _mode(channels: int) -> str:
+  return 'L' if channels == 1 else 'RGB'
+
+
+def _to_array(img: Image.Image, channels: int) -> np.ndarray:
+  arr = np.asarray(img, np.uint8)
+  return arr[..., None] if channels == 1 else arr
+
+
+def train_transform(img: Image.Image, rng: np.random.Generator, size: int, channels: int,
+                    scale: Sequence[float], ratio: Sequence[float], flip: bool) -> np.ndarray:
+  """RandomResizedCrop(size, scale, ratio, bilinear) [+ flip] -> uint8 [size, size, channels].
+
+  Grey images become 3-channel (and colour ones grey) to match `channels`.
+  """
+  img = img.convert(_mode(channels))
+  top, left, h, w = random_resized_crop_box(rng, img.height, img.width, scale, ratio)
+  out = img.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + w, top + h))
+  if flip and rng.random() < 0.5:
+    out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+  return _to_array(out, channels)
+
+
+def eval_transform(img: Image.Image, size: int, channels: int,
+                   crop_fraction: float = 0.875) -> np.ndarray:
+  """Resize the short side to size / crop_fraction (bilinear), centre-crop size x size."""
+  img = img.convert(_mode(channels))
+  short = int(round(size / crop_fraction))
+  w, h = img.size
+  nw, nh = (short, max(short, round(h * short / w))) if w <= h else (max(short, round(w * short / h)), short)
+  img = img.resize((nw, nh), Image.Resampling.BILINEAR)
+  left, top = (nw - size) // 2, (nh - size) // 2
+  return _to_array(img.crop((left, top, left + size, top + size)), channels)
+
+
+def normalize(images: jnp.ndarray, mean: Sequence[float], std: Sequence[float]) -> jnp.ndarray:
+  """uint8 [..., C] in 0..255 -> float32 (x / 255 - mean) / std, per channel (on the device)."""
+  mean = jnp.asarray(mean, jnp.float32)
+  std = jnp.asarray(std, jnp.float32)
+  return (images.astype(jnp.float32) / 255.0 - mean) / std
