@@ -136,15 +136,17 @@ def train_step(model: IJepa, state: TrainState, batch: Batch) -> tuple[TrainStat
 
 
 def guarded_train_step(model: IJepa, state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
-  """`train_step` that keeps params, EMA and optimizer state unchanged when the loss or the
-  gradient norm is not finite (the step counter still advances, so the data moves on).
+  """`train_step` that keeps params, EMA and optimizer state unchanged when the loss, the
+  gradient norm or the updated parameters' norm is not finite (the step counter still
+  advances, so the data moves on).
 
   `metrics['finite']` (1.0 / 0.0) says which happened; the trainer either stops on a
   non-finite step (default) or skips it and counts it (`nonfinite='skip'`). XLA fuses the
   select into the update, so a finite step costs no extra memory traffic.
   """
   new, metrics = train_step(model, state, batch)
-  finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(metrics['grad_norm'])
+  finite = (jnp.isfinite(metrics['loss']) & jnp.isfinite(metrics['grad_norm'])
+            & jnp.isfinite(metrics['param_norm']))
   kept = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new.replace(step=state.step), state)
   metrics['finite'] = finite.astype(jnp.float32)
   return kept.replace(step=new.step), metrics
