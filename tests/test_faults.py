@@ -1,0 +1,171 @@
+"""Runs that survive: SIGKILL and resume, SIGTERM, a kill during an async save, non-finite
+steps, a full disk and an unwritable workdir. Each run is `main.py` in a subprocess, as a
+user (or a TPU/SLURM scheduler) runs it, on a tiny model over Fashion-MNIST."""
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from ijepa_jax import fashion_mnist
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.skipif(fashion_mnist.missing_files(None),
+                                reason='dataset-fashion-mnist not installed')
+TINY = ['--config.batch_size=16', '--config.model.width=32', '--config.model.depth=2',
+        '--config.model.num_heads=2', '--config.model.pred_width=16', '--config.model.pred_depth=1',
+        '--config.probe.enabled=False', '--config.data.workers=2', '--config.log_every=1',
+        '--config.num_epochs=0.05']  # 3750 // 16 = 234 steps in the schedule
+
+
+def command(workdir, *overrides):
+  return [sys.executable, 'main.py', '--config=configs/demo.py', f'--workdir={workdir}',
+          *TINY, *overrides]
+
+
+def env():
+  e = dict(os.environ, PYTHONPATH=ROOT, PYTHONUNBUFFERED='1')
+  e.pop('XLA_FLAGS', None)  # one CPU device, like a user's run
+  return e
+
+
+def run(workdir, *overrides, **kw):
+  return subprocess.run(command(workdir, *overrides), cwd=ROOT, env=env(), capture_output=True,
+                        text=True, timeout=600, **kw)
+
+
+def start(workdir, *overrides, **kw):
+  return subprocess.Popen(command(workdir, *overrides), cwd=ROOT, env=env(), text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
+
+
+def read_until(proc, needle, timeout=300):
+  """Lines of proc's output up to (and including) the first one containing `needle`."""
+  lines, t0 = [], time.time()
+  for line in proc.stdout:
+    lines.append(line)
+    if needle in line:
+      return lines
+    assert time.time() - t0 < timeout, ''.join(lines[-20:])
+  raise AssertionError(f'{needle!r} never printed:\n' + ''.join(lines[-30:]))
+
+
+def losses(workdir):
+  return {r['step']: r['loss'] for r in map(json.loads, open(os.path.join(workdir, 'metrics.jsonl')))}
+
+
+def final_state(workdir, step):
+  """Every array of checkpoint `step` (params, EMA, Adam moments, step), as numpy."""
+  import orbax.checkpoint as ocp
+  path = os.path.join(workdir, 'checkpoints', str(step), 'state')
+  tree = ocp.StandardCheckpointer().restore(path)
+  return jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]
+
+
+def assert_same_state(a, b):
+  assert [p for p, _ in a] == [p for p, _ in b]
+  for (path, x), (_, y) in zip(a, b):
+    np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory):
+  """An uninterrupted run of 8 steps, checkpoint every 2."""
+  wd = tmp_path_factory.mktemp('reference')
+  proc = run(wd, '--config.max_steps=8', '--config.checkpoint.every=2')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return wd
+
+
+def test_sigkill_then_resume_is_bitwise_identical(reference, tmp_path):
+  proc = start(tmp_path, '--config.max_steps=8', '--config.checkpoint.every=4')
+  read_until(proc, 'checkpoint 4:')
+  ckpt = tmp_path / 'checkpoints' / '4'
+  for _ in range(400):  # the async write finishes (atomic rename), training goes on meanwhile
+    if ckpt.exists():
+      break
+    time.sleep(0.05)
+  read_until(proc, 'step      6/8')
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert ckpt.exists() and not (tmp_path / 'checkpoints' / '8').exists()
+  assert max(losses(tmp_path)) >= 6  # rows past the checkpoint were written before the kill
+  again = run(tmp_path, '--config.max_steps=8', '--config.checkpoint.every=4')
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert 'resumed from checkpoint 4' in again.stdout
+  assert_same_state(final_state(tmp_path, 8), final_state(reference, 8))
+  ref = losses(reference)
+  got = losses(tmp_path)
+  assert sorted(got) == list(range(1, 9))  # no duplicated or missing rows
+  assert got == ref  # the same loss at every step
+
+
+def test_sigterm_saves_and_exits_zero_then_resumes(reference, tmp_path):
+  proc = start(tmp_path, '--config.max_steps=8', '--config.checkpoint.every=100')
+  read_until(proc, 'step      3/8')
+  proc.send_signal(signal.SIGTERM)
+  out = proc.communicate(timeout=120)[0]
+  assert proc.returncode == 0, out[-3000:]
+  assert 'SIGTERM received' in out and 'stopped by SIGTERM at step' in out
+  step = int(out.split('stopped by SIGTERM at step ')[1].split(':')[0])
+  assert 3 <= step < 8 and (tmp_path / 'checkpoints' / str(step)).exists()
+  again = run(tmp_path, '--config.max_steps=8', '--config.checkpoint.every=100')
+  assert again.returncode == 0 and f'resumed from checkpoint {step}' in again.stdout
+  assert_same_state(final_state(tmp_path, 8), final_state(reference, 8))
+
+
+def test_kill_during_async_save_keeps_the_previous_checkpoint(reference, tmp_path):
+  proc = start(tmp_path, '--config.max_steps=8', '--config.checkpoint.every=2')
+  read_until(proc, 'checkpoint 4:')  # the save of 4 has just started writing in the background
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  done = sorted(int(p) for p in os.listdir(tmp_path / 'checkpoints') if p.isdigit())
+  assert 2 in done  # the previous checkpoint is complete whatever happened to 4
+  again = run(tmp_path, '--config.max_steps=8', '--config.checkpoint.every=2')
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert f'resumed from checkpoint {max(done)}' in again.stdout
+  assert not [p for p in os.listdir(tmp_path / 'checkpoints') if 'tmp' in p]
+  assert_same_state(final_state(tmp_path, 8), final_state(reference, 8))
+
+
+def test_non_finite_stops_by_default_and_skip_counts(tmp_path):
+  stop = run(tmp_path / 'stop', '--config.max_steps=4', '--config.optim.lr=1e38',
+             '--config.optim.start_lr=1e38')
+  assert stop.returncode == 1
+  assert 'is not finite' in stop.stderr and 'nonfinite=skip' in stop.stderr
+  assert not os.listdir(tmp_path / 'stop' / 'checkpoints')  # nothing bad was saved
+  skip = run(tmp_path / 'skip', '--config.max_steps=4', '--config.optim.lr=1e38',
+             '--config.optim.start_lr=1e38', '--config.nonfinite=skip')
+  assert skip.returncode == 0, skip.stderr[-3000:]
+  rows = [json.loads(l) for l in open(tmp_path / 'skip' / 'metrics.jsonl')]
+  assert [r['nonfinite_steps'] for r in rows] == [1, 2, 3, 4]
+  state = dict((jax.tree_util.keystr(p), x) for p, x in final_state(tmp_path / 'skip', 4))
+  assert all(np.isfinite(x).all() for x in state.values())  # the weights never saw a bad step
+
+
+def test_full_disk_is_a_clear_error_and_keeps_earlier_checkpoints(reference, tmp_path):
+  first = run(tmp_path, '--config.max_steps=2', '--config.checkpoint.every=2')
+  assert first.returncode == 0
+
+  def small_files():  # like a disk that fills up: writes past 64 KiB fail with EFBIG
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+  full = run(tmp_path, '--config.max_steps=4', '--config.checkpoint.every=2',
+             preexec_fn=small_files)
+  assert full.returncode == 1, full.stderr[-3000:]
+  assert 'failed' in full.stderr and 'Checkpoints already complete there are untouched' in full.stderr
+  done = sorted(int(p) for p in os.listdir(tmp_path / 'checkpoints') if p.isdigit())
+  assert done[0] == 2 and final_state(tmp_path, 2)  # checkpoint 2 still restores
+
+
+def test_unwritable_workdir(tmp_path):
+  (tmp_path / 'file').write_text('a file, not a directory')
+  proc = run(tmp_path / 'file' / 'work', '--config.max_steps=2')
+  assert proc.returncode == 1 and 'is not writable' in proc.stderr
