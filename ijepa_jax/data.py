@@ -145,7 +145,7 @@ class TfdsSource:
     if split not in builder.info.splits:
       raise DataMissingError(f'data.split={split!r}: {path} has splits '
                              f'{sorted(builder.info.splits)}; set data.split to one of them')
-    fmt = str(builder.info.file_format)
+    fmt = getattr(builder.info.file_format, 'value', str(builder.info.file_format))
     if 'array_record' not in fmt:
       raise DataMissingError(
           f'{path} is prepared as {fmt}, which needs TensorFlow to read; re-prepare it with '
@@ -237,7 +237,9 @@ def train_transform(img: Image.Image, rng: np.random.Generator, size: int, chann
   """
   img = img.convert(_mode(channels))
   top, left, h, w = random_resized_crop_box(rng, img.height, img.width, scale, ratio)
-  out = img.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + w, top + h))
+  # crop, then resize, as torchvision does: Pillow's resize(box=) would also read the pixels
+  # just outside the box at its edges
+  out = img.crop((left, top, left + w, top + h)).resize((size, size), Image.Resampling.BILINEAR)
   if flip and rng.random() < 0.5:
     out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
   return _to_array(out, channels)

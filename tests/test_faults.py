@@ -169,3 +169,31 @@ def test_unwritable_workdir(tmp_path):
   (tmp_path / 'file').write_text('a file, not a directory')
   proc = run(tmp_path / 'file' / 'work', '--config.max_steps=2')
   assert proc.returncode == 1 and 'is not writable' in proc.stderr
+
+
+def test_image_folder_run_counts_corrupt_images_then_init_from(tmp_path):
+  from PIL import Image
+  rng = np.random.default_rng(0)
+  for cls in ('a', 'b'):
+    os.makedirs(tmp_path / 'data' / 'train' / cls)
+    for i in range(15):
+      Image.fromarray(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)).save(
+          tmp_path / 'data' / 'train' / cls / f'{i}.jpg')
+  (tmp_path / 'data' / 'train' / 'a' / 'broken.jpg').write_bytes(b'\xff\xd8\xff garbage')
+  (tmp_path / 'data' / 'train' / 'b' / 'empty.png').write_bytes(b'')
+  folder = ['--config.data.dataset=image_folder', f'--config.data.data_dir={tmp_path / "data"}',
+            '--config.data.dataset_size=-1', '--config.num_epochs=2']
+  proc = run(tmp_path / 'run', *folder, '--config.max_steps=2')  # 32 images: one whole epoch
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'broken.jpg' in proc.stdout and 'empty.png' in proc.stdout
+  assert 'data: image_folder/train, 32 images' in proc.stdout
+  rows = [json.loads(l) for l in open(tmp_path / 'run' / 'metrics.jsonl')]
+  assert rows[-1]['skipped_images'] == 2
+  for mode in ('weights', 'full'):
+    nxt = run(tmp_path / mode, *folder, '--config.max_steps=3',
+              f'--config.init_from={tmp_path / "run"}', f'--config.init_from_mode={mode}')
+    assert nxt.returncode == 0, nxt.stderr[-3000:]
+    assert f'initialised from {tmp_path / "run" / "checkpoints"}/2 ({mode})' in nxt.stdout
+    start = 0 if mode == 'weights' else 2
+    assert f'at step {start}' in nxt.stdout
+    assert sorted(losses(tmp_path / mode)) == list(range(start + 1, 4))

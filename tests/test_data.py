@@ -1,0 +1,116 @@
+"""Sources and transforms: TFDS ArrayRecord without TensorFlow, RandomResizedCrop, eval crop."""
+
+import io
+import math
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ijepa_jax import data
+from ijepa_jax.input_pipeline import Batches, TransformConfig
+from ijepa_jax.masks import MaskConfig, MaskSampler
+
+
+def _png(value, shape=(20, 16, 3)):
+  buf = io.BytesIO()
+  Image.fromarray(np.full(shape, value, np.uint8)).save(buf, format='PNG')
+  return buf.getvalue()
+
+
+@pytest.fixture(scope='module')
+def tiny_tfds(tmp_path_factory):
+  """A TFDS dataset prepared on disk as ArrayRecord, built here without TensorFlow."""
+  tfds = pytest.importorskip('tensorflow_datasets')
+  root = tmp_path_factory.mktemp('tfds')
+
+  class TinyImages(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version('1.0.0')
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          'image': tfds.features.Image(shape=(None, None, 3)),
+          'label': tfds.features.ClassLabel(num_classes=3)}))
+
+    def _split_generators(self, dl_manager):
+      return {'train': self._generate_examples(24), 'empty_ish': self._generate_examples(2)}
+
+    def _generate_examples(self, n):
+      for i in range(n):
+        yield i, {'image': io.BytesIO(_png(10 * i)), 'label': i % 3}
+
+  TinyImages(data_dir=str(root), file_format='array_record').download_and_prepare()
+  return str(root)
+
+
+def test_tfds_array_record_source(tiny_tfds):
+  src = data.open_source('tiny_images', 'train', tiny_tfds)
+  assert len(src) == 24
+  values = sorted(int(np.asarray(src.load(i))[0, 0, 0]) for i in range(24))
+  assert values == [10 * i for i in range(24)]  # every record, decoded by us from its bytes
+  pipe = Batches(src, 8, 0, MaskSampler(MaskConfig(grid=(8, 8), mode='corrected', min_keep=2)),
+                 TransformConfig(8, 3), process_index=1, process_count=2, workers=2)
+  batch = pipe(0)
+  assert batch['images'].shape == (4, 8, 8, 3) and batch['skipped'] == []
+
+
+def test_tfds_missing_dataset_and_split(tiny_tfds, tmp_path):
+  with pytest.raises(data.DataMissingError, match=r'tfds build imagenet2012.*--manual_dir'):
+    data.open_source('imagenet2012', 'train', str(tmp_path))
+  with pytest.raises(data.DataMissingError, match="data.split='validation'"):
+    data.open_source('tiny_images', 'validation', tiny_tfds)
+
+
+def test_random_resized_crop_box_follows_torchvision_rules():
+  rng = np.random.default_rng(0)
+  for h, w in ((224, 224), (300, 500), (500, 120)):
+    for _ in range(500):
+      top, left, ch, cw = data.random_resized_crop_box(rng, h, w, (0.3, 1.0), (3 / 4, 4 / 3))
+      assert 0 <= top and top + ch <= h and 0 <= left and left + cw <= w
+      if (ch, cw) != (h, w) and not (cw == w or ch == h):  # a box from the ten tries
+        # rounding each side can move the area and aspect by at most one pixel's worth
+        assert 0.3 * h * w * 0.98 <= ch * cw <= 1.0 * h * w
+        assert 3 / 4 * 0.95 <= cw / ch <= 4 / 3 * 1.05
+  # impossible scale: the fallback is the whole image clamped to the ratio, centred
+  top, left, ch, cw = data.random_resized_crop_box(rng, 100, 400, (2.0, 2.0), (3 / 4, 4 / 3))
+  assert (ch, cw) == (100, round(100 * 4 / 3)) and left == (400 - cw) // 2 and top == 0
+
+
+def test_train_transform_matches_crop_then_bilinear_resize():
+  """torchvision's RandomResizedCrop on a Pillow image: crop the box, then resize bilinearly."""
+  img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (60, 80, 3), dtype=np.uint8))
+  rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
+  out = data.train_transform(img, rng_a, 32, 3, (0.3, 1.0), (3 / 4, 4 / 3), flip=False)
+  top, left, h, w = data.random_resized_crop_box(rng_b, 60, 80, (0.3, 1.0), (3 / 4, 4 / 3))
+  ref = np.asarray(img.crop((left, top, left + w, top + h)).resize((32, 32), Image.BILINEAR))
+  np.testing.assert_array_equal(out, ref)
+  # scale (1, 1) and ratio (1, 1) on a square image at its own size: the identity
+  sq = Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8))
+  same = data.train_transform(sq, rng_a, 8, 1, (1.0, 1.0), (1.0, 1.0), flip=False)
+  np.testing.assert_array_equal(same[..., 0], np.asarray(sq))
+
+
+def test_flip_is_half_the_time():
+  img = Image.fromarray(np.tile(np.arange(8, dtype=np.uint8), (8, 1)))
+  flips = 0
+  for seed in range(200):
+    out = data.train_transform(img, np.random.default_rng(seed), 8, 1, (1, 1), (1, 1), flip=True)
+    flips += int(out[0, 0, 0] == 7)
+  assert 70 < flips < 130
+
+
+def test_eval_transform_resizes_short_side_and_centre_crops():
+  img = Image.fromarray(np.random.default_rng(2).integers(0, 256, (300, 400, 3), dtype=np.uint8))
+  out = data.eval_transform(img, 224, 3)
+  assert out.shape == (224, 224, 3)
+  short = round(224 / 0.875)  # 256
+  resized = img.resize((round(400 * short / 300), short), Image.BILINEAR)
+  l, t = (resized.width - 224) // 2, (256 - 224) // 2
+  np.testing.assert_array_equal(out, np.asarray(resized)[t:t + 224, l:l + 224])
+
+
+def test_normalize_on_device():
+  x = np.array([[[0, 255, 51]]], np.uint8)
+  out = np.asarray(data.normalize(x, (0.0, 0.5, 0.2), (1.0, 0.5, 0.1)))
+  np.testing.assert_allclose(out[0, 0], [0.0, 1.0, 0.0], atol=1e-6)
