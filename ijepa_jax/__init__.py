@@ -7,7 +7,11 @@ The pure building blocks, usable inside your own `jax.jit`:
 - `MaskConfig`, `MaskSampler`, `MaskBatch`: host-side multi-block masks, fixed shapes.
 - `normalize_targets`, `jepa_loss`: the objective.
 - `Schedules`, `make_optimizer`: official lr / weight-decay / EMA schedules and AdamW.
-- `IJepa`, `TrainState`, `create_train_state`, `train_step`, `compute_loss`, `ema_update`.
+- `IJepa`, `TrainState`, `create_train_state`, `train_step`, `guarded_train_step`
+  (skips non-finite updates), `compute_loss`, `ema_update`.
+
+Host side: `ijepa_jax.data` (image sources, the official train/eval transforms),
+`ijepa_jax.input_pipeline.Batches`, `ijepa_jax.checkpoint.Checkpoints`.
 """
 
 from ijepa_jax.masks import MaskBatch, MaskConfig, MaskSampler
@@ -16,10 +20,12 @@ from ijepa_jax.objective import jepa_loss, normalize_targets
 from ijepa_jax.pos_embed import sincos_2d
 from ijepa_jax.schedules import Schedules
 from ijepa_jax.train_step import (IJepa, TrainState, compute_loss, create_train_state,
-                                  ema_update, make_optimizer, train_step)
+                                  ema_update, guarded_train_step, make_optimizer,
+                                  train_step)
 
 __all__ = [
     'VARIANTS', 'VisionTransformer', 'Predictor', 'sincos_2d', 'MaskConfig', 'MaskSampler',
     'MaskBatch', 'normalize_targets', 'jepa_loss', 'Schedules', 'make_optimizer', 'IJepa',
-    'TrainState', 'create_train_state', 'train_step', 'compute_loss', 'ema_update',
+    'TrainState', 'create_train_state', 'train_step', 'guarded_train_step', 'compute_loss',
+    'ema_update',
 ]

@@ -150,7 +150,7 @@ class TfdsSource:
       raise DataMissingError(
           f'{path} is prepared as {fmt}, which needs TensorFlow to read; re-prepare it with '
           f'`tfds build {name} --file_format=array_record --data_dir=<dir>` (random access, '
-          'no TensorFlow), or convert it once with tfds.data_sources')
+          'no TensorFlow); reading TFRecords through tf.data is not implemented')
     features = builder.info.features
     if 'image' not in features:
       raise DataMissingError(f'{path} has no "image" feature (features: {sorted(features)})')
@@ -225,7 +225,7 @@ def _mode(channels: int) -> str:
 
 
 def _to_array(img: Image.Image, channels: int) -> np.ndarray:
-  arr = np.asarray(img, np.uint8)
+  arr = np.asarray(img)  # uint8 for modes L and RGB (asking for the dtype costs a second copy)
   return arr[..., None] if channels == 1 else arr
 
 
@@ -235,7 +235,8 @@ def train_transform(img: Image.Image, rng: np.random.Generator, size: int, chann
 
   Grey images become 3-channel (and colour ones grey) to match `channels`.
   """
-  img = img.convert(_mode(channels))
+  if img.mode != _mode(channels):
+    img = img.convert(_mode(channels))
   top, left, h, w = random_resized_crop_box(rng, img.height, img.width, scale, ratio)
   # crop, then resize, as torchvision does: Pillow's resize(box=) would also read the pixels
   # just outside the box at its edges
@@ -248,7 +249,8 @@ def train_transform(img: Image.Image, rng: np.random.Generator, size: int, chann
 def eval_transform(img: Image.Image, size: int, channels: int,
                    crop_fraction: float = 0.875) -> np.ndarray:
   """Resize the short side to size / crop_fraction (bilinear), centre-crop size x size."""
-  img = img.convert(_mode(channels))
+  if img.mode != _mode(channels):
+    img = img.convert(_mode(channels))
   short = int(round(size / crop_fraction))
   w, h = img.size
   nw, nh = (short, max(short, round(h * short / w))) if w <= h else (max(short, round(w * short / h)), short)

@@ -1,0 +1,87 @@
+"""Checkpoint save cost: how long the training loop is blocked per save, and the total write.
+
+Builds the full train state of a config (params, EMA target, Adam moments;
+filled with random numbers, which do not compress) on the devices and
+saves it `--saves` times through the trainer's `Checkpoints` (async orbax),
+as the loop does.
+
+  python bench/bench_checkpoint.py --config=configs/demo.py
+  python bench/bench_checkpoint.py --config=configs/vitl16.py --config.batch_size=8
+"""
+
+import functools
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'configs/*.py', lock_config=True)
+flags.DEFINE_integer('saves', 3, 'saves to time')
+flags.DEFINE_string('dir', '', 'where to write (default: a temporary directory)')
+flags.mark_flags_as_required(['config'])
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from ijepa_jax import config as cfg_lib
+  from ijepa_jax import sharding
+  from ijepa_jax.checkpoint import Checkpoints
+  from ijepa_jax.masks import MaskSampler
+  from ijepa_jax.trainer import abstract_state
+
+  config = cfg_lib.with_dataset_size(FLAGS.config, 1281167)
+  model = cfg_lib.build_model(config)
+  masks = MaskSampler(cfg_lib.mask_config(config))
+  b, s, c = config.batch_size, config.data.image_size, config.data.channels
+  shapes = {'images': jax.ShapeDtypeStruct((b, s, s, c), jnp.float32),
+            'ctx_idx': jax.ShapeDtypeStruct((b, masks.context_len), jnp.int32),
+            'ctx_len': jax.ShapeDtypeStruct((b,), jnp.int32),
+            'tgt_idx': jax.ShapeDtypeStruct((b, masks.config.num_targets, masks.target_len), jnp.int32),
+            'tgt_len': jax.ShapeDtypeStruct((b, masks.config.num_targets), jnp.int32)}
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+  boxed = abstract_state(model, shapes)
+  abstract = nn.unbox(boxed)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    sh = sharding.logical_shardings(boxed, mesh)
+    def fill(rng):  # random numbers: constant arrays would compress to nothing
+      leaves, tree = jax.tree.flatten(abstract)
+      keys = jax.random.split(rng, len(leaves))
+      return jax.tree.unflatten(tree, [jax.random.normal(k, a.shape).astype(a.dtype)
+                                       for k, a in zip(keys, leaves)])
+    state = jax.jit(fill, out_shardings=sh)(jax.random.key(0))
+    jax.block_until_ready(state)
+  nbytes = sum(x.nbytes for x in jax.tree.leaves(state))
+  root = FLAGS.dir or tempfile.mkdtemp(prefix='bench_ckpt_')
+  ckpts = Checkpoints(os.path.join(root, 'checkpoints'), keep=2)
+  blocked, total = [], []
+  for i in range(FLAGS.saves + 1):
+    t0 = time.perf_counter()
+    blocked.append(ckpts.save(i + 1, state, {'step': i + 1}))
+    ckpts.wait()
+    total.append(time.perf_counter() - t0)
+  ckpts.close()
+  blocked, total = blocked[1:], total[1:]  # the first save also sets up the directory
+  dev = jax.devices()[0]
+  print(f'device: {jax.device_count()} x {dev.device_kind} ({dev.platform})')
+  print(f'state: {nbytes / 2**30:.2f} GiB ({sum(x.size for x in jax.tree.leaves(state)):,} '
+        f'numbers: params + EMA + Adam moments)')
+  print(f'save: blocked {np.mean(blocked):.3f}s (max {np.max(blocked):.3f}s), '
+        f'complete after {np.mean(total):.2f}s, over {len(blocked)} saves')
+  if not FLAGS.dir:
+    shutil.rmtree(root)
+
+
+if __name__ == '__main__':
+  app.run(main)
