@@ -6,9 +6,10 @@ in-memory and folder sources also hold `labels`. Three kinds:
 
 - `ArraySource`: images already in memory (the embedded Fashion-MNIST).
 - `FolderSource`: an image-folder tree `root/<split>/<class>/*.jpg|jpeg|png`.
-- `TfdsSource`: a TFDS dataset prepared on disk or in a bucket in the
-  ArrayRecord format, read with `tfds.data_source` (no TensorFlow); images are
-  taken as encoded bytes and decoded here, so a corrupt one can be skipped.
+- `TfdsSource`: a TFDS dataset prepared on disk or in a bucket, ArrayRecord
+  (TFDS data sources) or TFRecord (our record index + TFDS's numpy parser),
+  both without TensorFlow; images are taken as encoded bytes and decoded
+  here, so a corrupt one can be skipped.
 
 Transforms follow the official recipe (torchvision on Pillow images):
 RandomResizedCrop with scale (0.3, 1.0), ratio (3/4, 4/3), bilinear; optional
@@ -30,8 +31,8 @@ from ijepa_jax import fashion_mnist
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 TFDS_HOW_TO = ('prepare it once with `tfds build {name} --data_dir=<dir>` (for ImageNet, download '
-               'the archives by hand and add `--manual_dir=<folder with them>`; add '
-               '`--file_format=array_record` so it can be read without TensorFlow) and pass '
+               'the archives by hand and add `--manual_dir=<folder with them>`; '
+               '`--file_format=array_record` is the faster format to read) and pass '
                '--config.data.data_dir=<dir> (or set TFDS_DATA_DIR). Nothing is downloaded for you')
 
 
@@ -135,8 +136,60 @@ def tfds_dataset_dir(name: str, data_dir: str) -> str:
   return max(found)  # the newest version when several are prepared
 
 
+class TfRecordFiles:
+  """Random access to the records of TFRecord files, without TensorFlow.
+
+  The files are indexed once (each record is `uint64 length, uint32 crc,
+  data, uint32 crc`; only the headers are read), then record `i` is one seek
+  and one read. CRCs are not checked: a damaged record fails to parse and is
+  skipped like a damaged image.
+  """
+
+  def __init__(self, paths: Sequence[str]):
+    from etils import epath  # TFDS's path library: local files and buckets alike
+    self.paths = [epath.Path(p) for p in paths]
+    offsets, lengths, files = [], [], []
+    for k, path in enumerate(self.paths):
+      o, n = self._scan(path)
+      offsets += o
+      lengths += n
+      files += [k] * len(o)
+    self.offsets = np.asarray(offsets, np.int64)
+    self.lengths = np.asarray(lengths, np.int64)
+    self.files = np.asarray(files, np.int32)
+
+  @staticmethod
+  def _scan(path) -> tuple[list[int], list[int]]:
+    offsets, lengths = [], []
+    size = path.stat().length
+    with path.open('rb') as f:
+      pos = 0
+      while pos + 12 <= size:
+        f.seek(pos)
+        head = f.read(12)
+        n = int.from_bytes(head[:8], 'little')
+        if len(head) < 12 or pos + 12 + n + 4 > size:
+          break  # a truncated tail: index what is whole
+        offsets.append(pos + 12)
+        lengths.append(n)
+        pos += 12 + n + 4
+    return offsets, lengths
+
+  def __len__(self) -> int:
+    return len(self.offsets)
+
+  def __getitem__(self, index: int) -> bytes:
+    with self.paths[self.files[index]].open('rb') as f:
+      f.seek(int(self.offsets[index]))
+      return f.read(int(self.lengths[index]))
+
+
 class TfdsSource:
-  """A prepared TFDS dataset in ArrayRecord format, random access without TensorFlow."""
+  """A prepared TFDS dataset, random access without TensorFlow.
+
+  ArrayRecord datasets are read through TFDS's data sources; TFRecord ones
+  through `TfRecordFiles` and TFDS's numpy example parser.
+  """
 
   def __init__(self, name: str, split: str, data_dir: str):
     import tensorflow_datasets as tfds  # imported here: only this source needs it
@@ -145,27 +198,36 @@ class TfdsSource:
     if split not in builder.info.splits:
       raise DataMissingError(f'data.split={split!r}: {path} has splits '
                              f'{sorted(builder.info.splits)}; set data.split to one of them')
-    fmt = getattr(builder.info.file_format, 'value', str(builder.info.file_format))
-    if 'array_record' not in fmt:
-      raise DataMissingError(
-          f'{path} is prepared as {fmt}, which needs TensorFlow to read; re-prepare it with '
-          f'`tfds build {name} --file_format=array_record --data_dir=<dir>` (random access, '
-          'no TensorFlow); reading TFRecords through tf.data is not implemented')
     features = builder.info.features
     if 'image' not in features:
       raise DataMissingError(f'{path} has no "image" feature (features: {sorted(features)})')
-    self._ds = builder.as_data_source(
-        split=split, decoders={'image': tfds.decode.SkipDecoding()})
-    if len(self._ds) == 0:
+    decoders = {'image': tfds.decode.SkipDecoding()}  # keep the bytes: we decode (and skip)
+    fmt = getattr(builder.info.file_format, 'value', str(builder.info.file_format))
+    if fmt == 'array_record':
+      ds = builder.as_data_source(split=split, decoders=decoders)
+      self._len, self._get = len(ds), ds.__getitem__
+    elif fmt == 'tfrecord':
+      files = TfRecordFiles([str(p) for p in builder.info.splits[split].filepaths])
+      self._len = len(files)
+      self._get = lambda i: features.deserialize_example_np(files[i], decoders=decoders)
+      expected = builder.info.splits[split].num_examples
+      if len(files) != expected:
+        print(f'warning: {name}/{split}: dataset_info says {expected} records, the TFRecord '
+              f'files hold {len(files)} whole ones (a truncated shard?); using those', flush=True)
+    else:
+      raise DataMissingError(f'{path} is prepared as {fmt}; re-prepare it with `tfds build '
+                             f'{name} --file_format=array_record --data_dir=<dir>`')
+    if self._len == 0:
       raise DataMissingError(f'data.split={split!r} of {path} is empty')
+    self.file_format = fmt
     self._desc = f'{name}/{split}'
 
   def __len__(self) -> int:
-    return len(self._ds)
+    return self._len
 
   def load(self, index: int) -> Image.Image:
     try:
-      record = self._ds[int(index)]
+      record = self._get(int(index))
     except Exception as e:  # a damaged record: skip it like a damaged image
       raise CorruptImageError(f'{self.name(index)}: unreadable record: {e}') from None
     return decode(record['image'], self.name(index))

@@ -1,4 +1,5 @@
-"""Sources and transforms: TFDS ArrayRecord without TensorFlow, RandomResizedCrop, eval crop."""
+"""Sources and transforms: TFDS ArrayRecord and TFRecord without TensorFlow, RandomResizedCrop,
+eval crop."""
 
 import io
 import math
@@ -53,6 +54,55 @@ def test_tfds_array_record_source(tiny_tfds):
                  TransformConfig(8, 3), process_index=1, process_count=2, workers=2)
   batch = pipe(0)
   assert batch['images'].shape == (4, 8, 8, 3) and batch['skipped'] == []
+
+
+def _crc32c(data: bytes) -> int:
+  crc = 0xFFFFFFFF
+  for byte in data:
+    crc ^= byte
+    for _ in range(8):
+      crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+  return crc ^ 0xFFFFFFFF
+
+
+def _masked(crc: int) -> bytes:
+  return ((((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF).to_bytes(4, 'little')
+
+
+def _as_tfrecord(array_record_dir, out_dir):
+  """The same dataset in TFDS's TFRecord layout: same serialized examples, TFRecord framing
+  (length, masked CRC-32C of it, data, masked CRC-32C of the data), fileFormat tfrecord."""
+  from array_record.python.array_record_data_source import ArrayRecordDataSource
+  os.makedirs(out_dir)
+  for name in os.listdir(array_record_dir):
+    src = os.path.join(array_record_dir, name)
+    if '.array_record-' not in name:
+      if name == 'dataset_info.json':
+        text = open(src).read().replace('"array_record"', '"tfrecord"')
+        open(os.path.join(out_dir, name), 'w').write(text)
+      elif os.path.isfile(src):
+        open(os.path.join(out_dir, name), 'wb').write(open(src, 'rb').read())
+      continue
+    records = ArrayRecordDataSource([src])
+    with open(os.path.join(out_dir, name.replace('.array_record-', '.tfrecord-')), 'wb') as f:
+      for i in range(len(records)):
+        data = records[i]
+        head = len(data).to_bytes(8, 'little')
+        f.write(head + _masked(_crc32c(head)) + data + _masked(_crc32c(data)))
+
+
+def test_tfds_tfrecord_source_without_tensorflow(tiny_tfds, tmp_path):
+  _as_tfrecord(os.path.join(tiny_tfds, 'tiny_images', '1.0.0'),
+               tmp_path / 'tiny_images' / '1.0.0')
+  src = data.open_source('tiny_images', 'train', str(tmp_path))
+  assert src.file_format == 'tfrecord' and len(src) == 24
+  values = sorted(int(np.asarray(src.load(i))[0, 0, 0]) for i in range(24))
+  assert values == [10 * i for i in range(24)]
+  # a shard cut mid-record: the whole records before the cut are still read
+  shard = next(p for p in (tmp_path / 'tiny_images' / '1.0.0').iterdir() if 'train.tfrecord' in p.name)
+  raw = shard.read_bytes()
+  shard.write_bytes(raw[:len(raw) - 10])
+  assert len(data.open_source('tiny_images', 'train', str(tmp_path))) == 23
 
 
 def test_tfds_missing_dataset_and_split(tiny_tfds, tmp_path):
