@@ -117,8 +117,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     spe = steps_per_epoch(config)
     _require(spe > 0, f'steps_per_epoch resolves to {spe}: data.dataset_size={d.dataset_size} is '
              f'smaller than batch_size={config.batch_size}; lower batch_size or set steps_per_epoch')
-    _require(int(config.num_epochs * spe * o.ipe_scale) > 0,
-             'num_epochs * steps_per_epoch * optim.ipe_scale must be at least one step')
+    _require(int(config.num_epochs * spe) > 0,
+             f'num_epochs={config.num_epochs} x {spe} steps per epoch is less than one step; '
+             'train more epochs or use a smaller batch_size')
   _require(config.max_steps == -1 or config.max_steps > 0,
            f'max_steps={config.max_steps} must be positive or -1 (run every step)')
   _require(o.warmup_epochs >= 0, f'optim.warmup_epochs={o.warmup_epochs} must be >= 0')
@@ -140,9 +141,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   _require(config.nonfinite in NONFINITE, f'nonfinite={config.nonfinite!r}: choose one of {NONFINITE}')
   _require(config.init_from_mode in INIT_FROM_MODES,
            f'init_from_mode={config.init_from_mode!r}: choose one of {INIT_FROM_MODES}')
-  _require(not config.init_from or _is_remote(config.init_from) or os.path.exists(config.init_from),
-           f'init_from={config.init_from!r} does not exist; give the workdir of an earlier run '
-           '(or its checkpoints/<step> folder), or leave it empty')
+  _require(not config.init_from or os.path.exists(config.init_from),
+           f'init_from={config.init_from!r} does not exist; give the local (or mounted) workdir '
+           'of an earlier run (or its checkpoints/<step> folder), or leave it empty')
+  _require(k.keep_every == 0 or k.keep_every % k.every == 0,
+           f'checkpoint.keep_every={k.keep_every} must be a multiple of checkpoint.every='
+           f'{k.every} (only saved steps can be kept)')
   try:
     MaskSampler(mask_config(config))
   except ValueError as e:
@@ -150,7 +154,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
 
 
 def _is_remote(path: str) -> bool:
-  return '://' in path  # gs://, s3://: checked when opened
+  return '://' in path  # gs://, s3://: TFDS datasets only; checked when opened
 
 
 def _validate_data(d: ml_collections.ConfigDict) -> None:
@@ -162,6 +166,9 @@ def _validate_data(d: ml_collections.ConfigDict) -> None:
            '(or leave it empty for the default location)')
   _require(d.dataset != 'image_folder' or bool(d.data_dir),
            'data.dataset=image_folder needs data.data_dir=<root of <split>/<class>/*.jpg>')
+  _require(d.dataset not in ('image_folder', 'fashion_mnist') or not _is_remote(d.data_dir),
+           f'data.data_dir={d.data_dir!r}: {d.dataset} reads local (or mounted) folders only; '
+           'bucket URLs work for TFDS datasets')
   lo, hi = d.crop_scale
   _require(0 < lo <= hi <= 1, f'data.crop_scale={tuple(d.crop_scale)} must satisfy '
            '0 < min <= max <= 1 (fractions of the image area; official (0.3, 1.0))')

@@ -123,26 +123,62 @@ class FolderSource:
     return os.path.join(self.root, self.files[index])
 
 
+def _version(name: str) -> tuple[int, ...] | None:
+  parts = name.split('.')
+  return tuple(int(p) for p in parts) if len(parts) == 3 and all(p.isdigit() for p in parts) else None
+
+
 def tfds_dataset_dir(name: str, data_dir: str) -> str:
-  """`<data_dir>/<name>[/<config>]/<version>` of a prepared TFDS dataset, or DataMissingError."""
-  base = os.path.join(data_dir, name)
-  found = []
-  for dirpath, _, filenames in os.walk(base):
-    if 'dataset_info.json' in filenames:
-      found.append(dirpath)
-  if not found:
+  """`<data_dir>/<name>/<version>` of a prepared TFDS dataset (the newest version), or
+  DataMissingError. `name` may carry a builder config: `imagenet2012_subset/10pct`.
+  Works on local paths and buckets alike (TFDS's `etils.epath`)."""
+  from etils import epath
+  base = epath.Path(data_dir) / name
+  versions = []
+  if base.is_dir():
+    versions = [(v, d) for d in base.iterdir() if (v := _version(d.name)) is not None
+                and (d / 'dataset_info.json').exists()]  # skips a killed build's incomplete.*
+  if not versions:
+    configs = [d.name for d in base.iterdir() if d.is_dir()] if base.is_dir() else []
+    if configs:
+      raise DataMissingError(f'data.dataset={name!r}: {base} holds builder configs {sorted(configs)}'
+                             f', not versions; set data.dataset={name}/<config>')
     raise DataMissingError(f'data.dataset={name!r}: no prepared TFDS dataset under {base}; '
-                           + TFDS_HOW_TO.format(name=name))
-  return max(found)  # the newest version when several are prepared
+                           + TFDS_HOW_TO.format(name=name.split('/')[0]))
+  return str(max(versions)[1])
+
+
+def _crc32c_table() -> list[int]:
+  table = []
+  for i in range(256):
+    c = i
+    for _ in range(8):
+      c = (c >> 1) ^ (0x82F63B78 if c & 1 else 0)
+    table.append(c)
+  return table
+
+
+_CRC32C = _crc32c_table()
+
+
+def masked_crc32c(data: bytes) -> bytes:
+  """TFRecord's masked CRC-32C (Castagnoli) of `data`, as its 4 little-endian bytes."""
+  crc = 0xFFFFFFFF
+  for byte in data:
+    crc = _CRC32C[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+  crc ^= 0xFFFFFFFF
+  return ((((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF).to_bytes(4, 'little')
 
 
 class TfRecordFiles:
   """Random access to the records of TFRecord files, without TensorFlow.
 
-  The files are indexed once (each record is `uint64 length, uint32 crc,
-  data, uint32 crc`; only the headers are read), then record `i` is one seek
-  and one read. CRCs are not checked: a damaged record fails to parse and is
-  skipped like a damaged image.
+  The files are indexed once (each record is `uint64 length, uint32 masked
+  CRC-32C of the length, data, uint32 masked CRC-32C of the data`; only the
+  headers are read and the length's CRC is checked), then record `i` is one
+  seek and one read. The data CRC is not checked: a damaged record fails to
+  parse and is skipped like a damaged image. A damaged length ends the
+  file's index there, with a warning.
   """
 
   def __init__(self, paths: Sequence[str]):
@@ -170,6 +206,10 @@ class TfRecordFiles:
         n = int.from_bytes(head[:8], 'little')
         if len(head) < 12 or pos + 12 + n + 4 > size:
           break  # a truncated tail: index what is whole
+        if masked_crc32c(head[:8]) != head[8:12]:
+          print(f'warning: {path}: damaged record header at byte {pos}; the rest of this file '
+                'is not read', flush=True)
+          break
         offsets.append(pos + 12)
         lengths.append(n)
         pos += 12 + n + 4

@@ -139,8 +139,13 @@ def prefetch(make: Callable[[int], dict], start: int, stop: int, depth: int = 2)
             break
           except queue.Full:
             continue
-    except Exception as e:  # surfaced in the consumer thread
-      q.put((None, e))
+    except Exception as e:  # surfaced in the consumer thread, unless it has gone
+      while not stop_flag.is_set():
+        try:
+          q.put((None, e), timeout=0.1)
+          return
+        except queue.Full:
+          continue
 
   thread = threading.Thread(target=work, daemon=True)
   thread.start()

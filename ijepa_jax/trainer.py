@@ -16,9 +16,13 @@ run by default (`nonfinite='skip'` skips and counts such steps).
 import functools
 import json
 import os
+import contextlib
 import signal
+import socket
+import sys
 import threading
 import time
+import uuid
 from typing import Any
 
 import flax.linen as nn
@@ -53,9 +57,14 @@ def log(msg: str) -> None:
 
 def check_writable(workdir: str) -> None:
   """Fail now, not at the first checkpoint, when the workdir cannot be written."""
+  if '://' in workdir:
+    raise cfg_lib.ConfigError(f'--workdir={workdir}: bucket URLs are not supported yet (the '
+                              'metrics log is a local file); use a local or mounted '
+                              '(e.g. gcsfuse) directory')
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f'.write_test.{os.getpid()}')
+    probe = os.path.join(workdir, f'.write_test.{socket.gethostname()}.{jax.process_index()}.'
+                                  f'{uuid.uuid4().hex}')
     with open(probe, 'w') as f:
       f.write('ok')
     os.remove(probe)
@@ -141,7 +150,11 @@ def _fmt_time(seconds: float) -> str:
 
 class StopRequest:
   """SIGTERM / SIGINT set a flag that the loop reads between steps (a second SIGINT
-  interrupts at once). With several processes they agree, so all save the same step."""
+  interrupts at once). With several processes they agree on it, so all save the same step.
+
+  The handler only records the signal (printing from a handler can collide with a print
+  it interrupted); the loop reports it.
+  """
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -163,15 +176,19 @@ class StopRequest:
     if self.signum is not None and signum == signal.SIGINT:
       raise KeyboardInterrupt
     self.signum = signum
-    print(f'{signal.Signals(signum).name} received: saving a checkpoint after this step',
-          flush=True)
 
   def requested(self) -> bool:
-    flag = self.signum is not None
+    """Whether any process got a signal; afterwards `name` says which one."""
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
-      flag = bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
-    return flag
+      nums = multihost_utils.process_allgather(np.int32(self.signum or 0))
+      if self.signum is None and np.max(nums) > 0:
+        self.signum = int(np.max(nums))  # another process was signalled
+    return self.signum is not None
+
+  @property
+  def name(self) -> str:
+    return signal.Signals(self.signum).name if self.signum else 'a stop request'
 
 
 class MetricsLog:
@@ -281,6 +298,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   log(f'mesh: {dict(mesh.shape)} over {n_dev} {jax.devices()[0].platform} device(s), '
       f'{n_proc} process(es)')
   data_meta = {'seed': config.seed, 'dataset_size': len(source), 'global_batch': config.batch_size}
+  in_flight = None
   try:
     with StopRequest() as stop, jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
       state_sh = sharding.logical_shardings(boxed, mesh)
@@ -306,10 +324,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         return last
       if config.probe.enabled:
         last.update(final_probe(config, model, state, shapes))
+  except BaseException as e:
+    in_flight = e
+    raise
   finally:
     batches.close()
     try:
       ckpts.wait()  # let a save in flight finish: it is a good checkpoint
+    except CheckpointError as e:
+      if in_flight is None:
+        raise
+      print(f'error: {e}', file=sys.stderr)  # keep the exception already on its way up
     finally:
       ckpts.close()
   last['total_seconds'] = time.time() - t_start
@@ -336,9 +361,13 @@ class _Loop:
     if start >= self.total:
       log(f'already trained: checkpoint at step {start} of {self.total}')
       return state, {'step': start}
+    with contextlib.closing(prefetch(batches, start, self.total, cfg.data.prefetch)) as stream:
+      return self._steps(state, start, stream)
+
+  def _steps(self, state: TrainState, start: int, stream) -> tuple[TrainState, dict]:
+    cfg = self.config
     pending = None
-    for step, local in enumerate(prefetch(batches, start, self.total, cfg.data.prefetch),
-                                 start=start + 1):
+    for step, local in enumerate(stream, start=start + 1):
       skipped = local.pop('skipped')
       for name in skipped:
         print(f'[process {jax.process_index()}] skipped a corrupt image at step {step}: {name}',
@@ -350,13 +379,15 @@ class _Loop:
         self._resolve(*pending)
       pending = (step, metrics)
       preempted = self.stop.requested()
+      if preempted:
+        log(f'{self.stop.name} received: saving a checkpoint at step {step}')
       if step % cfg.checkpoint.every == 0 or step == self.total or preempted:
         self._resolve(*pending)
         pending = None
         self._save(step, state)
       if preempted:
         self.ckpts.wait()
-        log(f'stopped by {signal.Signals(self.stop.signum).name} at step {step}: checkpoint '
+        log(f'stopped by {self.stop.name} at step {step}: checkpoint '
             f'{step} is complete; run the same command again to resume')
         return state, dict(self.last, step=step, preempted=1.0)
     if pending is not None:

@@ -74,6 +74,7 @@ def test_paper_recipes():
     ('init_from_mode', 'optimizer', 'init_from_mode'),
     ('max_steps', 0, 'max_steps'),
     ('log_every', 0, 'log_every'),
+    ('checkpoint.keep_every', 250, 'checkpoint.keep_every=250 must be a multiple of checkpoint.every=100'),
 ])
 def test_bad_values(field, value, match):
   c = load('demo')
@@ -81,6 +82,19 @@ def test_bad_values(field, value, match):
   (c[section] if section else c)[key] = value
   with pytest.raises(cfg_lib.ConfigError, match=match):
     cfg_lib.validate(c, num_devices=8)
+
+
+def test_bucket_urls_only_where_they_work(tmp_path):
+  c = load('demo')
+  c.data.data_dir = 'gs://bucket/fashion'
+  with pytest.raises(cfg_lib.ConfigError, match='bucket URLs work for TFDS datasets'):
+    cfg_lib.validate(c, num_devices=8)
+  c = load('demo')
+  c.init_from = 'gs://bucket/run'
+  with pytest.raises(cfg_lib.ConfigError, match='init_from'):
+    cfg_lib.validate(c, num_devices=8)
+  with pytest.raises(cfg_lib.ConfigError, match='bucket URLs are not supported yet'):
+    trainer.train_and_evaluate(load('demo'), 'gs://bucket/work')
 
 
 def test_errors_before_compiling(tmp_path, capsys, monkeypatch):

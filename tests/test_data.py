@@ -105,6 +105,36 @@ def test_tfds_tfrecord_source_without_tensorflow(tiny_tfds, tmp_path):
   assert len(data.open_source('tiny_images', 'train', str(tmp_path))) == 23
 
 
+def test_record_header_crc_matches_an_independent_crc32c():
+  for payload in (b'', b'a', (1234).to_bytes(8, 'little'), bytes(range(256))):
+    assert data.masked_crc32c(payload) == _masked(_crc32c(payload))
+  assert _crc32c(b'123456789') == 0xE3069283  # the CRC-32C check value
+
+
+def test_damaged_record_header_ends_that_files_index(tiny_tfds, tmp_path, capsys):
+  _as_tfrecord(os.path.join(tiny_tfds, 'tiny_images', '1.0.0'), tmp_path / 'tiny_images' / '1.0.0')
+  shard = next(p for p in (tmp_path / 'tiny_images' / '1.0.0').iterdir() if 'train.tfrecord' in p.name)
+  raw = bytearray(shard.read_bytes())
+  first = int.from_bytes(raw[:8], 'little')
+  third = 2 * (12 + first + 4)  # records of one PNG size: the third header starts here
+  assert int.from_bytes(raw[third:third + 8], 'little') == first
+  raw[third] ^= 0xFF  # a flipped bit in the third record's length
+  shard.write_bytes(bytes(raw))
+  assert len(data.open_source('tiny_images', 'train', str(tmp_path))) == 2
+  assert 'damaged record header' in capsys.readouterr().out
+
+
+def test_tfds_version_choice(tmp_path):
+  for v in ('9.0.0', '10.0.0', 'incomplete.ABC_11.0.0'):
+    os.makedirs(tmp_path / 'ds' / v)
+    (tmp_path / 'ds' / v / 'dataset_info.json').write_text('{}')
+  os.makedirs(tmp_path / 'ds' / '12.0.0')  # no dataset_info.json: not prepared
+  assert data.tfds_dataset_dir('ds', str(tmp_path)).endswith('/ds/10.0.0')
+  os.makedirs(tmp_path / 'multi' / '10pct' / '5.0.0')
+  with pytest.raises(data.DataMissingError, match=r"builder configs \['10pct'\].*multi/<config>"):
+    data.tfds_dataset_dir('multi', str(tmp_path))
+
+
 def test_tfds_missing_dataset_and_split(tiny_tfds, tmp_path):
   with pytest.raises(data.DataMissingError, match=r'tfds build imagenet2012.*--manual_dir'):
     data.open_source('imagenet2012', 'train', str(tmp_path))
