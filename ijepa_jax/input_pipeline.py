@@ -127,25 +127,22 @@ def prefetch(make: Callable[[int], dict], start: int, stop: int, depth: int = 2)
   q: queue.Queue = queue.Queue(maxsize=depth)
   stop_flag = threading.Event()
 
+  def put(entry) -> None:  # gives up once the consumer has gone
+    while not stop_flag.is_set():
+      try:
+        q.put(entry, timeout=0.1)
+        return
+      except queue.Full:
+        continue
+
   def work():
     try:
       for step in range(start, stop):
         if stop_flag.is_set():
           return
-        item = make(step)
-        while not stop_flag.is_set():
-          try:
-            q.put((item, None), timeout=0.1)
-            break
-          except queue.Full:
-            continue
-    except Exception as e:  # surfaced in the consumer thread, unless it has gone
-      while not stop_flag.is_set():
-        try:
-          q.put((None, e), timeout=0.1)
-          return
-        except queue.Full:
-          continue
+        put((make(step), None))
+    except Exception as e:  # surfaced in the consumer thread
+      put((None, e))
 
   thread = threading.Thread(target=work, daemon=True)
   thread.start()
