@@ -374,7 +374,6 @@ class _Loop:
               flush=True)
       self.acct['skipped_images'] += len(skipped)
       state, metrics = self.compiled(state, global_batch(local, self.mesh))
-      self.n_log += 1
       if pending is not None:  # read the previous step's metrics: the device is busy meanwhile
         self._resolve(*pending)
       pending = (step, metrics)
@@ -418,6 +417,7 @@ class _Loop:
   def _resolve(self, step: int, metrics: dict) -> None:
     cfg = self.config
     m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    self.n_log += 1  # steps finished since the last log line
     if m['finite'] < 1.0:
       self.acct['nonfinite_steps'] += 1
       if cfg.nonfinite == 'stop':

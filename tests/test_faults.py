@@ -65,7 +65,12 @@ def final_state(workdir, step):
   """Every array of checkpoint `step` (params, EMA, Adam moments, step), as numpy."""
   import orbax.checkpoint as ocp
   path = os.path.join(workdir, 'checkpoints', str(step), 'state')
-  tree = ocp.StandardCheckpointer().restore(path)
+  ckptr = ocp.StandardCheckpointer()
+  meta = ckptr.metadata(path)
+  meta = getattr(meta, 'item_metadata', meta)  # the tree of array metadata
+  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])  # whatever mesh wrote it
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), meta)
+  tree = ckptr.restore(path, target)
   return jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]
 
 
