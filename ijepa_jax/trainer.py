@@ -224,6 +224,18 @@ class MetricsLog:
       self.file.close()
 
 
+def config_changes(saved: dict, current: dict, prefix: str = '') -> list[str]:
+  """`field: saved -> current` for every config field that differs (nested dicts walked)."""
+  out = []
+  for key in sorted(set(saved) | set(current)):
+    a, b = saved.get(key), current.get(key)
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += config_changes(a, b, f'{prefix}{key}.')
+    elif a != b:
+      out.append(f'{prefix}{key}: {a!r} -> {b!r}')
+  return out
+
+
 def _fresh_accounting() -> dict:
   return {'train_seconds': 0.0, 'skipped_images': 0, 'nonfinite_steps': 0, 'starts': 0}
 
@@ -238,6 +250,10 @@ def restore_or_init(config, ckpts, model, mesh, shapes, boxed, target, data_meta
       if meta['data'].get(key) != data_meta[key]:
         log(f'warning: checkpoint {latest} was written with data {key}={meta["data"].get(key)}, '
             f'this run has {data_meta[key]}: the data order from here differs from that run\'s')
+    changes = config_changes(meta.get('config', {}), json.loads(config.to_json_best_effort()))
+    if changes:
+      log(f'note: the config differs from the one checkpoint {latest} was written with (this '
+          f'run\'s values apply from here): ' + '; '.join(changes))
     return state, meta['accounting'], f'resumed from checkpoint {latest} in {ckpts.directory}'
   if config.init_from:
     directory, step = find_checkpoint(config.init_from)

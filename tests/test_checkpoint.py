@@ -115,3 +115,11 @@ def test_find_checkpoint(tmp_path):
   assert find_checkpoint(base + '/5') == (base, 5)
   with pytest.raises(FileNotFoundError, match='init_from'):
     find_checkpoint(str(tmp_path / 'nothing'))
+
+
+def test_config_changes_are_listed():
+  from ijepa_jax.trainer import config_changes
+  saved = {'num_epochs': 1.0, 'optim': {'lr': 1e-3, 'ema': [0.996, 1.0]}, 'seed': 0}
+  now = {'num_epochs': 2.0, 'optim': {'lr': 1e-3, 'ema': [0.996, 1.0]}, 'seed': 0, 'new': 1}
+  assert config_changes(saved, now) == ['new: None -> 1', 'num_epochs: 1.0 -> 2.0']
+  assert config_changes(saved, saved) == []
