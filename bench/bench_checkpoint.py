@@ -39,17 +39,12 @@ def main(argv):
   from ijepa_jax import sharding
   from ijepa_jax.checkpoint import Checkpoints
   from ijepa_jax.masks import MaskSampler
-  from ijepa_jax.trainer import abstract_state
+  from ijepa_jax.trainer import abstract_state, batch_shapes
 
   config = cfg_lib.with_dataset_size(FLAGS.config, 1281167)
   model = cfg_lib.build_model(config)
   masks = MaskSampler(cfg_lib.mask_config(config))
-  b, s, c = config.batch_size, config.data.image_size, config.data.channels
-  shapes = {'images': jax.ShapeDtypeStruct((b, s, s, c), jnp.float32),
-            'ctx_idx': jax.ShapeDtypeStruct((b, masks.context_len), jnp.int32),
-            'ctx_len': jax.ShapeDtypeStruct((b,), jnp.int32),
-            'tgt_idx': jax.ShapeDtypeStruct((b, masks.config.num_targets, masks.target_len), jnp.int32),
-            'tgt_len': jax.ShapeDtypeStruct((b, masks.config.num_targets), jnp.int32)}
+  shapes = batch_shapes(config, masks)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
   boxed = abstract_state(model, shapes)
   abstract = nn.unbox(boxed)

@@ -104,6 +104,18 @@ def make_step_fn(model: IJepa, state_shardings: Any, mesh: jax.sharding.Mesh,
       donate_argnums=(0,))
 
 
+def batch_shapes(config: ml_collections.ConfigDict, masks: MaskSampler) -> dict:
+  """The global batch the step takes: uint8 images and the fixed-shape mask arrays."""
+  b, size, ch, m = config.batch_size, config.data.image_size, config.data.channels, masks
+  return {
+      'images': jax.ShapeDtypeStruct((b, size, size, ch), jnp.uint8),
+      'ctx_idx': jax.ShapeDtypeStruct((b, m.context_len), jnp.int32),
+      'ctx_len': jax.ShapeDtypeStruct((b,), jnp.int32),
+      'tgt_idx': jax.ShapeDtypeStruct((b, m.config.num_targets, m.target_len), jnp.int32),
+      'tgt_len': jax.ShapeDtypeStruct((b, m.config.num_targets), jnp.int32),
+  }
+
+
 def abstract_state(model: IJepa, shapes: dict) -> TrainState:
   """The train state's shapes, still in logical-partitioning boxes (no compute, no compile)."""
   return jax.eval_shape(functools.partial(create_train_state, model), jax.random.key(0), shapes)
@@ -284,15 +296,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   cfg_lib.validate(config, n_dev, n_proc)  # the schedule checks need the dataset's size
   model = cfg_lib.build_model(config)
   masks = MaskSampler(cfg_lib.mask_config(config))
-  size, ch = config.data.image_size, config.data.channels
-  shapes = {
-      'images': jax.ShapeDtypeStruct((config.batch_size, size, size, ch), jnp.uint8),
-      'ctx_idx': jax.ShapeDtypeStruct((config.batch_size, masks.context_len), jnp.int32),
-      'ctx_len': jax.ShapeDtypeStruct((config.batch_size,), jnp.int32),
-      'tgt_idx': jax.ShapeDtypeStruct(
-          (config.batch_size, masks.config.num_targets, masks.target_len), jnp.int32),
-      'tgt_len': jax.ShapeDtypeStruct((config.batch_size, masks.config.num_targets), jnp.int32),
-  }
+  size = config.data.image_size
+  shapes = batch_shapes(config, masks)
   boxed = abstract_state(model, shapes)
   abstract = nn.unbox(boxed)
   width, depth, heads, mlp_dim = cfg_lib.encoder_dims(config)
