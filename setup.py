@@ -10,5 +10,10 @@ setup(
     packages=find_packages(include=['ijepa_jax', 'ijepa_jax.*']),
     python_requires='>=3.12',
     install_requires=requirements,
-    extras_require={'test': ['pytest>=8']},
+    extras_require={
+        'test': ['pytest>=8'],
+        # gs:// workdirs and data_dir without TensorFlow: etils.epath (used by orbax and by us)
+        # reaches Cloud Storage through fsspec's gcsfs
+        'gcs': ['gcsfs>=2024.1'],
+    },
 )

@@ -1,4 +1,4 @@
-"""Host input pipeline: a step's images and masks as a pure function of (seed, step, process).
+"""Host input pipeline: a step's images and masks as a pure function of (seed, step).
 
 Why not Grain: every element here is already a pure function of the run's
 seed, the step and its position in the global batch, so the iterator's whole
@@ -13,7 +13,8 @@ is dropped, as the official `drop_last=True`), and process `p` of `P` reads
 only its own contiguous part. The slices of the processes are disjoint and
 together cover the epoch, and the global order does not depend on `P`.
 Each element's crop and flip come from (seed, step, position in the global
-batch); masks come from (seed, step, process) (ijepa_jax/masks.py).
+batch), and so do its masks (ijepa_jax/masks.py): a global batch is the same
+whatever the number of processes.
 
 A corrupt image is replaced by another image chosen deterministically
 (the next in a fixed stride through the dataset), counted and named in the
@@ -115,7 +116,7 @@ class Batches:
       images[k], names = job.result()
       skipped += names
     batch = {'images': images, 'skipped': skipped}
-    batch.update(self.masks(self.local_batch, self.seed, step, self.process_index)._asdict())
+    batch.update(self.masks(self.local_batch, self.seed, step, first)._asdict())
     return batch
 
   def close(self) -> None:

@@ -2,7 +2,9 @@
 
 Each image gets M target blocks (rectangles of patches) and one context block
 made disjoint from every target block. Everything is vectorised over the
-batch; a batch is a pure function of (seed, step, process_index).
+batch. The masks of the image at position p of global batch `step` are a
+pure function of (seed, step, p // CHUNK): they do not depend on how many
+processes share the batch, so a run gives the same masks on any mesh.
 
 Fixed shapes. The device step compiles once, so the sampler always returns
 
@@ -51,6 +53,7 @@ MODES = ('official', 'corrected')
 _MASK_STREAM = 0x6D61736B  # separates the mask RNG stream from other host streams
 _MAX_RETRIES = 64
 _ENUM_POINTS = 1001  # grid over a uniform draw, to find exact size extremes
+CHUNK = 64  # global batch positions that share one RNG stream (vectorised sampling)
 
 
 class MaskBatch(NamedTuple):
@@ -80,7 +83,7 @@ class MaskSampler:
   """Builds (and validates) a multi-block sampler; call it to get a MaskBatch.
 
   >>> sampler = MaskSampler(MaskConfig(grid=(14, 14)))
-  >>> masks = sampler(batch_size=8, seed=0, step=3, process_index=0)
+  >>> masks = sampler(batch_size=8, seed=0, step=3, offset=0)
   >>> masks.ctx_idx.shape == (8, sampler.context_len)
   True
   """
@@ -164,16 +167,22 @@ class MaskSampler:
 
   # -- sampling --------------------------------------------------------------
 
-  def __call__(self, batch_size: int, seed: int, step: int, process_index: int = 0) -> MaskBatch:
-    """Masks for one host batch; a pure function of (seed, step, process_index).
+  def __call__(self, batch_size: int, seed: int, step: int, offset: int = 0) -> MaskBatch:
+    """Masks for positions [offset, offset + batch_size) of global batch `step`.
 
-    Official mode draws the per-batch block sizes from (seed, step) alone, so
-    every process uses the same sizes at a step, as the official collator
-    (seeded by its step counter on every rank) does; positions differ per process.
+    A process passes the offset of its part of the global batch. Positions are
+    sampled in chunks of CHUNK, chunk c from (seed, step, c), so the result for a
+    position does not depend on how the global batch is split. Official mode
+    draws the block sizes from (seed, step) alone: every image of a step shares
+    them, as every rank of the official collator (seeded by its step counter) does.
     """
-    rng = np.random.default_rng([_MASK_STREAM, seed, step, process_index])
-    size_rng = np.random.default_rng([_MASK_STREAM, seed, step])
-    return self.sample(rng, batch_size, size_rng)
+    first, stop = offset // CHUNK, -(-(offset + batch_size) // CHUNK)
+    parts = []
+    for c in range(first, stop):
+      rng = np.random.default_rng([_MASK_STREAM, seed, step, c])
+      parts.append(self.sample(rng, CHUNK, np.random.default_rng([_MASK_STREAM, seed, step])))
+    lo = offset - first * CHUNK
+    return MaskBatch(*(np.concatenate(f)[lo:lo + batch_size] for f in zip(*parts)))
 
   def sample(self, rng: np.random.Generator, batch_size: int,
              size_rng: np.random.Generator | None = None) -> MaskBatch:

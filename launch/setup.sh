@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Set up ijepa-jax on this machine: Fashion-MNIST (Debian package), a Python >= 3.12
 # virtual environment in .venv, and the package with its test extra. Safe to re-run.
+#   JAX_EXTRA=tpu|cuda12|cuda13  also install JAX for that accelerator (default: CPU only)
+#   IJEPA_EXTRAS=gcs             more extras of this package (gcs: gs:// workdirs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,5 +47,8 @@ if [ ! -x .venv/bin/python ] || ! is_ok .venv/bin/python; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test]'
+.venv/bin/python -m pip install -q -e ".[test${IJEPA_EXTRAS:+,$IJEPA_EXTRAS}]"
+if [ -n "${JAX_EXTRA:-}" ]; then
+  .venv/bin/python -m pip install -q --upgrade "jax[$JAX_EXTRA]"
+fi
 echo "setup: ready ($(.venv/bin/python --version), jax $(.venv/bin/python -c 'import jax; print(jax.__version__)'))"

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ijepa_jax.masks import MaskConfig, MaskSampler
+from ijepa_jax.masks import CHUNK, MODES, MaskConfig, MaskSampler
 from tests.reference.official_multiblock import official_masks, official_masks_untruncated
 
 
@@ -162,6 +162,22 @@ def test_target_len_is_the_exact_maximum(mode, kwargs):
 def test_official_sizes_shared_by_processes():
   """Official block sizes come from (seed, step): equal on every process, positions differ."""
   s = MaskSampler(MaskConfig(grid=(16, 16), mode='official'))
-  a, b = s(8, 0, 3, process_index=0), s(8, 0, 3, process_index=1)
+  a, b = s(8, 0, 3, offset=0), s(8, 0, 3, offset=8)
   assert a.tgt_len[0, 0] == b.tgt_len[0, 0]
   assert not np.array_equal(a.tgt_idx, b.tgt_idx)
+
+
+@pytest.mark.parametrize('mode', MODES)
+def test_masks_do_not_depend_on_how_the_batch_is_split(mode):
+  """A global batch of 3 RNG chunks read whole or by 2, 4 or 6 processes (offsets inside
+  chunks) gives the same masks position by position; another step or seed gives others."""
+  s = MaskSampler(MaskConfig(grid=(14, 14), mode=mode))
+  total = 3 * CHUNK
+  whole = s(total, 5, 7)
+  for parts in (2, 4, 6):
+    n = total // parts
+    split = [s(n, 5, 7, offset=p * n) for p in range(parts)]
+    for field, full in zip(whole, zip(*split)):
+      np.testing.assert_array_equal(np.concatenate(full), field)
+  assert not np.array_equal(s(total, 5, 8).ctx_idx, whole.ctx_idx)
+  assert not np.array_equal(s(total, 6, 7).ctx_idx, whole.ctx_idx)
