@@ -46,7 +46,7 @@ class Checkpoints:
 
   def __init__(self, directory: str, keep: int = 3, keep_every: int = 0,
                async_save: bool = True, read_only: bool = False):
-    self.directory = os.path.abspath(directory)
+    self.directory = directory if '://' in directory else os.path.abspath(directory)  # gs://
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, keep_period=keep_every or None, create=not read_only,
         cleanup_tmp_directories=not read_only, enable_async_checkpointing=async_save,

@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from ijepa_jax.masks import MaskConfig, MaskSampler, MODES
-from ijepa_jax.models import REMAT_POLICIES, VARIANTS, Predictor, VisionTransformer
+from ijepa_jax.models import (REMAT_POLICIES, VARIANTS, Predictor, VisionTransformer,
+                              attention_implementation)
 from ijepa_jax.objective import LOSSES
 from ijepa_jax.schedules import Schedules
 from ijepa_jax.sharding import mesh_shape
@@ -71,8 +72,23 @@ def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
   return config.data.dataset_size // config.batch_size
 
 
-def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1) -> None:
-  """Raise ConfigError for the first value that cannot work (before any compile)."""
+def attention_backends(config: ml_collections.ConfigDict, platform: str) -> dict[str, str]:
+  """The attention implementation the encoder and the predictor will use on `platform`."""
+  m = config.model
+  width, _, heads, _ = encoder_dims(config)
+  pred_heads = heads if m.pred_heads == -1 else m.pred_heads
+  requested = None if m.attention == 'default' else m.attention
+  return {name: attention_implementation(requested, head_dim, DTYPES[m.dtype], platform)
+          for name, head_dim in (('encoder', width // heads),
+                                 ('predictor', m.pred_width // pred_heads))}
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1,
+             platform: str | None = None) -> None:
+  """Raise ConfigError for the first value that cannot work (before any compile).
+
+  `platform` (jax.default_backend()) enables the checks that depend on the device kind.
+  """
   m, d, o = config.model, config.data, config.optim
   width, depth, heads, _ = encoder_dims(config)
   _require(m.patch_size > 0, f'model.patch_size={m.patch_size} must be positive')
@@ -93,6 +109,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   _require(m.pred_depth > 0, f'model.pred_depth={m.pred_depth} must be positive')
   _require(m.attention in ATTENTION, f'model.attention={m.attention!r}: choose one of {ATTENTION}')
   _require(m.dtype in DTYPES, f'model.dtype={m.dtype!r}: choose one of {sorted(DTYPES)}')
+  if m.attention == 'cudnn' and platform is not None:
+    _require(platform in ('gpu', 'cuda'), f'model.attention=cudnn needs a GPU (this run is on '
+             f'{platform}); use model.attention=default')
+    _require(m.dtype == 'bfloat16', 'model.attention=cudnn needs model.dtype=bfloat16')
+    for name, hd in (('encoder', width // heads), ('predictor', m.pred_width // pred_heads)):
+      _require(hd % 8 == 0 and hd <= 128, f'model.attention=cudnn: the {name}\'s head size {hd} '
+               'must be a multiple of 8 and <= 128 for the flash kernel; use model.attention=default')
   _require(m.remat_policy in REMAT_POLICIES,
            f'model.remat_policy={m.remat_policy!r}: choose one of {sorted(REMAT_POLICIES)}')
   _require(d.channels in (1, 3), f'data.channels={d.channels} must be 1 or 3')

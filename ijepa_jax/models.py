@@ -39,6 +39,18 @@ REMAT_POLICIES: dict[str, Callable | None] = {
 }
 
 
+def attention_implementation(requested: str | None, head_dim: int, dtype: Any,
+                             platform: str) -> str:
+  """The `jax.nn.dot_product_attention` backend: `requested` if given, else cuDNN's flash
+  kernel on a GPU where it applies (bf16/fp16, head size a multiple of 8 and <= 128),
+  XLA elsewhere. (JAX's own default, None, always means XLA today.)"""
+  if requested is not None:
+    return requested
+  flash = (platform in ('gpu', 'cuda') and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+           and head_dim % 8 == 0 and head_dim <= 128)
+  return 'cudnn' if flash else 'xla'
+
+
 def _dense(features: int, axes: tuple[str | None, str | None], dtype: Any, name: str) -> nn.Dense:
   return nn.Dense(
       features, dtype=dtype, param_dtype=jnp.float32, name=name,
@@ -74,8 +86,8 @@ class Attention(nn.Module):
   """Multi-head self-attention; `kv_len` [B] marks the real tokens (a prefix) of each row.
 
   Padding is always a suffix, so it is passed as key/value sequence lengths,
-  which both XLA and the cuDNN flash kernel take (`implementation`: None lets
-  JAX choose, or 'xla' / 'cudnn').
+  which both XLA and the cuDNN flash kernel take (`implementation`: 'xla',
+  'cudnn', or None for `attention_implementation`'s choice).
   """
   num_heads: int
   dtype: Any = jnp.bfloat16
@@ -89,7 +101,9 @@ class Attention(nn.Module):
     qkv = _dense(3 * d, ('embed', 'qkv'), self.dtype, 'qkv')(x)
     q, k, v = jnp.moveaxis(qkv.reshape(b, n, 3, self.num_heads, hd), 2, 0)
     out = jax.nn.dot_product_attention(  # [B, N, H, hd]
-        q, k, v, scale=hd ** -0.5, implementation=self.implementation,
+        q, k, v, scale=hd ** -0.5,
+        implementation=attention_implementation(self.implementation, hd, self.dtype,
+                                                jax.default_backend()),
         key_value_seq_lengths=None if kv_len is None else kv_len.astype(jnp.int32))
     return _dense(d, ('heads', 'embed'), self.dtype, 'proj')(out.reshape(b, n, d))
 

@@ -55,9 +55,27 @@ def make_mesh(data: int = -1, fsdp: int = 1,
 
 def logical_shardings(abstract_boxed: Any, mesh: jax.sharding.Mesh,
                       rules=LOGICAL_RULES) -> Any:
-  """NamedShardings for a (possibly partly) logically-boxed abstract pytree."""
+  """NamedShardings for a (possibly partly) logically-boxed abstract pytree.
+
+  A dimension whose size the mesh axes do not divide (e.g. the predictor's width 384
+  over 256 fsdp devices) stays replicated instead of failing to compile.
+  """
   specs = nn.get_partition_spec(abstract_boxed)
-  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+  shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
+  is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
+  shapes = jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x,
+                        abstract_boxed, is_leaf=is_box)  # no constraint: these are abstract
+  return jax.tree.map(lambda sh, x: _fit(sh, x.shape), shardings, shapes)
+
+
+def _fit(sh: NamedSharding, shape: tuple[int, ...]) -> NamedSharding:
+  spec = list(sh.spec) + [None] * (len(shape) - len(sh.spec))
+  for i, axes in enumerate(spec):
+    if axes is not None:
+      names = axes if isinstance(axes, tuple) else (axes,)
+      if shape[i] % int(np.prod([sh.mesh.shape[a] for a in names])):
+        spec[i] = None
+  return NamedSharding(sh.mesh, P(*spec))
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:

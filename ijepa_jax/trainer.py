@@ -30,12 +30,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 
 from ijepa_jax import config as cfg_lib
 from ijepa_jax import data as data_lib
 from ijepa_jax import fashion_mnist, sharding
 from ijepa_jax.checkpoint import CheckpointError, Checkpoints, find_checkpoint, restore_target
-from ijepa_jax.flops import train_step_flops
+from ijepa_jax.flops import peak_flops, train_step_flops
 from ijepa_jax.input_pipeline import Batches, TransformConfig, prefetch
 from ijepa_jax.masks import MaskSampler
 from ijepa_jax.probe import extract_features, linear_probe
@@ -56,21 +57,26 @@ def log(msg: str) -> None:
 # -- (1) workdir and data ------------------------------------------------------
 
 def check_writable(workdir: str) -> None:
-  """Fail now, not at the first checkpoint, when the workdir cannot be written."""
-  if '://' in workdir:
-    raise cfg_lib.ConfigError(f'--workdir={workdir}: bucket URLs are not supported yet (the '
-                              'metrics log is a local file); use a local or mounted '
-                              '(e.g. gcsfuse) directory')
+  """Fail now, not at the first checkpoint, when the workdir cannot be written.
+
+  A bucket (gs://...) works through etils.epath, as orbax writes there (it needs the
+  `gcs` extra: gcsfs)."""
   try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f'.write_test.{socket.gethostname()}.{jax.process_index()}.'
-                                  f'{uuid.uuid4().hex}')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
-  except OSError as e:
+    path = epath.Path(workdir)
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / (f'.write_test.{socket.gethostname()}.{jax.process_index()}.'
+                    f'{uuid.uuid4().hex}')
+    probe.write_text('ok')
+    probe.unlink()
+  except (OSError, ImportError, ValueError) as e:
+    hint = (' (for gs:// install the gcs extra: pip install -e ".[gcs]", and check the '
+            'bucket\'s permissions)' if _is_remote(workdir) else '')
     raise CheckpointError(f'--workdir={workdir} is not writable ({type(e).__name__}: {e}); '
-                          'pass a directory this process can write') from None
+                          f'pass a directory this process can write{hint}') from None
+
+
+def _is_remote(path: str) -> bool:
+  return '://' in path
 
 
 def make_batches(config: ml_collections.ConfigDict, source: data_lib.Source,
@@ -135,6 +141,21 @@ def init_state(model: IJepa, mesh: jax.sharding.Mesh, shapes: dict, seed: int,
   shardings = sharding.logical_shardings(abstract, mesh)
   state = jax.jit(lambda rng: nn.unbox(init(rng)), out_shardings=shardings)(jax.random.key(seed))
   return state, shardings
+
+
+def compile_abstract_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+  """Compile the train step for `config` on `mesh` from shapes alone (nothing is allocated);
+  returns (compiled, seconds to lower and compile). For memory and compile-time figures."""
+  model = cfg_lib.build_model(config)
+  shapes = batch_shapes(config, MaskSampler(cfg_lib.mask_config(config)))
+  boxed = abstract_state(model, shapes)
+  state_sh = sharding.logical_shardings(boxed, mesh)
+  state = restore_target(nn.unbox(boxed), state_sh)  # abstract leaves that carry shardings
+  t0 = time.perf_counter()
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    step = make_step_fn(model, state_sh, mesh, tuple(config.data.mean), tuple(config.data.std))
+    compiled = step.lower(state, shapes).compile()
+  return compiled, time.perf_counter() - t0
 
 
 def global_batch(local: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
@@ -204,34 +225,58 @@ class StopRequest:
 
 
 class MetricsLog:
-  """`metrics.jsonl` (process 0): on resume, rows past the restored step are dropped."""
+  """`metrics.jsonl` (process 0): on resume, rows past the restored step are dropped.
 
-  def __init__(self, path: str, resume_step: int):
+  A local file is appended to row by row. A bucket object cannot be appended to, so
+  there (or with `rewrite=True`) the rows are kept and the whole file is rewritten at
+  every `flush()` (the trainer flushes at each checkpoint and at the end), which also
+  keeps the log in step with the checkpoints.
+  """
+
+  def __init__(self, path: str, resume_step: int, rewrite: bool | None = None):
+    self.path = epath.Path(path)
+    self.rewrite = _is_remote(path) if rewrite is None else rewrite
     self.file = None
-    if jax.process_index():
+    self.rows: list[str] = []
+    self.active = jax.process_index() == 0
+    if not self.active:
       return
-    if os.path.exists(path):
-      with open(path) as f:
-        rows = [l for l in f if l.strip()]
-      kept = []
-      for line in rows:
+    if self.path.exists():
+      for line in self.path.read_text().splitlines(keepends=True):
         try:
           if json.loads(line)['step'] <= resume_step:
-            kept.append(line)
+            self.rows.append(line if line.endswith('\n') else line + '\n')
         except (ValueError, KeyError):
           pass  # a line torn by a kill
-      tmp = path + '.tmp'
-      with open(tmp, 'w') as f:
-        f.writelines(kept)
-      os.replace(tmp, path)
-    self.file = open(path, 'a')
+    self._write_all()
+    if not self.rewrite:
+      self.file = self.path.open('a')
+      self.rows = []
+
+  def _write_all(self) -> None:
+    if self.rewrite:
+      self.path.write_text(''.join(self.rows))
+      return
+    tmp = self.path.parent / (self.path.name + '.tmp')  # a kill mid-write keeps the old file
+    tmp.write_text(''.join(self.rows))
+    os.replace(str(tmp), str(self.path))
 
   def write(self, row: dict) -> None:
-    if self.file:
-      self.file.write(json.dumps(row) + '\n')
+    if not self.active:
+      return
+    line = json.dumps(row) + '\n'
+    if self.rewrite:
+      self.rows.append(line)
+    else:
+      self.file.write(line)
       self.file.flush()
 
+  def flush(self) -> None:
+    if self.active and self.rewrite:
+      self._write_all()
+
   def close(self) -> None:
+    self.flush()
     if self.file:
       self.file.close()
 
@@ -289,11 +334,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """
   t_start = time.time()
   n_dev, n_proc = jax.device_count(), jax.process_count()
-  cfg_lib.validate(config, n_dev, n_proc)
+  platform = jax.default_backend()
+  cfg_lib.validate(config, n_dev, n_proc, platform)
   check_writable(workdir)
   source = data_lib.open_source(config.data.dataset, config.data.split, config.data.data_dir)
   config = cfg_lib.with_dataset_size(config, len(source))
-  cfg_lib.validate(config, n_dev, n_proc)  # the schedule checks need the dataset's size
+  cfg_lib.validate(config, n_dev, n_proc, platform)  # the schedule checks need its size
   model = cfg_lib.build_model(config)
   masks = MaskSampler(cfg_lib.mask_config(config))
   size = config.data.image_size
@@ -305,7 +351,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   log(f'model: ViT {config.model.variant} width {width} depth {depth} heads {heads} mlp {mlp_dim} '
       f'patch {config.model.patch_size} @ {size}px | encoder '
       f'{param_count(abstract.params["encoder"]):,} params, predictor '
-      f'{param_count(abstract.params["predictor"]):,} params')
+      f'{param_count(abstract.params["predictor"]):,} params | {config.model.dtype} compute, '
+      f'remat {config.model.remat_policy}, attention '
+      + ', '.join(f'{k} {v}' for k, v in cfg_lib.attention_backends(config, platform).items()))
   log(f'masks: {config.masks.mode} mode, grid {masks.height}x{masks.width}, context len '
       f'{masks.context_len}, {masks.config.num_targets} targets x len {masks.target_len}')
   log(f'data: {config.data.dataset}/{config.data.split}, {len(source):,} images | schedule: '
@@ -360,8 +408,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       ckpts.close()
   last['total_seconds'] = time.time() - t_start
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'final.json'), 'w') as f:
-      json.dump(last, f, indent=1)
+    (epath.Path(workdir) / 'final.json').write_text(json.dumps(last, indent=1))
   return last
 
 
@@ -374,6 +421,7 @@ class _Loop:
     self.stop, self.metrics_log, self.acct, self.flops = stop, metrics_log, acct, flops
     self.total, self.data_meta, self.t_start = total, data_meta, t_start
     self.last: dict[str, float] = {}
+    self.peak = peak_flops(jax.devices()[0].device_kind)  # None on a CPU
 
   def run(self, state: TrainState, start: int, batches: Batches) -> tuple[TrainState, dict]:
     cfg = self.config
@@ -433,6 +481,7 @@ class _Loop:
         'config': json.loads(self.config.to_json_best_effort()),
     }
     blocked = self.ckpts.save(step, state, meta)
+    self.metrics_log.flush()  # a bucket's log is rewritten with each checkpoint
     log(f'checkpoint {step}: training blocked {blocked:.2f}s, writing in the background')
 
   def _resolve(self, step: int, metrics: dict) -> None:
@@ -452,13 +501,18 @@ class _Loop:
     if step % cfg.log_every and step != self.total:
       return
     dt = time.time() - self.t_log
+    n_dev = jax.device_count()
     m.update(step=step, images_per_sec=self.n_log * cfg.batch_size / dt,
+             images_per_sec_per_device=self.n_log * cfg.batch_size / dt / n_dev,
              flops_per_sec=self.n_log * self.flops / dt, time=time.time() - self.t_start,
              skipped_images=self.acct['skipped_images'],
              nonfinite_steps=self.acct['nonfinite_steps'])
+    if self.peak:  # model FLOPs utilisation: analytic FLOPs / (devices x peak)
+      m['mfu'] = m['flops_per_sec'] / (n_dev * self.peak)
     eta = (self.total - step) * dt / max(self.n_log, 1)
     log(f'step {step:>6d}/{self.total} | loss {m["loss"]:.4f} | lr {m["lr"]:.2e} | '
-        f'{m["images_per_sec"]:,.0f} img/s | ETA {_fmt_time(eta)}')
+        f'{m["images_per_sec"]:,.0f} img/s ({m["images_per_sec_per_device"]:,.1f}/device) | '
+        + (f'MFU {100 * m["mfu"]:.1f}% | ' if 'mfu' in m else '') + f'ETA {_fmt_time(eta)}')
     self.metrics_log.write(m)
     self.last = m
     self.t_log, self.n_log = time.time(), 0

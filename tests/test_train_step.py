@@ -185,3 +185,18 @@ def test_fsdp_mesh_equals_one_device_and_shards_params():
   assert ema.sharding == qkv.sharding
   mu = state.opt_state[0].mu['encoder']['blocks']['layers']['attn']['qkv']['kernel']
   assert mu.sharding == qkv.sharding
+
+
+def test_compile_time_flat_in_depth():
+  """Under nn.scan, ViT-L/16 (24 blocks) compiles within 1.5x of ViT-B/16 (12 blocks).
+  Compiled from shapes alone, on one CPU device; the batch size hardly matters to XLA."""
+  from configs.vitb16 import get_config as vitb16
+  from configs.vitl16 import get_config as vitl16
+  from ijepa_jax.trainer import compile_abstract_step
+  mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
+  seconds = {}
+  for name, get in (('base', vitb16), ('large', vitl16)):
+    c = get()
+    c.batch_size = 8
+    _, seconds[name] = compile_abstract_step(c, mesh)
+  assert seconds['large'] < 1.5 * seconds['base'], seconds
