@@ -12,7 +12,7 @@ import ml_collections
 
 from ijepa_jax.masks import MaskConfig, MaskSampler, MODES
 from ijepa_jax.models import (REMAT_POLICIES, VARIANTS, Predictor, VisionTransformer,
-                              attention_implementation)
+                              attention_implementation, cudnn_flash_fits)
 from ijepa_jax.objective import LOSSES
 from ijepa_jax.schedules import Schedules
 from ijepa_jax.sharding import mesh_shape
@@ -114,8 +114,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
              f'{platform}); use model.attention=default')
     _require(m.dtype == 'bfloat16', 'model.attention=cudnn needs model.dtype=bfloat16')
     for name, hd in (('encoder', width // heads), ('predictor', m.pred_width // pred_heads)):
-      _require(hd % 8 == 0 and hd <= 128, f'model.attention=cudnn: the {name}\'s head size {hd} '
-               'must be a multiple of 8 and <= 128 for the flash kernel; use model.attention=default')
+      _require(cudnn_flash_fits(hd, DTYPES[m.dtype]), f'model.attention=cudnn: the {name}\'s '
+               f'head size {hd} must be a multiple of 8 and <= 128 for the flash kernel; use '
+               'model.attention=default')
   _require(m.remat_policy in REMAT_POLICIES,
            f'model.remat_policy={m.remat_policy!r}: choose one of {sorted(REMAT_POLICIES)}')
   _require(d.channels in (1, 3), f'data.channels={d.channels} must be 1 or 3')
@@ -176,20 +177,21 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     raise ConfigError(str(e)) from None
 
 
-def _is_remote(path: str) -> bool:
-  return '://' in path  # gs://, s3://: TFDS datasets only; checked when opened
+def is_remote(path: str) -> bool:
+  """A bucket URL (gs://, s3://), reached through etils.epath."""
+  return '://' in path
 
 
 def _validate_data(d: ml_collections.ConfigDict) -> None:
   _require(bool(d.dataset), "data.dataset is empty: name a prepared TFDS dataset, 'image_folder' "
            "or 'fashion_mnist'")
   _require(bool(d.split), 'data.split is empty: name the split to train on (e.g. train)')
-  _require(not d.data_dir or _is_remote(d.data_dir) or os.path.isdir(d.data_dir),
+  _require(not d.data_dir or is_remote(d.data_dir) or os.path.isdir(d.data_dir),
            f'data.data_dir={d.data_dir!r} is not a directory; point it at the dataset '
            '(or leave it empty for the default location)')
   _require(d.dataset != 'image_folder' or bool(d.data_dir),
            'data.dataset=image_folder needs data.data_dir=<root of <split>/<class>/*.jpg>')
-  _require(d.dataset not in ('image_folder', 'fashion_mnist') or not _is_remote(d.data_dir),
+  _require(d.dataset not in ('image_folder', 'fashion_mnist') or not is_remote(d.data_dir),
            f'data.data_dir={d.data_dir!r}: {d.dataset} reads local (or mounted) folders only; '
            'bucket URLs work for TFDS datasets')
   lo, hi = d.crop_scale

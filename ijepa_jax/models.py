@@ -39,6 +39,13 @@ REMAT_POLICIES: dict[str, Callable | None] = {
 }
 
 
+def cudnn_flash_fits(head_dim: int, dtype: Any) -> bool:
+  """Whether cuDNN's flash-attention kernel takes these heads (bf16/fp16, a head size that
+  is a multiple of 8 and <= 128)."""
+  return (jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0
+          and head_dim <= 128)
+
+
 def attention_implementation(requested: str | None, head_dim: int, dtype: Any,
                              platform: str) -> str:
   """The `jax.nn.dot_product_attention` backend: `requested` if given, else cuDNN's flash
@@ -46,9 +53,7 @@ def attention_implementation(requested: str | None, head_dim: int, dtype: Any,
   XLA elsewhere. (JAX's own default, None, always means XLA today.)"""
   if requested is not None:
     return requested
-  flash = (platform in ('gpu', 'cuda') and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
-           and head_dim % 8 == 0 and head_dim <= 128)
-  return 'cudnn' if flash else 'xla'
+  return 'cudnn' if platform in ('gpu', 'cuda') and cudnn_flash_fits(head_dim, dtype) else 'xla'
 
 
 def _dense(features: int, axes: tuple[str | None, str | None], dtype: Any, name: str) -> nn.Dense:

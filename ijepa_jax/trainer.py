@@ -70,13 +70,9 @@ def check_writable(workdir: str) -> None:
     probe.unlink()
   except (OSError, ImportError, ValueError) as e:
     hint = (' (for gs:// install the gcs extra: pip install -e ".[gcs]", and check the '
-            'bucket\'s permissions)' if _is_remote(workdir) else '')
+            'bucket\'s permissions)' if cfg_lib.is_remote(workdir) else '')
     raise CheckpointError(f'--workdir={workdir} is not writable ({type(e).__name__}: {e}); '
                           f'pass a directory this process can write{hint}') from None
-
-
-def _is_remote(path: str) -> bool:
-  return '://' in path
 
 
 def make_batches(config: ml_collections.ConfigDict, source: data_lib.Source,
@@ -235,7 +231,7 @@ class MetricsLog:
 
   def __init__(self, path: str, resume_step: int, rewrite: bool | None = None):
     self.path = epath.Path(path)
-    self.rewrite = _is_remote(path) if rewrite is None else rewrite
+    self.rewrite = cfg_lib.is_remote(path) if rewrite is None else rewrite
     self.file = None
     self.rows: list[str] = []
     self.active = jax.process_index() == 0
