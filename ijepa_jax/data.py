@@ -51,6 +51,8 @@ class Source(Protocol):
 
   def name(self, index: int) -> str: ...
 
+  def label(self, index: int) -> int: ...
+
 
 def decode(data: bytes, name: str) -> Image.Image:
   """Encoded bytes -> a fully decoded Pillow image; CorruptImageError if that fails."""
@@ -71,6 +73,7 @@ class ArraySource:
                        f'{images.shape}')
     self.images = images[..., 0] if images.ndim == 4 and images.shape[-1] == 1 else images
     self.labels = np.zeros(len(images), np.int32) if labels is None else np.asarray(labels)
+    self.num_classes = int(self.labels.max()) + 1 if len(self.labels) else 0
     self._name = name
 
   def __len__(self) -> int:
@@ -81,6 +84,9 @@ class ArraySource:
 
   def name(self, index: int) -> str:
     return f'{self._name}[{index}]'
+
+  def label(self, index: int) -> int:
+    return int(self.labels[index])
 
 
 class FolderSource:
@@ -104,6 +110,7 @@ class FolderSource:
           f'image folder split {self.root} holds no images: expected '
           f'{self.root}/<class>/<name>{{{",".join(IMAGE_EXTENSIONS)}}}')
     self.classes = classes
+    self.num_classes = len(classes)
     self.files = files
     self.labels = np.asarray(labels, np.int32)
 
@@ -121,6 +128,9 @@ class FolderSource:
 
   def name(self, index: int) -> str:
     return os.path.join(self.root, self.files[index])
+
+  def label(self, index: int) -> int:
+    return int(self.labels[index])
 
 
 def _version(name: str) -> tuple[int, ...] | None:
@@ -261,6 +271,8 @@ class TfdsSource:
       raise DataMissingError(f'data.split={split!r} of {path} is empty')
     self.file_format = fmt
     self._desc = f'{name}/{split}'
+    label = features['label'] if 'label' in features else None
+    self.num_classes = getattr(label, 'num_classes', None)
 
   def __len__(self) -> int:
     return self._len
@@ -274,6 +286,12 @@ class TfdsSource:
 
   def name(self, index: int) -> str:
     return f'{self._desc}[{index}]'
+
+  def label(self, index: int) -> int:
+    """The record's `label` (a second read of the record; evaluation only)."""
+    if self.num_classes is None:
+      raise DataMissingError(f'{self._desc} has no class "label" feature: the probes need one')
+    return int(self._get(int(index))['label'])
 
 
 def open_source(dataset: str, split: str, data_dir: str) -> Source:

@@ -7,51 +7,11 @@ import numpy as np
 
 from ijepa_jax.masks import MaskConfig, MaskSampler
 from ijepa_jax.models import Predictor, VisionTransformer
-from tests.reference.official_vit import predictor_forward, vit_forward
+from ijepa_jax import interop
+from tests.reference.official_vit import predictor_forward, sincos_pos_embed_2d, vit_forward
+from tests.reference.trees import randomize
 
 F32 = jnp.float32
-
-
-def torch_layout(params, prefix_blocks):
-  """Our param tree -> official state-dict names and layouts (Linear (out, in), Conv OIHW)."""
-  sd = {}
-
-  def linear(name, p):
-    sd[f'{name}.weight'] = np.asarray(p['kernel']).T
-    sd[f'{name}.bias'] = np.asarray(p['bias'])
-
-  def norm(name, p):
-    sd[f'{name}.weight'] = np.asarray(p['scale'])
-    sd[f'{name}.bias'] = np.asarray(p['bias'])
-
-  layers = params[prefix_blocks]['layers']
-  depth = layers['norm1']['scale'].shape[0]
-  for i in range(depth):
-    li = jax.tree.map(lambda a: a[i], layers)
-    b = f'{prefix_blocks}.{i}'
-    norm(f'{b}.norm1', li['norm1'])
-    norm(f'{b}.norm2', li['norm2'])
-    linear(f'{b}.attn.qkv', li['attn']['qkv'])
-    linear(f'{b}.attn.proj', li['attn']['proj'])
-    linear(f'{b}.mlp.fc1', li['mlp']['fc1'])
-    linear(f'{b}.mlp.fc2', li['mlp']['fc2'])
-  if 'patch_embed' in params:
-    sd['patch_embed.proj.weight'] = np.asarray(params['patch_embed']['proj']['kernel']).transpose(3, 2, 0, 1)
-    sd['patch_embed.proj.bias'] = np.asarray(params['patch_embed']['proj']['bias'])
-    norm('norm', params['norm'])
-  else:
-    linear('predictor_embed', params['predictor_embed'])
-    linear('predictor_proj', params['predictor_proj'])
-    norm('predictor_norm', params['predictor_norm'])
-    sd['mask_token'] = np.asarray(params['mask_token'])
-  return sd
-
-
-def randomize(params, seed):
-  """Init-scale weights hide bugs; use O(1) random values everywhere."""
-  leaves, tree = jax.tree.flatten(params)
-  rng = np.random.default_rng(seed)
-  return jax.tree.unflatten(tree, [jnp.asarray(rng.normal(0, 0.3, x.shape), F32) for x in leaves])
 
 
 def test_encoder_and_predictor_match_official():
@@ -72,7 +32,9 @@ def test_encoder_and_predictor_match_official():
   ep = randomize(nn.unbox(enc.init(jax.random.key(0), x))['params'], 1)
   z = enc.apply({'params': ep}, x, ctx_idx, ctx_len)
   full = enc.apply({'params': ep}, x)
-  sd = torch_layout(ep, 'blocks')
+  sd = interop.encoder_to_official(ep, grid)
+  # the reference builds its own position table: take ours out after checking it equals theirs
+  np.testing.assert_allclose(sd.pop('pos_embed')[0], sincos_pos_embed_2d(width, grid[0]), atol=1e-6)
   x_nchw = x.transpose(0, 3, 1, 2)
   ref_full = vit_forward(sd, x_nchw, patch_size=patch, num_heads=heads)
   ref_ctx = vit_forward(sd, x_nchw, patch_size=patch, num_heads=heads, masks=[ctx_idx])
@@ -82,7 +44,9 @@ def test_encoder_and_predictor_match_official():
   pp = randomize(nn.unbox(pred.init(jax.random.key(1), z, ctx_idx, ctx_len, tgt_idx,
                                     tgt_len))['params'], 2)
   out = pred.apply({'params': pp}, z, ctx_idx, ctx_len, tgt_idx, tgt_len)  # [B, M, Kt, D]
-  psd = torch_layout(pp, 'predictor_blocks')
+  psd = interop.predictor_to_official(pp, grid)
+  np.testing.assert_allclose(psd.pop('predictor_pos_embed')[0], sincos_pos_embed_2d(16, grid[0]),
+                             atol=1e-6)
   ref = predictor_forward(psd, np.asarray(z, np.float64), [ctx_idx],
                           [tgt_idx[:, m] for m in range(tgt_idx.shape[1])],
                           num_heads=heads, num_patches=grid[0] * grid[1])
