@@ -106,7 +106,7 @@ def restore_target(abstract: Any, shardings: Any) -> Any:
 
 
 def find_checkpoint(path: str) -> tuple[str, int]:
-  """(checkpoints directory, step) for `config.init_from`: a workdir (its latest
+  """(checkpoints directory, step) for `config.init_from` and the tools: a workdir (its latest
   checkpoint), its `checkpoints/` folder, or one `checkpoints/<step>` folder."""
   path = os.path.abspath(path)
   if os.path.isdir(os.path.join(path, 'checkpoints')):
@@ -115,9 +115,9 @@ def find_checkpoint(path: str) -> tuple[str, int]:
   if base.isdigit() and os.path.isdir(os.path.join(path, 'state')):
     return os.path.dirname(path), int(base)
   if not os.path.isdir(path):
-    raise FileNotFoundError(f'init_from={path!r} does not exist; give a workdir of an earlier run, '
-                            'its checkpoints/ folder or one checkpoints/<step> folder')
+    raise FileNotFoundError(f'{path!r} does not exist; give the workdir of a run, its '
+                            'checkpoints/ folder or one checkpoints/<step> folder')
   step = Checkpoints(path, read_only=True).latest_step()
   if step is None:
-    raise FileNotFoundError(f'init_from={path!r} holds no complete checkpoint')
+    raise FileNotFoundError(f'{path!r} holds no complete checkpoint')
   return path, step

@@ -10,6 +10,7 @@ import os
 import jax.numpy as jnp
 import ml_collections
 
+from ijepa_jax.evaluation import ENCODERS, PROBES
 from ijepa_jax.masks import MaskConfig, MaskSampler, MODES
 from ijepa_jax.models import (REMAT_POLICIES, VARIANTS, Predictor, VisionTransformer,
                               attention_implementation, cudnn_flash_fits)
@@ -175,6 +176,31 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     MaskSampler(mask_config(config))
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  _validate_evals(config.evals, config.log_every)
+
+
+def _validate_evals(ev: ml_collections.ConfigDict, log_every: int) -> None:
+  _require(ev.every >= 0, f'evals.every={ev.every} must be >= 0 (0: no evaluation during training)')
+  for name in ('periodic_probes', 'final_probes'):
+    bad = [p for p in ev[name] if p not in PROBES]
+    _require(not bad, f'evals.{name}={tuple(ev[name])}: unknown {bad}; choose from {PROBES}')
+  _require(ev.encoder in ENCODERS, f'evals.encoder={ev.encoder!r}: choose one of {ENCODERS}')
+  _require(ev.pool in ('mean', 'last4'), f'evals.pool={ev.pool!r}: choose mean or last4')
+  _require(0 < ev.crop_fraction <= 1, f'evals.crop_fraction={ev.crop_fraction} must be in (0, 1]')
+  _require(0 < ev.holdout < 1, f'evals.holdout={ev.holdout} must be in (0, 1)')
+  _require(ev.knn_k > 0 and ev.knn_temperature > 0,
+           f'evals.knn_k={ev.knn_k} and evals.knn_temperature={ev.knn_temperature} must be positive')
+  _require(ev.batch_size > 0 and ev.probe_steps > 0 and ev.probe_batch > 0,
+           'evals.batch_size, evals.probe_steps and evals.probe_batch must be positive')
+  _require(len(ev.probe_lrs) > 0 and all(v > 0 for v in ev.probe_lrs),
+           f'evals.probe_lrs={tuple(ev.probe_lrs)} must be a non-empty list of positive rates')
+  _require(len(ev.probe_l2s) > 0 and all(v >= 0 for v in ev.probe_l2s),
+           f'evals.probe_l2s={tuple(ev.probe_l2s)} must be a non-empty list of values >= 0')
+  _require(all(n > 0 for n in ev.lowshot_per_class) and 0 <= ev.lowshot_fraction < 1,
+           f'evals.lowshot_per_class={tuple(ev.lowshot_per_class)} must be positive counts and '
+           f'evals.lowshot_fraction={ev.lowshot_fraction} in [0, 1)')
+  for name in ('train_examples', 'test_examples', 'final_train_examples', 'final_test_examples'):
+    _require(ev[name] == -1 or ev[name] > 0, f'evals.{name}={ev[name]} must be positive or -1 (all)')
 
 
 def is_remote(path: str) -> bool:

@@ -6,7 +6,9 @@ the run's mesh) from a fixed, labelled subset of a train and a test split
 transform), then the probes run on them in JAX:
 
 - `linear_probe`: a softmax classifier on standardised features, trained with
-  Adam (cosine-decayed learning rate, minibatches) for every (learning rate,
+  SGD + Nesterov momentum 0.9 (cosine-decayed learning rate, minibatches drawn
+  with replacement; Adam's per-coordinate steps moved noise dimensions as much
+  as informative ones on small sets) for every (learning rate,
   L2) pair of a small grid at once (vmapped); the pair with the best top-1 on
   a held-out part of the training features is chosen and its top-1 on the
   test features reported. The chosen classifier is the one trained without
@@ -34,7 +36,7 @@ import optax
 
 from ijepa_jax import sharding
 from ijepa_jax.data import CorruptImageError, Source, eval_transform, open_source
-from ijepa_jax.features import encode
+from ijepa_jax.features import OUTPUTS, encode
 
 PROBES = ('linear', 'knn', 'lowshot')
 ENCODERS = ('target', 'context')
@@ -78,7 +80,7 @@ def knn_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, nu
 def _fit_grid(x, y, lrs, l2s, key, num_classes: int, steps: int, batch: int):
   """Softmax classifiers [G] trained on (x, y), one per (lr, l2) pair; returns (w, b)."""
   n, d = x.shape
-  adam = optax.scale_by_adam()
+  opt = optax.trace(decay=0.9, nesterov=True)  # SGD + momentum: steps scale with the gradient
 
   def fit(lr, l2):
     def loss(p, xb, yb):
@@ -89,12 +91,12 @@ def _fit_grid(x, y, lrs, l2s, key, num_classes: int, steps: int, batch: int):
       p, s = carry
       idx = jax.random.randint(jax.random.fold_in(key, t), (batch,), 0, n)
       g = jax.grad(loss)(p, x[idx], y[idx])
-      u, s = adam.update(g, s)
+      u, s = opt.update(g, s)
       rate = lr * 0.5 * (1 + jnp.cos(jnp.pi * t / steps))  # cosine decay to 0
       return (jax.tree.map(lambda a, b: a - rate * b, p, u), s), None
 
     p = {'w': jnp.zeros((d, num_classes)), 'b': jnp.zeros((num_classes,))}
-    (p, _), _ = jax.lax.scan(body, (p, adam.init(p)), jnp.arange(steps))
+    (p, _), _ = jax.lax.scan(body, (p, opt.init(p)), jnp.arange(steps))
     return p['w'], p['b']
 
   return jax.vmap(fit)(lrs, l2s)
@@ -116,7 +118,7 @@ def fit_linear(x: np.ndarray, y: np.ndarray, num_classes: int, lrs: Sequence[flo
 
 
 def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
-                 test_y: np.ndarray, num_classes: int, *, lrs: Sequence[float] = (1e-3, 1e-2),
+                 test_y: np.ndarray, num_classes: int, *, lrs: Sequence[float] = (0.01, 0.1),
                  l2s: Sequence[float] = (0.0, 1e-4), holdout: float = 0.1, steps: int = 1000,
                  batch: int = 1024, seed: int = 0) -> dict[str, float]:
   """Top-1 on the test features of the grid point best on a held-out part of the training ones.
@@ -188,18 +190,63 @@ def run_probes(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, tes
 
 # -- labelled images and features -----------------------------------------------------------
 
-@dataclasses.dataclass
-class LabelledImages:
-  images: np.ndarray  # uint8 [N, size, size, channels]
-  labels: np.ndarray  # int32 [N]
-  skipped: list[str]  # corrupt images left out
+CHUNK = 4096  # images decoded at a time when they are not kept
 
 
 @dataclasses.dataclass
-class EvalData:
-  train: LabelledImages
-  test: LabelledImages
-  num_classes: int
+class LabelledSplit:
+  """A fixed labelled subset of one split: decoded on demand in chunks (and kept in memory
+  when `cache`: the periodic evaluation's small subsets)."""
+  source: Source
+  indices: np.ndarray
+  size: int
+  channels: int
+  crop_fraction: float
+  workers: int
+  cache: bool
+  name: str
+  _images: list | None = None
+  labels: np.ndarray | None = None  # of the images decoded so far (corrupt ones left out)
+  skipped: list[str] = dataclasses.field(default_factory=list)
+
+  def chunks(self):
+    """Yields uint8 image chunks [n, size, size, channels]; fills `labels` and `skipped`."""
+    if self._images is not None:
+      yield from self._images
+      return
+    kept, labels, skipped = [], [], []
+    with concurrent.futures.ThreadPoolExecutor(max(1, self.workers), 'ijepa-eval') as pool:
+      for start in range(0, len(self.indices), CHUNK):
+        images, y, bad = _decode(pool, self.source, self.indices[start:start + CHUNK],
+                                 self.size, self.channels, self.crop_fraction)
+        labels.append(y)
+        skipped += bad
+        if self.cache:
+          kept.append(images)
+        yield images
+    self.labels = np.concatenate(labels)
+    self.skipped = skipped
+    if not len(self.labels):
+      raise CorruptImageError(f'none of the {len(self.indices)} {self.name} evaluation images '
+                              f'could be decoded (first: {skipped[0] if skipped else "-"})')
+    if self.cache:
+      self._images = kept
+
+
+def _decode(pool, source: Source, indices: np.ndarray, size: int, channels: int,
+            crop_fraction: float) -> tuple[np.ndarray, np.ndarray, list[str]]:
+  def one(i):
+    try:
+      return eval_transform(source.load(int(i)), size, channels, crop_fraction), source.label(int(i))
+    except CorruptImageError as e:
+      return None, str(e)
+
+  results = list(pool.map(one, indices))
+  kept = [r for r in results if r[0] is not None]
+  images = (np.stack([r[0] for r in kept]) if kept
+            else np.zeros((0, size, size, channels), np.uint8))
+  return (images, np.asarray([r[1] for r in kept], np.int32),
+          [r[1] for r in results if r[0] is None])
 
 
 def subset_indices(n: int, count: int) -> np.ndarray:
@@ -209,42 +256,23 @@ def subset_indices(n: int, count: int) -> np.ndarray:
   return np.sort(np.random.default_rng([_SUBSET_STREAM, n]).permutation(n)[:count])
 
 
-def load_labelled(source: Source, indices: np.ndarray, size: int, channels: int,
-                  crop_fraction: float, workers: int = 4) -> LabelledImages:
-  """Evaluation-transformed images and labels of `source[indices]`; corrupt ones are left
-  out (and named)."""
-  def one(i):
-    try:
-      return eval_transform(source.load(int(i)), size, channels, crop_fraction), source.label(int(i))
-    except CorruptImageError as e:
-      return None, str(e)
-
-  with concurrent.futures.ThreadPoolExecutor(max(1, workers), 'ijepa-eval') as pool:
-    results = list(pool.map(one, indices))
-  kept = [r for r in results if r[0] is not None]
-  skipped = [r[1] for r in results if r[0] is None]
-  if not kept:
-    raise CorruptImageError(f'none of the {len(indices)} evaluation images could be decoded '
-                            f'(first: {skipped[0] if skipped else "-"})')
-  return LabelledImages(np.stack([r[0] for r in kept]),
-                        np.asarray([r[1] for r in kept], np.int32), skipped)
-
-
-def load_eval_data(config: ml_collections.ConfigDict, train_examples: int,
-                   test_examples: int) -> EvalData:
-  """The labelled train / test subsets `config.evals` names (its dataset, else the run's)."""
+def eval_splits(config: ml_collections.ConfigDict, train_examples: int, test_examples: int,
+                cache: bool) -> tuple[LabelledSplit, LabelledSplit, int]:
+  """The labelled train / test subsets `config.evals` names (its dataset, else the run's), and
+  the number of classes. Nothing is decoded yet."""
   ev, d = config.evals, config.data
   dataset, data_dir = ev.dataset or d.dataset, ev.data_dir or d.data_dir
   workers = (os.cpu_count() or 1) if d.workers == -1 else d.workers
-  parts = []
-  num_classes = 0
+  splits, num_classes = [], 0
   for split, count in ((ev.train_split, train_examples), (ev.test_split, test_examples)):
     source = open_source(dataset, split, data_dir)
-    parts.append(load_labelled(source, subset_indices(len(source), count), d.image_size,
-                               d.channels, ev.crop_fraction, workers))
-    num_classes = max(num_classes, getattr(source, 'num_classes', None) or 0)
-  num_classes = max(num_classes, int(max(p.labels.max() for p in parts)) + 1)
-  return EvalData(parts[0], parts[1], num_classes)
+    if getattr(source, 'num_classes', None) is None:
+      raise ValueError(f'{dataset}/{split} has no class labels: evaluation needs a labelled '
+                       'dataset (set evals.dataset / evals.data_dir)')
+    splits.append(LabelledSplit(source, subset_indices(len(source), count), d.image_size,
+                                d.channels, ev.crop_fraction, workers, cache, f'{dataset}/{split}'))
+    num_classes = max(num_classes, source.num_classes)
+  return splits[0], splits[1], num_classes
 
 
 class FeatureExtractor:
@@ -254,11 +282,10 @@ class FeatureExtractor:
   def __init__(self, mesh: jax.sharding.Mesh, *, num_heads: int, output: str = 'mean',
                batch_size: int = 256, mean: Sequence[float], std: Sequence[float],
                dtype: Any = jnp.float32, attention: str | None = None):
-    if output not in ('mean', 'last4'):
-      raise ValueError(f'evals.pool={output!r}: choose mean or last4')
+    if output not in OUTPUTS:
+      raise ValueError(f'output={output!r}: choose one of {OUTPUTS}')
     n = mesh.shape['data'] * mesh.shape['fsdp']
     self.batch = max(n, int(math.ceil(batch_size / n)) * n)
-    self.mesh = mesh
     self._in = sharding.batch_sharding(mesh)
     self._fn = jax.jit(functools.partial(
         encode, output=output, num_heads=num_heads, dtype=dtype, mean=tuple(mean),
@@ -274,50 +301,57 @@ class FeatureExtractor:
       # every process holds the whole chunk and hands each device its slice
       x = jax.make_array_from_callback(chunk.shape, self._in, lambda idx, c=chunk: c[idx])
       out.append(np.asarray(self._fn(params, x))[:n])
-    return np.concatenate(out)
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
 class Evaluator:
-  """Extract features of a fixed labelled subset and run the probes: `evaluator(params)`.
+  """Features of a fixed labelled subset, then the probes: `evaluator(encoder_params)`.
 
-  `params` is an encoder parameter tree (the target or the context encoder).
+  `cache` keeps the decoded images between calls (the periodic evaluation's
+  small subsets); otherwise they are decoded chunk by chunk at every call and
+  only the features are kept (a whole ImageNet split fits that way).
   """
 
   def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-               train_examples: int, test_examples: int, probes: Sequence[str]):
+               train_examples: int, test_examples: int, probes: Sequence[str],
+               cache: bool = True):
     from ijepa_jax import config as cfg_lib  # config imports this module's names
     ev = config.evals
     self.config, self.probes = config, tuple(probes)
-    t0 = time.time()
-    self.data = load_eval_data(config, train_examples, test_examples)
-    self.load_seconds = time.time() - t0
+    self.train, self.test, self.num_classes = eval_splits(config, train_examples, test_examples,
+                                                          cache)
     _, _, heads, _ = cfg_lib.encoder_dims(config)
     attention = cfg_lib.attention_backends(config, jax.default_backend())['encoder']
     self.extract = FeatureExtractor(
         mesh, num_heads=heads, output=ev.pool, batch_size=ev.batch_size, mean=config.data.mean,
         std=config.data.std, dtype=jnp.dtype(config.model.dtype), attention=attention)
 
+  def split_features(self, params: Any, split: LabelledSplit) -> np.ndarray:
+    return np.concatenate([self.extract(params, images) for images in split.chunks()])
+
   def features(self, params: Any) -> tuple[np.ndarray, np.ndarray]:
-    return self.extract(params, self.data.train.images), self.extract(params, self.data.test.images)
+    return self.split_features(params, self.train), self.split_features(params, self.test)
 
   def __call__(self, params: Any) -> dict[str, float]:
     t0 = time.time()
     ftr, fte = self.features(params)
     t1 = time.time()
-    out = run_probes(ftr, self.data.train.labels, fte, self.data.test.labels,
-                     self.data.num_classes, self.config.evals, self.probes)
+    out = run_probes(ftr, self.train.labels, fte, self.test.labels, self.num_classes,
+                     self.config.evals, self.probes)
     out['extract_seconds'] = t1 - t0
     out['eval_seconds'] = time.time() - t0
+    if self.skipped():
+      out['skipped_images'] = len(self.skipped())  # corrupt ones, left out
     return out
 
   def describe(self) -> str:
-    d, ev = self.data, self.config.evals
-    skipped = len(d.train.skipped) + len(d.test.skipped)
-    return (f'{ev.dataset or self.config.data.dataset}: {len(d.train.labels):,} {ev.train_split} / '
-            f'{len(d.test.labels):,} {ev.test_split} images, {d.num_classes} classes, '
-            f'{ev.encoder} encoder, {ev.pool} pooling, probes {", ".join(self.probes)}'
-            + (f', {skipped} corrupt images left out' if skipped else '')
-            + f' [loaded in {self.load_seconds:.1f}s]')
+    ev = self.config.evals
+    return (f'{len(self.train.indices):,} {self.train.name} / {len(self.test.indices):,} '
+            f'{self.test.name} images, {self.num_classes} classes, {ev.encoder} encoder, '
+            f'{ev.pool} pooling, probes {", ".join(self.probes)}')
+
+  def skipped(self) -> list[str]:
+    return self.train.skipped + self.test.skipped
 
 
 def encoder_params(state: Any, which: str) -> Any:

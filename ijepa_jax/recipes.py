@@ -90,11 +90,33 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.data = -1             # -1: the rest of the devices
   c.mesh.fsdp = 1
 
-  c.probe = ml_collections.ConfigDict()
-  c.probe.enabled = False      # final linear probe (needs a labelled dataset)
-  c.probe.train_examples = 10000
-  c.probe.test_examples = 10000
-  c.probe.steps = 500
+  c.evals = ml_collections.ConfigDict()  # frozen-feature evaluation (ijepa_jax/evaluation.py)
+  c.evals.every = 0            # pretraining steps between evaluations on the periodic subset (0: none)
+  c.evals.at_end = False       # a full evaluation after the last step
+  c.evals.baseline = False     # at the end, also the same network at random initialisation
+  c.evals.dataset = ''         # labelled data: '' = data.dataset (any source of the input pipeline)
+  c.evals.data_dir = ''        # '' = data.data_dir
+  c.evals.train_split = 'train'
+  c.evals.test_split = 'test'  # ImageNet: 'validation'
+  c.evals.train_examples = 10000  # the periodic evaluation's fixed subsets (-1: all)
+  c.evals.test_examples = 5000
+  c.evals.final_train_examples = -1  # the final / standalone evaluation's (-1: all)
+  c.evals.final_test_examples = -1
+  c.evals.periodic_probes = ('linear', 'knn')
+  c.evals.final_probes = ('linear', 'knn', 'lowshot')
+  c.evals.encoder = 'target'   # target (EMA) or context
+  c.evals.pool = 'mean'        # mean (average-pooled output) or last4 (mean of the last 4 blocks')
+  c.evals.crop_fraction = 0.875  # resize the short side to size / this, centre-crop
+  c.evals.batch_size = 256     # images per feature-extraction step (global)
+  c.evals.knn_k = 20
+  c.evals.knn_temperature = 0.07
+  c.evals.probe_lrs = (0.01, 0.1, 1.0)  # the linear probe's grid (SGD + momentum, cosine) ...
+  c.evals.probe_l2s = (0.0, 1e-4, 1e-3)   # ... x L2 penalties, chosen on a held-out part
+  c.evals.holdout = 0.1        # of the training features
+  c.evals.probe_steps = 1000
+  c.evals.probe_batch = 1024
+  c.evals.lowshot_per_class = (1, 5, 10)
+  c.evals.lowshot_fraction = 0.01  # and 1% of each class (0: skip)
   return c
 
 

@@ -4,7 +4,8 @@ Sections: (1) check the config, the workdir and the data before compiling
 anything, (2) build model, mesh and shardings, (3) resume from the latest
 checkpoint (or `init_from`, or a fresh init) and compile, (4) train: log to
 stdout and `<workdir>/metrics.jsonl`, checkpoint every `checkpoint.every`
-steps, at the end and on SIGTERM/SIGINT, (5) the final linear probe.
+steps, at the end and on SIGTERM/SIGINT, evaluate every `evals.every` steps, (5) the final
+evaluation (`evals.at_end`).
 
 Faults: SIGTERM/SIGINT save a checkpoint and return (exit 0); `kill -9` loses
 only the steps since the last complete checkpoint (metrics rows past it are
@@ -34,12 +35,12 @@ from etils import epath
 
 from ijepa_jax import config as cfg_lib
 from ijepa_jax import data as data_lib
-from ijepa_jax import fashion_mnist, sharding
+from ijepa_jax import sharding
 from ijepa_jax.checkpoint import CheckpointError, Checkpoints, find_checkpoint, restore_target
 from ijepa_jax.flops import peak_flops, train_step_flops
 from ijepa_jax.input_pipeline import Batches, TransformConfig, prefetch
 from ijepa_jax.masks import MaskSampler
-from ijepa_jax.probe import extract_features, linear_probe
+from ijepa_jax.evaluation import Evaluator, encoder_params
 from ijepa_jax.train_step import IJepa, TrainState, create_train_state, guarded_train_step
 
 DataMissingError = data_lib.DataMissingError
@@ -378,17 +379,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       flops = train_step_flops(config, masks.context_len, masks.target_len)
       log(f'compiled the train step in {time.time() - t0:.1f}s | {flops / 1e9:,.1f} GFLOP/step | '
           f'{device_memory(compiled)}')
+      ev = config.evals
+      periodic = None
+      if ev.every > 0 and start < total:
+        periodic = Evaluator(config, mesh, ev.train_examples, ev.test_examples,
+                             ev.periodic_probes)
+        log(f'evaluation every {ev.every} steps: {periodic.describe()}')
       metrics_log = MetricsLog(os.path.join(workdir, 'metrics.jsonl'), start)
       try:
         loop = _Loop(config, compiled, mesh, ckpts, stop, metrics_log, acct, flops, total,
-                     dict(data_meta, process_count=n_proc), t_start)
+                     dict(data_meta, process_count=n_proc), t_start, periodic)
         state, last = loop.run(state, start, batches)
+        if last.get('preempted'):
+          return last
+        if ev.at_end:
+          last.update(final_evaluation(config, model, mesh, state, shapes, boxed))
+          metrics_log.write({'step': int(state.step),
+                             **{k: v for k, v in last.items() if k.startswith('final_')}})
       finally:
         metrics_log.close()
-      if last.get('preempted'):
-        return last
-      if config.probe.enabled:
-        last.update(final_probe(config, model, state, shapes))
+      if acct.get('eval_seconds'):
+        last['periodic_eval_seconds'] = acct['eval_seconds']
+        last['periodic_eval_fraction'] = acct['eval_seconds'] / max(last.get('train_seconds', 0), 1e-9)
   except BaseException as e:
     in_flight = e
     raise
@@ -412,8 +424,9 @@ class _Loop:
   """The training loop's state between steps: logging, checkpoints, faults."""
 
   def __init__(self, config, compiled, mesh, ckpts, stop, metrics_log, acct, flops, total,
-               data_meta, t_start):
+               data_meta, t_start, evaluator=None):
     self.config, self.compiled, self.mesh, self.ckpts = config, compiled, mesh, ckpts
+    self.evaluator = evaluator
     self.stop, self.metrics_log, self.acct, self.flops = stop, metrics_log, acct, flops
     self.total, self.data_meta, self.t_start = total, data_meta, t_start
     self.last: dict[str, float] = {}
@@ -423,6 +436,7 @@ class _Loop:
     cfg = self.config
     self.t_log, self.n_log = time.time(), 0
     self.train_seconds0, self.t_train = self.acct['train_seconds'], time.time()
+    self.eval_seconds0 = self.acct.get('eval_seconds', 0.0)
     if start >= self.total:
       log(f'already trained: checkpoint at step {start} of {self.total}')
       return state, {'step': start}
@@ -445,9 +459,15 @@ class _Loop:
       preempted = self.stop.requested()
       if preempted:
         log(f'{self.stop.name} received: saving a checkpoint at step {step}')
-      if step % cfg.checkpoint.every == 0 or step == self.total or preempted:
+      if self.evaluator and step % cfg.evals.every == 0 and not preempted and not (
+          step == self.total and cfg.evals.at_end):
         self._resolve(*pending)
         pending = None
+        self._evaluate(step, state)
+      if step % cfg.checkpoint.every == 0 or step == self.total or preempted:
+        if pending is not None:
+          self._resolve(*pending)
+          pending = None
         self._save(step, state)
       if preempted:
         self.ckpts.wait()
@@ -462,7 +482,21 @@ class _Loop:
     return state, self.last
 
   def _train_seconds(self) -> float:
-    return self.train_seconds0 + time.time() - self.t_train
+    """Seconds spent training, all starts together, periodic evaluations excluded."""
+    return (self.train_seconds0 + time.time() - self.t_train
+            - (self.acct.get('eval_seconds', 0.0) - self.eval_seconds0))
+
+  def _evaluate(self, step: int, state: TrainState) -> None:
+    t0 = time.time()
+    res = self.evaluator(encoder_params(state, self.config.evals.encoder))
+    dt = time.time() - t0
+    self.acct['eval_seconds'] = self.acct.get('eval_seconds', 0.0) + dt
+    self.t_log += dt  # throughput figures leave the evaluation out
+    log(f'eval at step {step}: ' + ' | '.join(
+        f'{k} {100 * v:.2f}%' for k, v in res.items() if k.endswith('top1'))
+        + f' [{dt:.1f}s; {100 * self.acct["eval_seconds"] / max(self._train_seconds(), 1e-9):.1f}% '
+        'of the training time so far]')
+    self.metrics_log.write({'step': step, **{f'eval_{k}': v for k, v in res.items()}})
 
   def _save(self, step: int, state: TrainState) -> None:
     acct = dict(self.acct, train_seconds=self._train_seconds(),
@@ -514,27 +548,23 @@ class _Loop:
     self.t_log, self.n_log = time.time(), 0
 
 
-def final_probe(config: ml_collections.ConfigDict, model: IJepa, state: TrainState,
-                shapes: dict) -> dict[str, float]:
-  """Linear-probe top-1 of the trained target encoder and of the same net at random init."""
-  if config.data.dataset != 'fashion_mnist':
-    raise cfg_lib.ConfigError('probe.enabled=True needs data.dataset=fashion_mnist for now')
-  p = config.probe
-  tr_x, tr_y = fashion_mnist.load('train', config.data.data_dir or None)
-  te_x, te_y = fashion_mnist.load('test', config.data.data_dir or None)
-  pick = np.random.default_rng(config.seed).permutation(len(tr_x))[:p.train_examples]
-  tr_x, tr_y = fashion_mnist.normalize(tr_x[pick]), tr_y[pick]
-  te_x, te_y = fashion_mnist.normalize(te_x[:p.test_examples]), te_y[:p.test_examples]
-  random_state, _ = init_state(model, sharding.make_mesh(config.mesh.data, config.mesh.fsdp),
-                               shapes, config.seed + 1)  # same architecture, fresh weights
+def final_evaluation(config: ml_collections.ConfigDict, model: IJepa, mesh: jax.sharding.Mesh,
+                     state: TrainState, shapes: dict, boxed: TrainState) -> dict[str, float]:
+  """The full evaluation (`evals.final_*`) of the trained encoder and, with
+  `evals.baseline`, of the same network at random initialisation."""
+  ev = config.evals
+  evaluator = Evaluator(config, mesh, ev.final_train_examples, ev.final_test_examples,
+                        ev.final_probes, cache=ev.baseline)  # decoded once for both
+  log(f'final evaluation: {evaluator.describe()}')
+  runs = [('final', encoder_params(state, ev.encoder))]
+  if ev.baseline:
+    fresh, _ = init_state(model, mesh, shapes, config.seed + 1, boxed)  # same net, new weights
+    runs.append(('baseline', encoder_params(fresh, ev.encoder)))
   results = {}
-  for name, params in (('pretrained', state.target_params),
-                       ('random_init', random_state.target_params)):
-    t0 = time.time()
-    ftr = extract_features(model.encoder, params, tr_x)
-    fte = extract_features(model.encoder, params, te_x)
-    acc = linear_probe(ftr, tr_y, fte, te_y, fashion_mnist.NUM_CLASSES, steps=p.steps)
-    results[f'probe_top1_{name}'] = acc
-    log(f'linear probe ({name} target encoder, {len(tr_x)} train / {len(te_x)} test images): '
-        f'top-1 {100 * acc:.2f}%  [{time.time() - t0:.0f}s]')
+  for name, params in runs:
+    res = evaluator(params)
+    results.update({f'{name}_{k}': v for k, v in res.items()})
+    log(f'{name} ({"pretrained" if name == "final" else "random init"} {ev.encoder} encoder): '
+        + ' | '.join(f'{k} {100 * v:.2f}%' for k, v in res.items() if k.endswith('top1'))
+        + f' [{res["eval_seconds"]:.0f}s]')
   return results

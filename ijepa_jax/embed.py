@@ -1,0 +1,122 @@
+"""Embeddings to .npz: python -m ijepa_jax.embed --config=... (--workdir=... | --weights=...)
+    (--images=<folder> | --split=<split>) --out=embeddings.npz
+
+The frozen encoder's features (`--output`: mean-pooled, last4 or tokens; the
+target encoder unless --config.evals.encoder=context) of every image under a
+folder (recursively; .jpg/.jpeg/.png) or of a split of the config's
+evaluation dataset, after the evaluation transform (evals.crop_fraction).
+The .npz holds `embeddings` [N, D] (tokens: [N, T, D]), `names` and, for a
+split, `labels`. Unreadable images are left out and named on stderr.
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Config file of the model (configs/*.py).',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'A run\'s workdir (its latest or --step checkpoint).')
+flags.DEFINE_string('weights', None, 'Or a weights file (official .pth.tar, timm safetensors).')
+flags.DEFINE_integer('step', None, 'The checkpoint step (default: the latest).')
+flags.DEFINE_string('images', None, 'A folder of images (searched recursively).')
+flags.DEFINE_string('split', None, 'Or a split of the evaluation dataset (evals.dataset, else '
+                    'data.dataset), e.g. test.')
+flags.DEFINE_integer('limit', -1, 'At most this many images (-1: all).')
+flags.DEFINE_enum('output', 'mean', ['mean', 'last4', 'tokens'], 'What to write per image.')
+flags.DEFINE_string('out', None, 'The .npz file to write.')
+flags.mark_flags_as_required(['config', 'out'])
+
+
+class FolderImages:
+  """Every image under a folder, as a source (label -1)."""
+
+  def __init__(self, root: str):
+    from ijepa_jax.data import IMAGE_EXTENSIONS  # pylint: disable=import-outside-toplevel
+    if not os.path.isdir(root):
+      raise FileNotFoundError(f'--images={root!r} is not a folder')
+    self.paths = sorted(os.path.join(d, f) for d, _, files in os.walk(root) for f in files
+                        if f.lower().endswith(IMAGE_EXTENSIONS))
+    if not self.paths:
+      raise FileNotFoundError(f'--images={root!r} holds no .jpg/.jpeg/.png images')
+    self.num_classes = 0
+
+  def __len__(self):
+    return len(self.paths)
+
+  def load(self, index):
+    from ijepa_jax.data import CorruptImageError, decode  # pylint: disable=import-outside-toplevel
+    try:
+      with open(self.paths[index], 'rb') as f:
+        return decode(f.read(), self.paths[index])
+    except OSError as e:
+      raise CorruptImageError(f'{self.paths[index]}: unreadable: {e}') from None
+
+  def name(self, index):
+    return self.paths[index]
+
+  def label(self, index):
+    del index
+    return -1
+
+
+def main(argv):
+  del argv
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.ERROR)
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from ijepa_jax import config as cfg_lib, sharding  # pylint: disable=import-outside-toplevel
+  from ijepa_jax.data import open_source  # pylint: disable=import-outside-toplevel
+  from ijepa_jax.evaluation import FeatureExtractor, LabelledSplit, subset_indices  # pylint: disable=import-outside-toplevel
+  from ijepa_jax.interop import InteropError  # pylint: disable=import-outside-toplevel
+  from ijepa_jax.loading import encoder_from  # pylint: disable=import-outside-toplevel
+  from ijepa_jax.trainer import log  # pylint: disable=import-outside-toplevel
+
+  config = FLAGS.config
+  try:
+    if bool(FLAGS.images) == bool(FLAGS.split):
+      raise ValueError('give exactly one of --images=<folder> and --split=<split>')
+    cfg_lib.validate(config, jax.device_count(), jax.process_count(), jax.default_backend())
+    ev, d = config.evals, config.data
+    if FLAGS.images:
+      source = FolderImages(FLAGS.images)
+    else:
+      source = open_source(ev.dataset or d.dataset, FLAGS.split, ev.data_dir or d.data_dir)
+      if getattr(source, 'num_classes', None) is None:  # unlabelled: names only
+        source.label = lambda index: -1
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+    params, what = encoder_from(config, mesh, workdir=FLAGS.workdir, weights=FLAGS.weights,
+                                step=FLAGS.step, which=ev.encoder)
+    indices = subset_indices(len(source), FLAGS.limit) if FLAGS.limit > 0 else np.arange(len(source))
+    split = LabelledSplit(source, indices, d.image_size, d.channels, ev.crop_fraction,
+                          (os.cpu_count() or 1) if d.workers == -1 else d.workers, False,
+                          FLAGS.images or FLAGS.split)
+    _, _, heads, _ = cfg_lib.encoder_dims(config)
+    extract = FeatureExtractor(mesh, num_heads=heads, output=FLAGS.output,
+                               batch_size=ev.batch_size, mean=d.mean, std=d.std,
+                               dtype=cfg_lib.DTYPES[config.model.dtype],
+                               attention=cfg_lib.attention_backends(
+                                   config, jax.default_backend())['encoder'])
+    log(f'embedding {len(indices):,} images of {split.name} with the {what}')
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+      emb = np.concatenate([extract(params, images) for images in split.chunks()])
+  except (cfg_lib.ConfigError, FileNotFoundError, InteropError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  for name in split.skipped:
+    print(f'skipped an unreadable image: {name}', file=sys.stderr)
+  skipped = {s.split(':', 1)[0] for s in split.skipped}
+  names = [source.name(int(i)) for i in indices if source.name(int(i)) not in skipped]
+  if jax.process_index() == 0:
+    tmp = FLAGS.out + '.tmp.npz'
+    np.savez(tmp, embeddings=emb, names=np.asarray(names), labels=split.labels)
+    os.replace(tmp, FLAGS.out)
+    log(f'wrote {emb.shape} embeddings to {FLAGS.out}')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,87 @@
+"""Evaluate a frozen encoder: python -m ijepa_jax.evaluate --config=... --workdir=...
+
+The linear probe, k-NN and low-shot probes of `ijepa_jax.evaluation` on the
+config's evaluation data (`evals.*`: dataset, splits, subsets, pooling) for
+the latest (or `--step`) checkpoint of a run, or for a weights file
+(`--weights`: an official I-JEPA `.pth.tar`, a timm/official encoder state
+dict, or our safetensors export). Prints the results and writes them as JSON
+(`--output`, default `<workdir>/eval_<step>.json`).
+"""
+
+import json
+import os
+import sys
+import time
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py) of the model and of '
+                                'its evaluation (evals.*); --config.<field>=<value> overrides.',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'A run\'s workdir (or its checkpoints/<step> folder).')
+flags.DEFINE_string('weights', None, 'A weights file instead of a run: official .pth.tar, '
+                    'timm/official encoder state dict (.pth/.safetensors).')
+flags.DEFINE_integer('step', None, 'The checkpoint step (default: the latest).')
+flags.DEFINE_bool('baseline', False, 'Also evaluate the same network at random initialisation.')
+flags.DEFINE_string('output', None, 'Where to write the results (JSON).')
+flags.mark_flags_as_required(['config'])
+
+
+def main(argv):
+  del argv
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.ERROR)  # orbax warns about every read-only open
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  from ijepa_jax import config as cfg_lib, sharding  # pylint: disable=import-outside-toplevel
+  from ijepa_jax.checkpoint import CheckpointError  # pylint: disable=import-outside-toplevel
+  from ijepa_jax.evaluation import Evaluator, encoder_params  # pylint: disable=import-outside-toplevel
+  from ijepa_jax.interop import InteropError  # pylint: disable=import-outside-toplevel
+  from ijepa_jax.loading import encoder_from, model_for  # pylint: disable=import-outside-toplevel
+  from ijepa_jax.trainer import init_state, log  # pylint: disable=import-outside-toplevel
+
+  config = FLAGS.config
+  try:
+    cfg_lib.validate(config, jax.device_count(), jax.process_count(), jax.default_backend())
+    ev = config.evals
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+    params, what = encoder_from(config, mesh, workdir=FLAGS.workdir, weights=FLAGS.weights,
+                                step=FLAGS.step, which=ev.encoder)
+    log(f'evaluating the {what}')
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+      evaluator = Evaluator(config, mesh, ev.final_train_examples, ev.final_test_examples,
+                            ev.final_probes, cache=FLAGS.baseline)
+      log(f'data: {evaluator.describe()}')
+      runs = [('eval', params)]
+      if FLAGS.baseline:
+        model, shapes, boxed = model_for(config)
+        runs.append(('baseline', encoder_params(
+            init_state(model, mesh, shapes, config.seed + 1, boxed)[0], ev.encoder)))
+      results = {'evaluated': what, 'config': json.loads(config.to_json_best_effort())}
+      for name, p in runs:
+        t0 = time.time()
+        res = evaluator(p)
+        results.update({f'{name}_{k}': v for k, v in res.items()})
+        log(f'{name}: ' + ' | '.join(f'{k} {100 * v:.2f}%' for k, v in res.items()
+                                     if k.endswith('top1')) + f' [{time.time() - t0:.0f}s]')
+  except (cfg_lib.ConfigError, FileNotFoundError, InteropError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  except CheckpointError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+  out = FLAGS.output
+  if out is None:
+    base = FLAGS.workdir if FLAGS.workdir else os.path.dirname(os.path.abspath(FLAGS.weights))
+    tag = what.rsplit('step ', 1)[-1] if FLAGS.workdir else os.path.basename(FLAGS.weights)
+    out = os.path.join(base, f'eval_{tag}.json')
+  if jax.process_index() == 0:
+    with open(out, 'w') as f:
+      json.dump(results, f, indent=1)
+    log(f'results written to {out}')
+
+
+if __name__ == '__main__':
+  app.run(main)

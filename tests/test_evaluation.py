@@ -1,0 +1,220 @@
+"""The probes on hand-made and planted features, the evaluation data path, and the tools."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from ijepa_jax import evaluation, fashion_mnist, sharding
+from ijepa_jax.recipes import base_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_knn_hand_computed():
+  # unit vectors; the query (1, 0) has cosine similarity 1, 0, 0.6, -1 with them
+  train = np.asarray([[1, 0], [0, 1], [0.6, 0.8], [-1, 0]], np.float32)
+  labels = np.asarray([0, 1, 1, 0])
+  q = np.asarray([[2.0, 0.0]], np.float32)  # length does not matter (cosine)
+  # k=3 keeps sims 1 (class 0), 0.6 and 0 (class 1). T=0.5: e^2 = 7.39 vs e^1.2 + e^0 = 4.32
+  assert evaluation.knn_predict(train, labels, q, 2, k=3, temperature=0.5)[0] == 0
+  # T=2: e^0.5 = 1.65 vs e^0.3 + e^0 = 2.35, so the two class-1 neighbours win
+  assert evaluation.knn_predict(train, labels, q, 2, k=3, temperature=2.0)[0] == 1
+  assert math.exp(0.5) < math.exp(0.3) + 1 and math.exp(2) > math.exp(1.2) + 1
+  # k=1: the nearest alone; k larger than the training set is clipped
+  assert evaluation.knn_predict(train, labels, q, 2, k=1, temperature=2.0)[0] == 0
+  assert evaluation.knn_predict(train, labels, q, 2, k=50, temperature=0.01)[0] == 0
+
+
+def planted(n, d, classes, seed, signal):
+  rng = np.random.default_rng(seed)
+  y = rng.integers(0, classes, n)
+  x = rng.normal(size=(n, d)).astype(np.float32)
+  x[:, :classes] += signal * np.eye(classes, dtype=np.float32)[y]
+  return x, y
+
+
+def test_linear_probe_planted_and_random():
+  xtr, ytr = planted(3000, 48, 10, 0, 6.0)
+  xte, yte = planted(1000, 48, 10, 1, 6.0)
+  res = evaluation.linear_probe(xtr, ytr, xte, yte, 10, lrs=(0.01, 0.1), l2s=(0.0, 1e-4),
+                                steps=300)
+  # signal 6 against unit noise: the Bayes error is ~1e-4, so the probe should be ~100%
+  assert res["top1"] > 0.99 and res["val_top1"] > 0.99
+  # features that carry no label: chance (0.1 +- 4 standard errors of 1000 test examples)
+  xr, _ = planted(3000, 48, 10, 2, 0.0)
+  yr = np.random.default_rng(3).integers(0, 10, 3000)
+  xrt, _ = planted(1000, 48, 10, 4, 0.0)
+  yrt = np.random.default_rng(5).integers(0, 10, 1000)
+  res = evaluation.linear_probe(xr, yr, xrt, yrt, 10, steps=300)
+  assert abs(res['top1'] - 0.1) < 4 * math.sqrt(0.09 / 1000)
+  knn = evaluation.knn_predict(xr, yr, xrt, 10)
+  assert abs(np.mean(knn == yrt) - 0.1) < 4 * math.sqrt(0.09 / 1000)
+
+
+def test_linear_probe_picks_the_grid_point_on_held_out_data():
+  xtr, ytr = planted(2000, 32, 10, 0, 1.5)
+  xte, yte = planted(500, 32, 10, 1, 1.5)
+  res = evaluation.linear_probe(xtr, ytr, xte, yte, 10, lrs=(1e-9, 0.1), l2s=(0.0,), steps=200)
+  assert res["lr"] == 0.1  # 1e-9 never leaves the zero init: chance on the held-out part
+  with pytest.raises(ValueError, match='held-out fraction'):
+    evaluation.linear_probe(xtr, ytr, xte, yte, 10, holdout=0.0)
+
+
+def test_lowshot_indices():
+  labels = np.repeat(np.arange(4), [100, 200, 300, 400])
+  idx = evaluation.lowshot_indices(labels, per_class=5)
+  assert np.bincount(labels[idx]).tolist() == [5, 5, 5, 5]
+  assert len(set(idx.tolist())) == 20
+  idx = evaluation.lowshot_indices(labels, fraction=0.01)
+  assert np.bincount(labels[idx]).tolist() == [1, 2, 3, 4]
+  np.testing.assert_array_equal(idx, evaluation.lowshot_indices(labels, fraction=0.01))
+  # low-shot probe on planted features: 10 per class is plenty when the signal is strong
+  xtr, ytr = planted(2000, 32, 10, 0, 5.0)
+  xte, yte = planted(500, 32, 10, 1, 5.0)
+  acc = evaluation.lowshot_probe(xtr, ytr, xte, yte, 10,
+                                 evaluation.lowshot_indices(ytr, per_class=10),
+                                 lr=0.1, l2=1e-4, steps=200)
+  assert acc > 0.9
+
+
+def folder_config(root, size=32):
+  c = base_config()
+  c.model.variant = 'custom'
+  c.model.width, c.model.depth, c.model.num_heads, c.model.patch_size = 32, 2, 4, 4
+  c.masks.mode, c.masks.min_keep = 'corrected', 2
+  c.model.dtype = 'float32'
+  c.data.dataset, c.data.data_dir, c.data.image_size = 'image_folder', str(root), size
+  c.data.workers = 2
+  c.evals.test_split = 'val'
+  c.evals.crop_fraction = 1.0
+  c.evals.batch_size = 16
+  return c
+
+
+def test_evaluator_on_an_image_folder(tmp_path):
+  """Class folders with a planted signal (bright vs dark images) and one corrupt file: the
+  labels follow the folders, the corrupt image is left out and named, the probes see it."""
+  rng = np.random.default_rng(0)
+  for split, n in (('train', 40), ('val', 20)):
+    for cls, level in (('bright', 200), ('dark', 40)):
+      os.makedirs(tmp_path / split / cls)
+      for i in range(n):
+        img = np.clip(level + rng.normal(0, 20, (16, 16, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(tmp_path / split / cls / f'{i}.png')
+  (tmp_path / 'train' / 'dark' / 'broken.jpg').write_bytes(b'not an image')
+  config = folder_config(tmp_path)
+  config.evals.lowshot_per_class = (2,)
+  mesh = sharding.make_mesh(-1, 1)
+  from ijepa_jax.loading import model_for
+  from ijepa_jax.trainer import init_state
+  import flax.linen as nn
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    model, shapes, boxed = model_for(config)
+    state, _ = init_state(model, mesh, shapes, 0, boxed)
+    ev = evaluation.Evaluator(config, mesh, -1, -1, ('linear', 'knn', 'lowshot'))
+    res = ev(state.target_params)
+    assert ev.num_classes == 2
+    assert sorted(np.bincount(ev.train.labels).tolist()) == [40, 40]  # broken.jpg left out
+    assert ev.skipped() and 'broken.jpg' in ev.skipped()[0] and res['skipped_images'] == 1
+    assert res['knn_top1'] == 1.0 and res['linear_top1'] == 1.0  # brightness is easy
+    assert 0.0 <= res['lowshot_2shot_top1'] <= 1.0
+    # features: batches over 8 devices, padded tail, same as one unpadded call
+    f = ev.extract(state.target_params, next(iter(ev.test.chunks()))[:11])
+    g = ev.extract(state.target_params, next(iter(ev.test.chunks()))[:16])[:11]
+    np.testing.assert_allclose(f, g, rtol=1e-5, atol=1e-5)
+
+
+def test_eval_config_errors():
+  from ijepa_jax.config import ConfigError, validate
+  for field, value, msg in (('periodic_probes', ('linear', 'svm'), r"unknown \['svm'\]"),
+                            ('pool', 'cls', 'choose mean or last4'),
+                            ('encoder', 'online', 'choose one of'),
+                            ('holdout', 1.0, 'must be in'),
+                            ('train_examples', 0, 'positive or -1')):
+    c = base_config()
+    c.evals[field] = value
+    with pytest.raises(ConfigError, match=msg):
+      validate(c, 8)
+
+
+def run_tool(module, *args):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  env.pop('XLA_FLAGS', None)
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.skipif(fashion_mnist.missing_files(None), reason='dataset-fashion-mnist not installed')
+def test_tools_on_a_demo_run(tmp_path):
+  """main.py with periodic and final evaluation, then evaluate / convert / embed on its
+  checkpoint: the exported weights re-imported give the same evaluation, bit for bit."""
+  run = tmp_path / 'run'
+  small = ['--config.evals.train_examples=500', '--config.evals.test_examples=200',
+           '--config.evals.final_train_examples=1000', '--config.evals.final_test_examples=300',
+           '--config.evals.probe_steps=100']
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  env.pop('XLA_FLAGS', None)
+  proc = subprocess.run([sys.executable, 'main.py', '--config=configs/demo.py',
+                         f'--workdir={run}', '--config.max_steps=6', '--config.log_every=3',
+                         '--config.batch_size=64', '--config.evals.every=3', *small],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = proc.stdout
+  assert 'step      3/6' in out and 'img/s' in out and 'ETA' in out
+  assert 'eval at step 3: knn_top1' in out and 'baseline (random init' in out
+  rows = [json.loads(l) for l in open(run / 'metrics.jsonl')]
+  train_rows = [r for r in rows if 'loss' in r]
+  assert [r['step'] for r in train_rows] == [3, 6]
+  for key in ('loss', 'lr', 'weight_decay', 'momentum', 'grad_norm', 'context_len',
+              'target_len', 'images_per_sec'):
+    assert key in train_rows[-1]
+  assert [r['step'] for r in rows if 'eval_knn_top1' in r] == [3]  # step 6: the final one
+  final = json.load(open(run / 'final.json'))
+  for key in ('final_linear_top1', 'final_knn_top1', 'final_lowshot_1shot_top1',
+              'final_lowshot_1pct_top1', 'baseline_linear_top1', 'baseline_knn_top1'):
+    assert 0.0 <= final[key] <= 1.0, key
+  assert final['periodic_eval_seconds'] > 0
+
+  proc = run_tool('ijepa_jax.evaluate', '--config=configs/demo.py', f'--workdir={run}', *small,
+                  "--config.evals.final_probes=('knn','linear')")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  ours = json.load(open(run / 'eval_6.json'))
+  assert ours['eval_knn_top1'] == final['final_knn_top1']
+  assert ours['eval_linear_top1'] == final['final_linear_top1']
+
+  ck = tmp_path / 'demo.pth.tar'
+  for fmt, out in (('official', ck), ('timm', tmp_path / 't.safetensors'), ('hf', tmp_path / 'hf')):
+    proc = run_tool('ijepa_jax.convert', '--mode=export', '--config=configs/demo.py',
+                    f'--workdir={run}', f'--format={fmt}', f'--out={out}')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+  assert (tmp_path / 'hf' / 'config.json').exists() and (tmp_path / 'hf' / 'model.safetensors').exists()
+  proc = run_tool('ijepa_jax.convert', '--mode=import', '--config=configs/demo.py',
+                  f'--weights={ck}', f'--workdir={tmp_path / "imported"}')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  for how in (f'--workdir={tmp_path / "imported"}', f'--weights={ck}',
+              f'--weights={tmp_path / "t.safetensors"}'):
+    out = tmp_path / 'e.json'
+    proc = run_tool('ijepa_jax.evaluate', '--config=configs/demo.py', how, *small,
+                    "--config.evals.final_probes=('knn',)", f'--output={out}')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.load(open(out))['eval_knn_top1'] == final['final_knn_top1'], how
+  proc = run_tool('ijepa_jax.embed', '--config=configs/demo.py', f'--workdir={run}',
+                  '--split=test', '--limit=50', f'--out={tmp_path / "e.npz"}')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  e = np.load(tmp_path / 'e.npz')
+  assert e['embeddings'].shape == (50, 64) and e['labels'].shape == (50,)
+  # errors: wrong model for the weights, no such run, both sources
+  proc = run_tool('ijepa_jax.evaluate', '--config=configs/vith14.py', f'--weights={ck}')
+  assert proc.returncode == 2 and 'width 64 in the weights vs 1280 in the config' in proc.stderr
+  proc = run_tool('ijepa_jax.evaluate', '--config=configs/demo.py', f'--workdir={tmp_path / "no"}')
+  assert proc.returncode == 2 and 'does not exist' in proc.stderr
+  proc = run_tool('ijepa_jax.embed', '--config=configs/demo.py', f'--weights={ck}',
+                  f'--workdir={run}', '--split=test', f'--out={tmp_path / "x.npz"}')
+  assert proc.returncode == 2 and 'exactly one' in proc.stderr
