@@ -9,11 +9,17 @@ The pure building blocks, usable inside your own `jax.jit`:
 - `Schedules`, `make_optimizer`: official lr / weight-decay / EMA schedules and AdamW.
 - `IJepa`, `TrainState`, `create_train_state`, `train_step`, `guarded_train_step`
   (skips non-finite updates), `compute_loss`, `ema_update`.
+- `encode(params, images)`: frozen-encoder features (mean-pooled, last-4, tokens) of any
+  encoder parameter tree, ours or imported.
+
+Evaluation: `ijepa_jax.evaluation` (linear probe, k-NN, low-shot); weights in and out:
+`ijepa_jax.interop` (official / timm / HuggingFace layouts, torch and safetensors files).
 
 Host side: `ijepa_jax.data` (image sources, the official train/eval transforms),
 `ijepa_jax.input_pipeline.Batches`, `ijepa_jax.checkpoint.Checkpoints`.
 """
 
+from ijepa_jax.features import encode
 from ijepa_jax.masks import MaskBatch, MaskConfig, MaskSampler
 from ijepa_jax.models import VARIANTS, Predictor, VisionTransformer
 from ijepa_jax.objective import jepa_loss, normalize_targets
@@ -27,5 +33,5 @@ __all__ = [
     'VARIANTS', 'VisionTransformer', 'Predictor', 'sincos_2d', 'MaskConfig', 'MaskSampler',
     'MaskBatch', 'normalize_targets', 'jepa_loss', 'Schedules', 'make_optimizer', 'IJepa',
     'TrainState', 'create_train_state', 'train_step', 'guarded_train_step', 'compute_loss',
-    'ema_update',
+    'ema_update', 'encode',
 ]

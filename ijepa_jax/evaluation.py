@@ -35,7 +35,8 @@ import numpy as np
 import optax
 
 from ijepa_jax import sharding
-from ijepa_jax.data import CorruptImageError, Source, eval_transform, open_source
+from ijepa_jax.data import (CorruptImageError, DataMissingError, Source, eval_transform,
+                            open_source)
 from ijepa_jax.features import OUTPUTS, encode
 
 PROBES = ('linear', 'knn', 'lowshot')
@@ -265,7 +266,11 @@ def eval_splits(config: ml_collections.ConfigDict, train_examples: int, test_exa
   workers = (os.cpu_count() or 1) if d.workers == -1 else d.workers
   splits, num_classes = [], 0
   for split, count in ((ev.train_split, train_examples), (ev.test_split, test_examples)):
-    source = open_source(dataset, split, data_dir)
+    try:
+      source = open_source(dataset, split, data_dir)
+    except DataMissingError as e:
+      raise DataMissingError(f'evaluation data (evals.dataset={ev.dataset!r}, evals.data_dir='
+                             f'{ev.data_dir!r}; empty means data.*): {e}') from None
     if getattr(source, 'num_classes', None) is None:
       raise ValueError(f'{dataset}/{split} has no class labels: evaluation needs a labelled '
                        'dataset (set evals.dataset / evals.data_dir)')

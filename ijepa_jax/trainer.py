@@ -40,7 +40,7 @@ from ijepa_jax.checkpoint import CheckpointError, Checkpoints, find_checkpoint, 
 from ijepa_jax.flops import peak_flops, train_step_flops
 from ijepa_jax.input_pipeline import Batches, TransformConfig, prefetch
 from ijepa_jax.masks import MaskSampler
-from ijepa_jax.evaluation import Evaluator, encoder_params
+from ijepa_jax.evaluation import Evaluator, encoder_params, eval_splits
 from ijepa_jax.train_step import IJepa, TrainState, create_train_state, guarded_train_step
 
 DataMissingError = data_lib.DataMissingError
@@ -336,6 +336,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   check_writable(workdir)
   source = data_lib.open_source(config.data.dataset, config.data.split, config.data.data_dir)
   config = cfg_lib.with_dataset_size(config, len(source))
+  if config.evals.every > 0 or config.evals.at_end:
+    eval_splits(config, 1, 1, cache=False)  # the labelled evaluation data is there: fail early
   cfg_lib.validate(config, n_dev, n_proc, platform)  # the schedule checks need its size
   model = cfg_lib.build_model(config)
   masks = MaskSampler(cfg_lib.mask_config(config))
