@@ -113,7 +113,7 @@ def test_find_checkpoint(tmp_path):
   base = str(tmp_path / 'run' / 'checkpoints')
   assert find_checkpoint(str(tmp_path / 'run')) == (base, 10)
   assert find_checkpoint(base + '/5') == (base, 5)
-  with pytest.raises(FileNotFoundError, match='init_from'):
+  with pytest.raises(FileNotFoundError, match='does not exist; give the workdir of a run'):
     find_checkpoint(str(tmp_path / 'nothing'))
 
 
