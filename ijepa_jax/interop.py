@@ -32,7 +32,7 @@ import struct
 import zipfile
 from typing import Any
 
-import ml_dtypes
+import jax.numpy as jnp  # its bfloat16 is a numpy dtype (ml_dtypes)
 import numpy as np
 
 from ijepa_jax.models import LN_EPS
@@ -49,7 +49,7 @@ class InteropError(ValueError):
 
 _STORAGE_DTYPES = {
     'FloatStorage': np.float32, 'DoubleStorage': np.float64, 'HalfStorage': np.float16,
-    'BFloat16Storage': ml_dtypes.bfloat16, 'LongStorage': np.int64, 'IntStorage': np.int32,
+    'BFloat16Storage': jnp.bfloat16, 'LongStorage': np.int64, 'IntStorage': np.int32,
     'ShortStorage': np.int16, 'CharStorage': np.int8, 'ByteStorage': np.uint8,
     'BoolStorage': np.bool_,
 }
@@ -254,7 +254,7 @@ def write_torch(path: str, obj: Any, archive: str = 'archive') -> None:
 # -- safetensors ----------------------------------------------------------------------------
 
 _ST_DTYPES = {'F64': np.float64, 'F32': np.float32, 'F16': np.float16,
-              'BF16': ml_dtypes.bfloat16, 'I64': np.int64, 'I32': np.int32, 'I16': np.int16,
+              'BF16': jnp.bfloat16, 'I64': np.int64, 'I32': np.int32, 'I16': np.int16,
               'I8': np.int8, 'U8': np.uint8, 'BOOL': np.bool_}
 _ST_NAMES = {np.dtype(v): k for k, v in _ST_DTYPES.items()}
 

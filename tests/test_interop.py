@@ -14,7 +14,6 @@ import zipfile
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 import pytest
 
@@ -69,19 +68,19 @@ def assert_trees_equal(a, b):
 def test_torch_format_round_trip(tmp_path):
   obj = {'a': np.arange(6, dtype=np.float32).reshape(2, 3), 'b': [1, 2.5, None, True, 'x'],
          'c': (np.int64(2 ** 40), -3), 'd': collections.OrderedDict(w=np.ones((0, 4), np.int64)),
-         'e': np.asarray([1.5, -2], ml_dtypes.bfloat16), 'f': np.float32(7)[()], 'g': {}}
+         'e': np.asarray([1.5, -2], jnp.bfloat16), 'f': np.float32(7)[()], 'g': {}}
   interop.write_torch(str(tmp_path / 'x.pt'), obj)
   back = interop.read_torch(str(tmp_path / 'x.pt'))
   assert back['b'] == [1, 2.5, None, True, 'x'] and back['c'] == (2 ** 40, -3)
   assert isinstance(back['d'], collections.OrderedDict) and back['d']['w'].shape == (0, 4)
   np.testing.assert_array_equal(back['a'], obj['a'])
-  assert back['e'].dtype == ml_dtypes.bfloat16 and list(back['e'].astype(float)) == [1.5, -2.0]
+  assert back['e'].dtype == jnp.bfloat16 and list(back['e'].astype(float)) == [1.5, -2.0]
   assert back['g'] == {}
 
 
 def test_safetensors_round_trip(tmp_path):
   t = {'x': np.arange(5, dtype=np.float16), 'y.z': np.ones((2, 3), np.float32),
-       'b': np.asarray([3, 4], ml_dtypes.bfloat16)}
+       'b': np.asarray([3, 4], jnp.bfloat16)}
   interop.write_safetensors(str(tmp_path / 'a.safetensors'), t, {'format': 'pt'})
   back, meta = interop.read_safetensors(str(tmp_path / 'a.safetensors'))
   assert meta == {'format': 'pt'} and sorted(back) == sorted(t)
@@ -275,7 +274,7 @@ def test_reads_what_torch_saves(small, tmp_path):
   assert_trees_equal(back['predictor'], jax.tree.map(np.asarray, small['pp']))
   raw = interop.read_torch(path)
   np.testing.assert_array_equal(raw['extra_view'], np.arange(12.0).reshape(3, 4).T)
-  assert raw['extra_bf16'].dtype == ml_dtypes.bfloat16
+  assert raw['extra_bf16'].dtype == jnp.bfloat16
   np.testing.assert_array_equal(raw['extra_bf16'].astype(np.float32), np.arange(6).reshape(2, 3))
   assert raw['opt']['param_groups'][0]['lr'] == 1e-3 and raw['loss'] == 0.25
 
