@@ -58,7 +58,8 @@ def read_until(proc, needle, timeout=300):
 
 
 def losses(workdir):
-  return {r['step']: r['loss'] for r in map(json.loads, open(os.path.join(workdir, 'metrics.jsonl')))}
+  return {r['step']: r['loss'] for r in map(json.loads, open(os.path.join(workdir, 'metrics.jsonl')))
+          if 'loss' in r}  # evaluation rows have none
 
 
 def final_state(workdir, step):

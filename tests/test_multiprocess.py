@@ -6,6 +6,7 @@ The result must not depend on the mesh: one process with 1 device, one process w
 (pure data parallel) and 2 processes x 4 devices on a 4 x 2 data x fsdp mesh, stopped and
 resumed half way, train to the same losses and parameters within float tolerance."""
 
+import json
 import os
 import signal
 import socket
@@ -59,12 +60,23 @@ def test_same_training_on_1_device_8_devices_and_2_processes_x_4_devices(tmp_pat
   one = tmp_path / 'one'
   dp8 = tmp_path / 'dp8'
   multi = tmp_path / 'multi'
-  single(one, 1, f'--config.max_steps={STEPS}')
+  # an evaluation at the last step: features extracted over the mesh (and, below, over two
+  # processes that each hold every image) must give the same probes
+  evals = [f'--config.evals.every={STEPS}', '--config.evals.train_examples=400',
+           '--config.evals.test_examples=200', '--config.evals.probe_steps=100',
+           '--config.evals.batch_size=64']
+  single(one, 1, f'--config.max_steps={STEPS}', *evals)
   out = single(dp8, 8, f'--config.max_steps={STEPS}')
   assert "mesh: {'data': 8, 'fsdp': 1} over 8 cpu device(s), 1 process(es)" in out
   fsdp = ['--config.mesh.data=4', '--config.mesh.fsdp=2']
   local_sh(multi, 2, 4, '--config.max_steps=2', *fsdp)
-  out, logs = local_sh(multi, 2, 4, f'--config.max_steps={STEPS}', *fsdp)
+  out, logs = local_sh(multi, 2, 4, f'--config.max_steps={STEPS}', *fsdp, *evals)
+  assert f'eval at step {STEPS}' in out
+  ev_one, ev_multi = ([json.loads(l) for l in open(d / 'metrics.jsonl') if 'eval_knn_top1' in l]
+                      for d in (one, multi))
+  assert len(ev_one) == len(ev_multi) == 1
+  for key in ('eval_knn_top1', 'eval_linear_top1'):  # 200 test images: one flip is 0.005
+    assert abs(ev_one[0][key] - ev_multi[0][key]) <= 0.01, (key, ev_one, ev_multi)
   assert "mesh: {'data': 4, 'fsdp': 2} over 8 cpu device(s), 2 process(es)" in out
   assert 'resumed from checkpoint 2' in out
   assert 'step ' not in logs[0]  # only process 0 logs training lines
