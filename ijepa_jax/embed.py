@@ -15,6 +15,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from ijepa_jax import multihost
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file of the model (configs/*.py).',
                                 lock_config=True)
@@ -28,6 +30,7 @@ flags.DEFINE_integer('limit', -1, 'At most this many images (-1: all).')
 flags.DEFINE_enum('output', 'mean', ['mean', 'last4', 'tokens'], 'What to write per image.')
 flags.DEFINE_string('out', None, 'The .npz file to write.')
 flags.mark_flags_as_required(['config', 'out'])
+multihost.define_flags(flags)
 
 
 class FolderImages:
@@ -66,6 +69,11 @@ def main(argv):
   del argv
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.ERROR)
+  try:  # before anything touches a device
+    multihost.initialize_from_flags(FLAGS)
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel

@@ -16,6 +16,8 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from ijepa_jax import multihost
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py) of the model and of '
                                 'its evaluation (evals.*); --config.<field>=<value> overrides.',
@@ -27,12 +29,18 @@ flags.DEFINE_integer('step', None, 'The checkpoint step (default: the latest).')
 flags.DEFINE_bool('baseline', False, 'Also evaluate the same network at random initialisation.')
 flags.DEFINE_string('output', None, 'Where to write the results (JSON).')
 flags.mark_flags_as_required(['config'])
+multihost.define_flags(flags)
 
 
 def main(argv):
   del argv
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.ERROR)  # orbax warns about every read-only open
+  try:  # before anything touches a device
+    multihost.initialize_from_flags(FLAGS)
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   from ijepa_jax import config as cfg_lib, sharding  # pylint: disable=import-outside-toplevel

@@ -59,3 +59,21 @@ def initialize(mode: str = 'auto', coordinator_address: str | None = None,
                              local_device_ids=list(local_device_ids) if local_device_ids else None)
   return True
 
+
+def define_flags(flags) -> None:
+  """The --distributed / --coordinator_address / ... flags of main.py and the tools."""
+  flags.DEFINE_enum('distributed', 'auto', list(MODES),
+                    'Join a multi-process run with jax.distributed.initialize: auto (when '
+                    '--coordinator_address is given or a multi-task SLURM / Open MPI job is '
+                    'detected), on (always; JAX detects Cloud TPU pods, SLURM and Open MPI), off.')
+  flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (explicit setups).')
+  flags.DEFINE_integer('num_processes', None, 'Number of processes (explicit setups).')
+  flags.DEFINE_integer('process_id', None, 'This process\'s index in [0, num_processes).')
+  flags.DEFINE_list('local_device_ids', None, 'Devices this process drives, e.g. 0,1,2,3 '
+                    '(default: JAX\'s choice; SLURM: one GPU per task).')
+
+
+def initialize_from_flags(values) -> None:
+  """`initialize` with the flags of `define_flags` (absl's FLAGS); ValueError if they clash."""
+  initialize(values.distributed, values.coordinator_address, values.num_processes,
+             values.process_id, [int(i) for i in values.local_device_ids or []])
