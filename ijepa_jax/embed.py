@@ -97,7 +97,7 @@ def main(argv):
       if getattr(source, 'num_classes', None) is None:  # unlabelled: names only
         source.label = lambda index: -1
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
-    params, what = encoder_from(config, mesh, workdir=FLAGS.workdir, weights=FLAGS.weights,
+    params, what, _ = encoder_from(config, mesh, workdir=FLAGS.workdir, weights=FLAGS.weights,
                                 step=FLAGS.step, which=ev.encoder)
     indices = subset_indices(len(source), FLAGS.limit) if FLAGS.limit > 0 else np.arange(len(source))
     split = LabelledSplit(source, indices, d.image_size, d.channels, ev.crop_fraction,

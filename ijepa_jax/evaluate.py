@@ -26,7 +26,8 @@ flags.DEFINE_string('workdir', None, 'A run\'s workdir (or its checkpoints/<step
 flags.DEFINE_string('weights', None, 'A weights file instead of a run: official .pth.tar, '
                     'timm/official encoder state dict (.pth/.safetensors).')
 flags.DEFINE_integer('step', None, 'The checkpoint step (default: the latest).')
-flags.DEFINE_bool('baseline', False, 'Also evaluate the same network at random initialisation.')
+flags.DEFINE_bool('baseline', False, 'Also evaluate the same network at random initialisation '
+                  '(drawn with the run\'s seed + 1, as the trainer\'s baseline).')
 flags.DEFINE_string('output', None, 'Where to write the results (JSON).')
 flags.mark_flags_as_required(['config'])
 multihost.define_flags(flags)
@@ -55,8 +56,10 @@ def main(argv):
     cfg_lib.validate(config, jax.device_count(), jax.process_count(), jax.default_backend())
     ev = config.evals
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
-    params, what = encoder_from(config, mesh, workdir=FLAGS.workdir, weights=FLAGS.weights,
-                                step=FLAGS.step, which=ev.encoder)
+    params, what, meta = encoder_from(config, mesh, workdir=FLAGS.workdir, weights=FLAGS.weights,
+                                      step=FLAGS.step, which=ev.encoder)
+    # the baseline is the run's own architecture drawn with its seed + 1, as at its end
+    seed = meta.get('config', {}).get('seed', config.seed)
     log(f'evaluating the {what}')
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
       evaluator = Evaluator(config, mesh, ev.final_train_examples, ev.final_test_examples,
@@ -66,7 +69,7 @@ def main(argv):
       if FLAGS.baseline:
         model, shapes, boxed = model_for(config)
         runs.append(('baseline', encoder_params(
-            init_state(model, mesh, shapes, config.seed + 1, boxed)[0], ev.encoder)))
+            init_state(model, mesh, shapes, seed + 1, boxed)[0], ev.encoder)))
       results = {'evaluated': what, 'config': json.loads(config.to_json_best_effort())}
       for name, p in runs:
         t0 = time.time()

@@ -68,17 +68,17 @@ def check_architecture(config: ml_collections.ConfigDict, arch: dict[str, int], 
 
 def encoder_from(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
                  workdir: str | None = None, weights: str | None = None, step: int | None = None,
-                 which: str = 'target') -> tuple[Any, str]:
-  """(encoder params on `mesh`, a description) from a run (`workdir`, its latest or `step`
+                 which: str = 'target') -> tuple[Any, str, dict]:
+  """(encoder params on `mesh`, a description, the checkpoint's metadata or {}) from a run (`workdir`, its latest or `step`
   checkpoint) or a weights file (an official `.pth.tar`, a timm/official encoder state dict,
   our safetensors export); `which`: the target (EMA) or the context encoder."""
   if bool(workdir) == bool(weights):
     raise ValueError('give exactly one of --workdir (a run) and --weights (a weights file)')
   if workdir:
-    state, step, _ = restore_state(config, workdir, mesh, step)
-    return encoder_params(state, which), f'{which} encoder of {workdir} at step {step}'
+    state, step, meta = restore_state(config, workdir, mesh, step)
+    return encoder_params(state, which), f'{which} encoder of {workdir} at step {step}', meta
   part = 'target_encoder' if which == 'target' else 'encoder'
   params, grid = interop.load_encoder_weights(weights, part)
   check_architecture(config, interop.architecture(params), weights)
   params = jax.device_put(jax.tree.map(np.asarray, params), sharding.replicated(mesh))
-  return params, f'{part} of {weights} (trained at a {grid[0]}x{grid[1]} patch grid)'
+  return params, f'{part} of {weights} (trained at a {grid[0]}x{grid[1]} patch grid)', {}

@@ -163,6 +163,7 @@ def test_tools_on_a_demo_run(tmp_path):
   env.pop('XLA_FLAGS', None)
   proc = subprocess.run([sys.executable, 'main.py', '--config=configs/demo.py',
                          f'--workdir={run}', '--config.max_steps=6', '--config.log_every=3',
+                         '--config.seed=3',
                          '--config.batch_size=64', '--config.evals.every=3', *small],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -183,11 +184,13 @@ def test_tools_on_a_demo_run(tmp_path):
   assert final['periodic_eval_seconds'] > 0
 
   proc = run_tool('ijepa_jax.evaluate', '--config=configs/demo.py', f'--workdir={run}', *small,
-                  "--config.evals.final_probes=('knn','linear')")
+                  "--config.evals.final_probes=('knn','linear')", '--baseline')
   assert proc.returncode == 0, proc.stderr[-3000:]
   ours = json.load(open(run / 'eval_6.json'))
   assert ours['eval_knn_top1'] == final['final_knn_top1']
   assert ours['eval_linear_top1'] == final['final_linear_top1']
+  # the baseline is drawn with the run's seed (3, from the checkpoint) + 1, as the trainer's
+  assert ours['baseline_knn_top1'] == final['baseline_knn_top1']
 
   ck = tmp_path / 'demo.pth.tar'
   for fmt, out in (('official', ck), ('timm', tmp_path / 't.safetensors'), ('hf', tmp_path / 'hf')):
