@@ -64,6 +64,16 @@ def decode(data: bytes, name: str) -> Image.Image:
     raise CorruptImageError(f'{name}: {type(e).__name__}: {e}') from None
 
 
+def read_image(path: str) -> Image.Image:
+  """The decoded image file at `path`; CorruptImageError if it cannot be read or decoded."""
+  try:
+    with open(path, 'rb') as f:
+      data = f.read()
+  except OSError as e:
+    raise CorruptImageError(f'{path}: unreadable: {e}') from None
+  return decode(data, path)
+
+
 class ArraySource:
   """In-memory uint8 images [N, H, W] or [N, H, W, C] with their labels."""
 
@@ -118,13 +128,7 @@ class FolderSource:
     return len(self.files)
 
   def load(self, index: int) -> Image.Image:
-    path = os.path.join(self.root, self.files[index])
-    try:
-      with open(path, 'rb') as f:
-        data = f.read()
-    except OSError as e:
-      raise CorruptImageError(f'{path}: unreadable: {e}') from None
-    return decode(data, path)
+    return read_image(os.path.join(self.root, self.files[index]))
 
   def name(self, index: int) -> str:
     return os.path.join(self.root, self.files[index])

@@ -50,12 +50,8 @@ class FolderImages:
     return len(self.paths)
 
   def load(self, index):
-    from ijepa_jax.data import CorruptImageError, decode  # pylint: disable=import-outside-toplevel
-    try:
-      with open(self.paths[index], 'rb') as f:
-        return decode(f.read(), self.paths[index])
-    except OSError as e:
-      raise CorruptImageError(f'{self.paths[index]}: unreadable: {e}') from None
+    from ijepa_jax.data import read_image  # pylint: disable=import-outside-toplevel
+    return read_image(self.paths[index])
 
   def name(self, index):
     return self.paths[index]
@@ -103,12 +99,7 @@ def main(argv):
     split = LabelledSplit(source, indices, d.image_size, d.channels, ev.crop_fraction,
                           (os.cpu_count() or 1) if d.workers == -1 else d.workers, False,
                           FLAGS.images or FLAGS.split)
-    _, _, heads, _ = cfg_lib.encoder_dims(config)
-    extract = FeatureExtractor(mesh, num_heads=heads, output=FLAGS.output,
-                               batch_size=ev.batch_size, mean=d.mean, std=d.std,
-                               dtype=cfg_lib.DTYPES[config.model.dtype],
-                               attention=cfg_lib.attention_backends(
-                                   config, jax.default_backend())['encoder'])
+    extract = FeatureExtractor.for_config(config, mesh, FLAGS.output)
     log(f'embedding {len(indices):,} images of {split.name} with the {what}')
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
       emb = np.concatenate([extract(params, images) for images in split.chunks()])

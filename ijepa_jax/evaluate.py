@@ -11,7 +11,6 @@ dict, or our safetensors export). Prints the results and writes them as JSON
 import json
 import os
 import sys
-import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -46,10 +45,10 @@ def main(argv):
   import jax  # pylint: disable=import-outside-toplevel
   from ijepa_jax import config as cfg_lib, sharding  # pylint: disable=import-outside-toplevel
   from ijepa_jax.checkpoint import CheckpointError  # pylint: disable=import-outside-toplevel
-  from ijepa_jax.evaluation import Evaluator, encoder_params  # pylint: disable=import-outside-toplevel
+  from ijepa_jax.evaluation import Evaluator, with_baseline  # pylint: disable=import-outside-toplevel
   from ijepa_jax.interop import InteropError  # pylint: disable=import-outside-toplevel
-  from ijepa_jax.loading import encoder_from, model_for  # pylint: disable=import-outside-toplevel
-  from ijepa_jax.trainer import init_state, log  # pylint: disable=import-outside-toplevel
+  from ijepa_jax.loading import encoder_from, random_encoder  # pylint: disable=import-outside-toplevel
+  from ijepa_jax.trainer import log  # pylint: disable=import-outside-toplevel
 
   config = FLAGS.config
   try:
@@ -65,18 +64,9 @@ def main(argv):
       evaluator = Evaluator(config, mesh, ev.final_train_examples, ev.final_test_examples,
                             ev.final_probes, cache=FLAGS.baseline)
       log(f'data: {evaluator.describe()}')
-      runs = [('eval', params)]
-      if FLAGS.baseline:
-        model, shapes, boxed = model_for(config)
-        runs.append(('baseline', encoder_params(
-            init_state(model, mesh, shapes, seed + 1, boxed)[0], ev.encoder)))
+      baseline = random_encoder(config, mesh, seed + 1, ev.encoder) if FLAGS.baseline else None
       results = {'evaluated': what, 'config': json.loads(config.to_json_best_effort())}
-      for name, p in runs:
-        t0 = time.time()
-        res = evaluator(p)
-        results.update({f'{name}_{k}': v for k, v in res.items()})
-        log(f'{name}: ' + ' | '.join(f'{k} {100 * v:.2f}%' for k, v in res.items()
-                                     if k.endswith('top1')) + f' [{time.time() - t0:.0f}s]')
+      results.update(with_baseline(evaluator, 'eval', params, baseline, log))
   except (cfg_lib.ConfigError, FileNotFoundError, InteropError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

@@ -296,6 +296,18 @@ class FeatureExtractor:
         encode, output=output, num_heads=num_heads, dtype=dtype, mean=tuple(mean),
         std=tuple(std), attention=attention), out_shardings=sharding.replicated(mesh))
 
+  @classmethod
+  def for_config(cls, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                 output: str) -> 'FeatureExtractor':
+    """The run's encoder (heads, compute dtype, attention backend), data statistics and
+    evals.batch_size."""
+    from ijepa_jax import config as cfg_lib  # config imports this module's names
+    _, _, heads, _ = cfg_lib.encoder_dims(config)
+    return cls(mesh, num_heads=heads, output=output, batch_size=config.evals.batch_size,
+               mean=config.data.mean, std=config.data.std,
+               dtype=cfg_lib.DTYPES[config.model.dtype],
+               attention=cfg_lib.attention_backends(config, jax.default_backend())['encoder'])
+
   def __call__(self, params: Any, images: np.ndarray) -> np.ndarray:
     out = []
     for start in range(0, len(images), self.batch):
@@ -320,16 +332,11 @@ class Evaluator:
   def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
                train_examples: int, test_examples: int, probes: Sequence[str],
                cache: bool = True):
-    from ijepa_jax import config as cfg_lib  # config imports this module's names
     ev = config.evals
     self.config, self.probes = config, tuple(probes)
     self.train, self.test, self.num_classes = eval_splits(config, train_examples, test_examples,
                                                           cache)
-    _, _, heads, _ = cfg_lib.encoder_dims(config)
-    attention = cfg_lib.attention_backends(config, jax.default_backend())['encoder']
-    self.extract = FeatureExtractor(
-        mesh, num_heads=heads, output=ev.pool, batch_size=ev.batch_size, mean=config.data.mean,
-        std=config.data.std, dtype=jnp.dtype(config.model.dtype), attention=attention)
+    self.extract = FeatureExtractor.for_config(config, mesh, ev.pool)
 
   def split_features(self, params: Any, split: LabelledSplit) -> np.ndarray:
     return np.concatenate([self.extract(params, images) for images in split.chunks()])
@@ -357,6 +364,26 @@ class Evaluator:
 
   def skipped(self) -> list[str]:
     return self.train.skipped + self.test.skipped
+
+
+def summary(res: dict[str, float]) -> str:
+  """'knn_top1 64.54% | linear_top1 70.51% | ...' of an evaluation's results."""
+  return ' | '.join(f'{k} {100 * v:.2f}%' for k, v in res.items() if k.endswith('top1'))
+
+
+def with_baseline(evaluator: 'Evaluator', name: str, params: Any, baseline: Any | None,
+                  log) -> dict[str, float]:
+  """Evaluate `params` (results `<name>_*`) and, if given, the same network at random
+  initialisation `baseline` (`baseline_*`), logging one line each."""
+  results = {}
+  runs = [(name, 'pretrained', params)] + ([('baseline', 'random init', baseline)]
+                                           if baseline is not None else [])
+  for prefix, what, p in runs:
+    res = evaluator(p)
+    results.update({f'{prefix}_{k}': v for k, v in res.items()})
+    log(f'{prefix} ({what} {evaluator.config.evals.encoder} encoder): {summary(res)} '
+        f'[{res["eval_seconds"]:.0f}s]')
+  return results
 
 
 def encoder_params(state: Any, which: str) -> Any:

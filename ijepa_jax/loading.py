@@ -82,3 +82,12 @@ def encoder_from(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
   check_architecture(config, interop.architecture(params), weights)
   params = jax.device_put(jax.tree.map(np.asarray, params), sharding.replicated(mesh))
   return params, f'{part} of {weights} (trained at a {grid[0]}x{grid[1]} patch grid)', {}
+
+
+def random_encoder(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, seed: int,
+                   which: str = 'target') -> Any:
+  """The encoder of `config` at random initialisation (the official init) with `seed`, on
+  `mesh`: the baseline that pretraining is measured against."""
+  from ijepa_jax.trainer import init_state  # pylint: disable=import-outside-toplevel
+  model, shapes, boxed = model_for(config)
+  return encoder_params(init_state(model, mesh, shapes, seed, boxed)[0], which)

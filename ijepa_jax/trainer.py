@@ -40,7 +40,8 @@ from ijepa_jax.checkpoint import CheckpointError, Checkpoints, find_checkpoint, 
 from ijepa_jax.flops import peak_flops, train_step_flops
 from ijepa_jax.input_pipeline import Batches, TransformConfig, prefetch
 from ijepa_jax.masks import MaskSampler
-from ijepa_jax.evaluation import Evaluator, encoder_params, eval_splits
+from ijepa_jax.evaluation import Evaluator, encoder_params, eval_splits, summary, with_baseline
+from ijepa_jax.loading import random_encoder
 from ijepa_jax.train_step import IJepa, TrainState, create_train_state, guarded_train_step
 
 DataMissingError = data_lib.DataMissingError
@@ -395,7 +396,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if last.get('preempted'):
           return last
         if ev.at_end:
-          last.update(final_evaluation(config, model, mesh, state, shapes, boxed))
+          last.update(final_evaluation(config, mesh, state))
           metrics_log.write({'step': int(state.step),
                              **{k: v for k, v in last.items() if k.startswith('final_')}})
       finally:
@@ -494,8 +495,7 @@ class _Loop:
     dt = time.time() - t0
     self.acct['eval_seconds'] = self.acct.get('eval_seconds', 0.0) + dt
     self.t_log += dt  # throughput figures leave the evaluation out
-    log(f'eval at step {step}: ' + ' | '.join(
-        f'{k} {100 * v:.2f}%' for k, v in res.items() if k.endswith('top1'))
+    log(f'eval at step {step}: {summary(res)}'
         + f' [{dt:.1f}s; {100 * self.acct["eval_seconds"] / max(self._train_seconds(), 1e-9):.1f}% '
         'of the training time so far]')
     self.metrics_log.write({'step': step, **{f'eval_{k}': v for k, v in res.items()}})
@@ -550,23 +550,13 @@ class _Loop:
     self.t_log, self.n_log = time.time(), 0
 
 
-def final_evaluation(config: ml_collections.ConfigDict, model: IJepa, mesh: jax.sharding.Mesh,
-                     state: TrainState, shapes: dict, boxed: TrainState) -> dict[str, float]:
+def final_evaluation(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                     state: TrainState) -> dict[str, float]:
   """The full evaluation (`evals.final_*`) of the trained encoder and, with
-  `evals.baseline`, of the same network at random initialisation."""
+  `evals.baseline`, of the same network at random initialisation (seed + 1)."""
   ev = config.evals
   evaluator = Evaluator(config, mesh, ev.final_train_examples, ev.final_test_examples,
                         ev.final_probes, cache=ev.baseline)  # decoded once for both
   log(f'final evaluation: {evaluator.describe()}')
-  runs = [('final', encoder_params(state, ev.encoder))]
-  if ev.baseline:
-    fresh, _ = init_state(model, mesh, shapes, config.seed + 1, boxed)  # same net, new weights
-    runs.append(('baseline', encoder_params(fresh, ev.encoder)))
-  results = {}
-  for name, params in runs:
-    res = evaluator(params)
-    results.update({f'{name}_{k}': v for k, v in res.items()})
-    log(f'{name} ({"pretrained" if name == "final" else "random init"} {ev.encoder} encoder): '
-        + ' | '.join(f'{k} {100 * v:.2f}%' for k, v in res.items() if k.endswith('top1'))
-        + f' [{res["eval_seconds"]:.0f}s]')
-  return results
+  baseline = random_encoder(config, mesh, config.seed + 1, ev.encoder) if ev.baseline else None
+  return with_baseline(evaluator, 'final', encoder_params(state, ev.encoder), baseline, log)
