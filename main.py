@@ -20,11 +20,7 @@ def main(argv):
   del argv
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO; -v 0 shows it
-  try:  # before anything touches a device
-    multihost.initialize_from_flags(FLAGS)
-  except ValueError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+  multihost.initialize_from_flags(FLAGS)  # before anything touches a device
   from ijepa_jax.checkpoint import CheckpointError
   from ijepa_jax.config import ConfigError
   from ijepa_jax.trainer import NonFiniteError, train_and_evaluate

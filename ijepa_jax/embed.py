@@ -65,11 +65,7 @@ def main(argv):
   del argv
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.ERROR)
-  try:  # before anything touches a device
-    multihost.initialize_from_flags(FLAGS)
-  except ValueError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+  multihost.initialize_from_flags(FLAGS)  # before anything touches a device
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel

@@ -7,6 +7,7 @@ touches a JAX device (main.py calls it first).
 """
 
 import os
+import sys
 from typing import Sequence
 
 import jax
@@ -74,6 +75,11 @@ def define_flags(flags) -> None:
 
 
 def initialize_from_flags(values) -> None:
-  """`initialize` with the flags of `define_flags` (absl's FLAGS); ValueError if they clash."""
-  initialize(values.distributed, values.coordinator_address, values.num_processes,
-             values.process_id, [int(i) for i in values.local_device_ids or []])
+  """`initialize` with the flags of `define_flags` (absl's FLAGS); if they clash, the error
+  goes to stderr and the process exits 2. Call it before anything touches a device."""
+  try:
+    initialize(values.distributed, values.coordinator_address, values.num_processes,
+               values.process_id, [int(i) for i in values.local_device_ids or []])
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
