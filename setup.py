@@ -11,7 +11,8 @@ setup(
     python_requires='>=3.12',
     install_requires=requirements,
     extras_require={
-        'test': ['pytest>=8'],
+        # tensorboard: its own event reader, which the tests read our event files back with
+        'test': ['pytest>=8', 'tensorboard>=2.16'],
         # gs:// workdirs and data_dir without TensorFlow: etils.epath (used by orbax and by us)
         # reaches Cloud Storage through fsspec's gcsfs
         'gcs': ['gcsfs>=2024.1'],

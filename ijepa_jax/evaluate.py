@@ -44,7 +44,7 @@ def main(argv):
   from ijepa_jax.evaluation import Evaluator, with_baseline  # pylint: disable=import-outside-toplevel
   from ijepa_jax.interop import InteropError  # pylint: disable=import-outside-toplevel
   from ijepa_jax.loading import encoder_from, random_encoder  # pylint: disable=import-outside-toplevel
-  from ijepa_jax.trainer import log  # pylint: disable=import-outside-toplevel
+  from ijepa_jax.reporting import log  # pylint: disable=import-outside-toplevel
 
   config = FLAGS.config
   try:

@@ -89,17 +89,29 @@ def create_train_state(model: IJepa, rng: jax.Array, batch: Batch) -> TrainState
                     opt_state=model.optimizer.init(params))
 
 
-def compute_loss(model: IJepa, params: Any, target_params: Any, batch: Batch) -> jax.Array:
-  """The I-JEPA loss for `params` against the (gradient-free) target encoder."""
+def predictions_and_targets(model: IJepa, params: Any, target_params: Any,
+                            batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The two sides of the I-JEPA objective: (predictions [B, M, Kt, D], targets
+  [B, M, Kt, D], the target encoder's output tokens [B, N, D]).
+
+  Targets are the target encoder's tokens of the whole image through an affine-free
+  LayerNorm, gathered at the target blocks (gradient-free); predictions are the
+  predictor's outputs there, from the context encoder's tokens of the context block.
+  """
   h = model.encoder.apply({'params': target_params}, batch['images'])  # [B, N, D]
-  h = normalize_targets(h)
   b, m, kt = batch['tgt_idx'].shape
-  targets = gather_tokens(h, batch['tgt_idx'].reshape(b, m * kt)).reshape(b, m, kt, -1)
-  targets = jax.lax.stop_gradient(targets)
+  targets = gather_tokens(normalize_targets(h), batch['tgt_idx'].reshape(b, m * kt))
+  targets = jax.lax.stop_gradient(targets.reshape(b, m, kt, -1))
   z = model.encoder.apply({'params': params['encoder']}, batch['images'],
                           batch['ctx_idx'], batch['ctx_len'])
   pred = model.predictor.apply({'params': params['predictor']}, z, batch['ctx_idx'],
                                batch['ctx_len'], batch['tgt_idx'], batch['tgt_len'])
+  return pred, targets, jax.lax.stop_gradient(h)
+
+
+def compute_loss(model: IJepa, params: Any, target_params: Any, batch: Batch) -> jax.Array:
+  """The I-JEPA loss for `params` against the (gradient-free) target encoder."""
+  pred, targets, _ = predictions_and_targets(model, params, target_params, batch)
   return jepa_loss(pred, targets, batch['tgt_len'], model.loss)
 
 

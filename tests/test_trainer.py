@@ -1,39 +1,12 @@
-"""Pieces of the trainer's shell: the metrics log across restarts (local files are appended
-to; buckets, which cannot append, are rewritten at each flush), and the attention choice."""
+"""Pieces of the trainer's shell: the attention choice."""
 
-import json
 
 import jax.numpy as jnp
 import pytest
 
 from ijepa_jax import config as cfg_lib
 from ijepa_jax.models import attention_implementation
-from ijepa_jax.trainer import MetricsLog
 from test_config import load
-
-
-def steps_in(path):
-  return [json.loads(line)['step'] for line in open(path)]
-
-
-@pytest.mark.parametrize('rewrite', [False, True])
-def test_metrics_log_resumes_without_duplicates(tmp_path, rewrite):
-  path = str(tmp_path / 'metrics.jsonl')
-  log = MetricsLog(path, resume_step=0, rewrite=rewrite)
-  for step in range(1, 6):
-    log.write({'step': step, 'loss': 1.0 / step})
-  log.flush()
-  log.close()
-  assert steps_in(path) == [1, 2, 3, 4, 5]
-  with open(path, 'a') as f:
-    f.write('{"step": 6, "lo')  # a line torn by a kill
-  log = MetricsLog(path, resume_step=3, rewrite=rewrite)  # the checkpoint was at step 3
-  assert steps_in(path) == [1, 2, 3]
-  log.write({'step': 4, 'loss': 0.3})
-  log.flush()
-  assert steps_in(path) == [1, 2, 3, 4]
-  log.close()
-  assert json.loads(open(path).read().splitlines()[-1])['loss'] == 0.3
 
 
 def test_attention_choice():
