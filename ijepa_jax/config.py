@@ -177,6 +177,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   except ValueError as e:
     raise ConfigError(str(e)) from None
   _validate_evals(config.evals, config.log_every)
+  _validate_monitor(config.monitor)
 
 
 def _validate_evals(ev: ml_collections.ConfigDict, log_every: int) -> None:
@@ -201,6 +202,18 @@ def _validate_evals(ev: ml_collections.ConfigDict, log_every: int) -> None:
            f'evals.lowshot_fraction={ev.lowshot_fraction} in [0, 1)')
   for name in ('train_examples', 'test_examples', 'final_train_examples', 'final_test_examples'):
     _require(ev[name] == -1 or ev[name] > 0, f'evals.{name}={ev[name]} must be positive or -1 (all)')
+
+
+def _validate_monitor(m: ml_collections.ConfigDict) -> None:
+  _require(m.health_every >= 0,
+           f'monitor.health_every={m.health_every} must be >= 0 (0: no health checks)')
+  _require(m.collapse_std_floor >= 0 and m.collapse_rank_floor >= 0,
+           f'monitor.collapse_std_floor={m.collapse_std_floor} and monitor.collapse_rank_floor='
+           f'{m.collapse_rank_floor} must be >= 0 (0: never warn)')
+  _require(m.mask_images >= 1 and m.feature_images >= 1,
+           f'monitor.mask_images={m.mask_images} and monitor.feature_images={m.feature_images} '
+           'must be >= 1')
+  _require(m.feature_maps >= 0, f'monitor.feature_maps={m.feature_maps} must be >= 0')
 
 
 def is_remote(path: str) -> bool:

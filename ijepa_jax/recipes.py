@@ -117,6 +117,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.evals.probe_batch = 1024
   c.evals.lowshot_per_class = (1, 5, 10)
   c.evals.lowshot_fraction = 0.01  # and 1% of each class (0: skip)
+
+  c.monitor = ml_collections.ConfigDict()  # what the run shows (ijepa_jax/monitor.py)
+  c.monitor.tensorboard = True  # event files in the workdir, beside metrics.jsonl
+  c.monitor.progress = True    # a live progress line when stdout is a terminal
+  c.monitor.health_every = 100  # steps between representation-health checks (0: none)
+  c.monitor.collapse_std_floor = 1e-3  # warn below this mean per-dimension feature std ...
+  c.monitor.collapse_rank_floor = 2.0  # ... or this effective rank (1: a constant)
+  c.monitor.pictures = True    # masks at the start, feature maps, curves at the end (PNG)
+  c.monitor.mask_images = 4    # images in the mask picture ...
+  c.monitor.feature_images = 8  # ... and in the feature pictures (the first of data.split)
+  c.monitor.feature_maps = 5   # patch-feature pictures, evenly spaced from step 0 to the end
   return c
 
 

@@ -14,10 +14,10 @@ or gradient never reaches the weights (`guarded_train_step`) and stops the
 run by default (`nonfinite='skip'` skips and counts such steps).
 """
 
+import contextlib
 import functools
 import json
 import os
-import contextlib
 import signal
 import socket
 import sys
@@ -42,6 +42,8 @@ from ijepa_jax.input_pipeline import Batches, TransformConfig, prefetch
 from ijepa_jax.masks import MaskSampler
 from ijepa_jax.evaluation import Evaluator, encoder_params, eval_splits, summary, with_baseline
 from ijepa_jax.loading import random_encoder
+from ijepa_jax.monitor import Monitor
+from ijepa_jax.reporting import CONSOLE, Progress, RunLog, fmt_time, log, parameter_overview
 from ijepa_jax.train_step import IJepa, TrainState, create_train_state, guarded_train_step
 
 DataMissingError = data_lib.DataMissingError
@@ -49,11 +51,6 @@ DataMissingError = data_lib.DataMissingError
 
 class NonFiniteError(FloatingPointError):
   """A non-finite loss or gradient with nonfinite='stop'; the message says what to change."""
-
-
-def log(msg: str) -> None:
-  if jax.process_index() == 0:
-    print(msg, flush=True)
 
 
 # -- (1) workdir and data ------------------------------------------------------
@@ -173,12 +170,6 @@ def device_memory(compiled) -> str:
           f'temporaries {m.temp_size_in_bytes / 2**30:.2f})')
 
 
-def _fmt_time(seconds: float) -> str:
-  seconds = int(max(seconds, 0))
-  h, rem = divmod(seconds, 3600)
-  return f'{h}h{rem // 60:02d}m' if h else f'{rem // 60}m{rem % 60:02d}s'
-
-
 class StopRequest:
   """SIGTERM / SIGINT set a flag that the loop reads between steps (a second SIGINT
   interrupts at once). With several processes they agree on it, so all save the same step.
@@ -220,63 +211,6 @@ class StopRequest:
   @property
   def name(self) -> str:
     return signal.Signals(self.signum).name if self.signum else 'a stop request'
-
-
-class MetricsLog:
-  """`metrics.jsonl` (process 0): on resume, rows past the restored step are dropped.
-
-  A local file is appended to row by row. A bucket object cannot be appended to, so
-  there (or with `rewrite=True`) the rows are kept and the whole file is rewritten at
-  every `flush()` (the trainer flushes at each checkpoint and at the end), which also
-  keeps the log in step with the checkpoints.
-  """
-
-  def __init__(self, path: str, resume_step: int, rewrite: bool | None = None):
-    self.path = epath.Path(path)
-    self.rewrite = cfg_lib.is_remote(path) if rewrite is None else rewrite
-    self.file = None
-    self.rows: list[str] = []
-    self.active = jax.process_index() == 0
-    if not self.active:
-      return
-    if self.path.exists():
-      for line in self.path.read_text().splitlines(keepends=True):
-        try:
-          if json.loads(line)['step'] <= resume_step:
-            self.rows.append(line if line.endswith('\n') else line + '\n')
-        except (ValueError, KeyError):
-          pass  # a line torn by a kill
-    self._write_all()
-    if not self.rewrite:
-      self.file = self.path.open('a')
-      self.rows = []
-
-  def _write_all(self) -> None:
-    if self.rewrite:
-      self.path.write_text(''.join(self.rows))
-      return
-    tmp = self.path.parent / (self.path.name + '.tmp')  # a kill mid-write keeps the old file
-    tmp.write_text(''.join(self.rows))
-    os.replace(str(tmp), str(self.path))
-
-  def write(self, row: dict) -> None:
-    if not self.active:
-      return
-    line = json.dumps(row) + '\n'
-    if self.rewrite:
-      self.rows.append(line)
-    else:
-      self.file.write(line)
-      self.file.flush()
-
-  def flush(self) -> None:
-    if self.active and self.rewrite:
-      self._write_all()
-
-  def close(self) -> None:
-    self.flush()
-    if self.file:
-      self.file.close()
 
 
 def config_changes(saved: dict, current: dict, prefix: str = '') -> list[str]:
@@ -376,6 +310,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       start = int(state.step)
       acct['starts'] += 1
       log(f'state: {how}, at step {start}')
+      if start >= total:  # a finished run started again: leave its results as they are
+        log(f'already trained: checkpoint {start} of {total} steps; nothing to do (evaluate it '
+            f'with python -m ijepa_jax.evaluate --config=... --workdir={workdir})')
+        final = epath.Path(workdir) / 'final.json'
+        return json.loads(final.read_text()) if final.exists() else {'step': float(start)}
+      overview = parameter_overview(abstract, state_sh)
+      log(overview)
       t0 = time.time()
       compiled = make_step_fn(model, state_sh, mesh, tuple(config.data.mean),
                               tuple(config.data.std)).lower(state, shapes).compile()
@@ -388,19 +329,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         periodic = Evaluator(config, mesh, ev.train_examples, ev.test_examples,
                              ev.periodic_probes)
         log(f'evaluation every {ev.every} steps: {periodic.describe()}')
-      metrics_log = MetricsLog(os.path.join(workdir, 'metrics.jsonl'), start)
+      run_log = RunLog(workdir, start, config.monitor.tensorboard)
       try:
-        loop = _Loop(config, compiled, mesh, ckpts, stop, metrics_log, acct, flops, total,
-                     dict(data_meta, process_count=n_proc), t_start, periodic)
+        run_log.tb.text('config', '```\n' + str(config) + '\n```')
+        run_log.tb.text('parameters', '```\n' + overview + '\n```')
+        monitor = Monitor(config, model, mesh, state_sh, run_log, total, log)
+        loop = _Loop(config, compiled, mesh, ckpts, stop, run_log, acct, flops, total,
+                     dict(data_meta, process_count=n_proc), t_start, periodic, monitor)
         state, last = loop.run(state, start, batches)
         if last.get('preempted'):
           return last
         if ev.at_end:
           last.update(final_evaluation(config, mesh, state))
-          metrics_log.write({'step': int(state.step),
-                             **{k: v for k, v in last.items() if k.startswith('final_')}})
+          run_log.write({'step': int(state.step), **{
+              k: v for k, v in last.items() if k.startswith(('final_', 'baseline_'))}})
+        if monitor.warnings:
+          last['collapse_warnings'] = monitor.warnings
+        monitor.end(int(state.step))
       finally:
-        metrics_log.close()
+        run_log.close()
       if acct.get('eval_seconds'):
         last['periodic_eval_seconds'] = acct['eval_seconds']
         last['periodic_eval_fraction'] = acct['eval_seconds'] / max(last.get('train_seconds', 0), 1e-9)
@@ -426,11 +373,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 class _Loop:
   """The training loop's state between steps: logging, checkpoints, faults."""
 
-  def __init__(self, config, compiled, mesh, ckpts, stop, metrics_log, acct, flops, total,
-               data_meta, t_start, evaluator=None):
+  def __init__(self, config, compiled, mesh, ckpts, stop, run_log, acct, flops, total,
+               data_meta, t_start, evaluator=None, monitor=None):
     self.config, self.compiled, self.mesh, self.ckpts = config, compiled, mesh, ckpts
-    self.evaluator = evaluator
-    self.stop, self.metrics_log, self.acct, self.flops = stop, metrics_log, acct, flops
+    self.evaluator, self.monitor = evaluator, monitor
+    self.stop, self.run_log, self.acct, self.flops = stop, run_log, acct, flops
+    self.progress = Progress(total, config.batch_size) if config.monitor.progress else None
     self.total, self.data_meta, self.t_start = total, data_meta, t_start
     self.last: dict[str, float] = {}
     self.peak = peak_flops(jax.devices()[0].device_kind)  # None on a CPU
@@ -440,9 +388,6 @@ class _Loop:
     self.t_log, self.n_log = time.time(), 0
     self.train_seconds0, self.t_train = self.acct['train_seconds'], time.time()
     self.eval_seconds0 = self.acct.get('eval_seconds', 0.0)
-    if start >= self.total:
-      log(f'already trained: checkpoint at step {start} of {self.total}')
-      return state, {'step': start}
     with contextlib.closing(prefetch(batches, start, self.total, cfg.data.prefetch)) as stream:
       return self._steps(state, start, stream)
 
@@ -455,10 +400,15 @@ class _Loop:
         print(f'[process {jax.process_index()}] skipped a corrupt image at step {step}: {name}',
               flush=True)
       self.acct['skipped_images'] += len(skipped)
-      state, metrics = self.compiled(state, global_batch(local, self.mesh))
+      if step == start + 1 and self.monitor:
+        self.monitor.begin(state, start, local)
+      batch = global_batch(local, self.mesh)
+      state, metrics = self.compiled(state, batch)
       if pending is not None:  # read the previous step's metrics: the device is busy meanwhile
         self._resolve(*pending)
       pending = (step, metrics)
+      if self.monitor:
+        self.monitor.after_step(step, state, batch)
       preempted = self.stop.requested()
       if preempted:
         log(f'{self.stop.name} received: saving a checkpoint at step {step}')
@@ -480,8 +430,8 @@ class _Loop:
     if pending is not None:
       self._resolve(*pending)
     self.last['train_seconds'] = self._train_seconds()
-    log(f'trained to step {self.total} ({_fmt_time(time.time() - self.t_train)} in this start, '
-        f'{_fmt_time(self.last["train_seconds"])} in all)')
+    log(f'trained to step {self.total} ({fmt_time(time.time() - self.t_train)} in this start, '
+        f'{fmt_time(self.last["train_seconds"])} in all)')
     return state, self.last
 
   def _train_seconds(self) -> float:
@@ -495,10 +445,12 @@ class _Loop:
     dt = time.time() - t0
     self.acct['eval_seconds'] = self.acct.get('eval_seconds', 0.0) + dt
     self.t_log += dt  # throughput figures leave the evaluation out
+    if self.progress:
+      self.progress.pause()
     log(f'eval at step {step}: {summary(res)}'
         + f' [{dt:.1f}s; {100 * self.acct["eval_seconds"] / max(self._train_seconds(), 1e-9):.1f}% '
         'of the training time so far]')
-    self.metrics_log.write({'step': step, **{f'eval_{k}': v for k, v in res.items()}})
+    self.run_log.write({'step': step, **{f'eval_{k}': v for k, v in res.items()}})
 
   def _save(self, step: int, state: TrainState) -> None:
     acct = dict(self.acct, train_seconds=self._train_seconds(),
@@ -513,7 +465,7 @@ class _Loop:
         'config': json.loads(self.config.to_json_best_effort()),
     }
     blocked = self.ckpts.save(step, state, meta)
-    self.metrics_log.flush()  # a bucket's log is rewritten with each checkpoint
+    self.run_log.flush()  # a bucket's log is rewritten with each checkpoint
     log(f'checkpoint {step}: training blocked {blocked:.2f}s, writing in the background')
 
   def _resolve(self, step: int, metrics: dict) -> None:
@@ -530,6 +482,8 @@ class _Loop:
             'model.dtype=float32, or set nonfinite=skip to skip such steps and count them.')
       log(f'warning: step {step} had a non-finite loss or gradient; skipped '
           f'({self.acct["nonfinite_steps"]} so far)')
+    if self.progress:
+      self.progress.step(step, m['loss'])
     if step % cfg.log_every and step != self.total:
       return
     dt = time.time() - self.t_log
@@ -544,8 +498,8 @@ class _Loop:
     eta = (self.total - step) * dt / max(self.n_log, 1)
     log(f'step {step:>6d}/{self.total} | loss {m["loss"]:.4f} | lr {m["lr"]:.2e} | '
         f'{m["images_per_sec"]:,.0f} img/s ({m["images_per_sec_per_device"]:,.1f}/device) | '
-        + (f'MFU {100 * m["mfu"]:.1f}% | ' if 'mfu' in m else '') + f'ETA {_fmt_time(eta)}')
-    self.metrics_log.write(m)
+        + (f'MFU {100 * m["mfu"]:.1f}% | ' if 'mfu' in m else '') + f'ETA {fmt_time(eta)}')
+    self.run_log.write(m)
     self.last = m
     self.t_log, self.n_log = time.time(), 0
 

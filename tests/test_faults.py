@@ -22,6 +22,7 @@ pytestmark = pytest.mark.skipif(fashion_mnist.missing_files(None),
 TINY = ['--config.batch_size=16', '--config.model.width=32', '--config.model.depth=2',
         '--config.model.num_heads=2', '--config.model.pred_width=16', '--config.model.pred_depth=1',
         '--config.evals.every=0', '--config.evals.at_end=False', '--config.data.workers=2', '--config.log_every=1',
+        '--config.monitor.pictures=False', '--config.monitor.health_every=0',
         '--config.num_epochs=0.05']  # 3750 // 16 = 234 steps in the schedule
 
 

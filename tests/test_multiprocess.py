@@ -64,7 +64,7 @@ def test_same_training_on_1_device_8_devices_and_2_processes_x_4_devices(tmp_pat
   # processes that each hold every image) must give the same probes
   evals = [f'--config.evals.every={STEPS}', '--config.evals.train_examples=400',
            '--config.evals.test_examples=200', '--config.evals.probe_steps=100',
-           '--config.evals.batch_size=64']
+           '--config.evals.batch_size=64', f'--config.monitor.health_every={STEPS}']
   single(one, 1, f'--config.max_steps={STEPS}', *evals)
   out = single(dp8, 8, f'--config.max_steps={STEPS}')
   assert "mesh: {'data': 8, 'fsdp': 1} over 8 cpu device(s), 1 process(es)" in out
@@ -77,6 +77,14 @@ def test_same_training_on_1_device_8_devices_and_2_processes_x_4_devices(tmp_pat
   assert len(ev_one) == len(ev_multi) == 1
   for key in ('eval_knn_top1', 'eval_linear_top1'):  # 200 test images: one flip is 0.005
     assert abs(ev_one[0][key] - ev_multi[0][key]) <= 0.01, (key, ev_one, ev_multi)
+  # the health statistics: one global batch, whatever the mesh
+  h_one, h_multi = ([json.loads(l) for l in open(d / 'metrics.jsonl') if 'health_' in l]
+                    for d in (one, multi))
+  assert [r['step'] for r in h_one] == [r['step'] for r in h_multi] == [STEPS]
+  for key in ('health_feature_std_mean', 'health_effective_rank', 'health_pred_cosine'):
+    np.testing.assert_allclose(h_multi[0][key], h_one[0][key], rtol=1e-4, err_msg=key)
+  # TensorBoard: one event file per start, from process 0 only
+  assert len([f for f in os.listdir(multi) if f.startswith('events.out.tfevents')]) == 2
   assert "mesh: {'data': 4, 'fsdp': 2} over 8 cpu device(s), 2 process(es)" in out
   assert 'resumed from checkpoint 2' in out
   assert 'step ' not in logs[0]  # only process 0 logs training lines
