@@ -44,4 +44,5 @@ def get_config():
   c.evals.at_end = True        # then the full evaluation (60k / 10k) ...
   c.evals.baseline = True      # ... of the pretrained and of the randomly initialised encoder
   c.evals.crop_fraction = 1.0  # whole 28-px images, as in training
+  c.monitor.health_every = 25  # the representation-health statistics with every log line
   return c
