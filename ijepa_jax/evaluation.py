@@ -250,6 +250,9 @@ def _decode(pool, source: Source, indices: np.ndarray, size: int, channels: int,
           [r[1] for r in results if r[0] is None])
 
 
+CACHE_BYTES = 4 * 2**30  # decoded images kept between evaluations, per split, at most
+
+
 def subset_indices(n: int, count: int) -> np.ndarray:
   """A fixed subset (the same for every run and seed) of `count` of range(n); -1: all."""
   if count < 0 or count >= n:
@@ -274,8 +277,11 @@ def eval_splits(config: ml_collections.ConfigDict, train_examples: int, test_exa
     if getattr(source, 'num_classes', None) is None:
       raise ValueError(f'{dataset}/{split} has no class labels: evaluation needs a labelled '
                        'dataset (set evals.dataset / evals.data_dir)')
-    splits.append(LabelledSplit(source, subset_indices(len(source), count), d.image_size,
-                                d.channels, ev.crop_fraction, workers, cache, f'{dataset}/{split}'))
+    indices = subset_indices(len(source), count)
+    # kept only while it is small: a whole ImageNet split would be ~190 GB of pixels
+    keep = cache and len(indices) * d.image_size ** 2 * d.channels <= CACHE_BYTES
+    splits.append(LabelledSplit(source, indices, d.image_size, d.channels, ev.crop_fraction,
+                                workers, keep, f'{dataset}/{split}'))
     num_classes = max(num_classes, source.num_classes)
   return splits[0], splits[1], num_classes
 
@@ -325,8 +331,9 @@ class Evaluator:
   """Features of a fixed labelled subset, then the probes: `evaluator(encoder_params)`.
 
   `cache` keeps the decoded images between calls (the periodic evaluation's
-  small subsets); otherwise they are decoded chunk by chunk at every call and
-  only the features are kept (a whole ImageNet split fits that way).
+  small subsets; the final one's when a baseline follows) if a split's pixels fit in
+  `CACHE_BYTES`; otherwise they are decoded chunk by chunk at every call and only the
+  features are kept (a whole ImageNet split fits that way).
   """
 
   def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,

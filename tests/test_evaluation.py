@@ -98,7 +98,7 @@ def folder_config(root, size=32):
   return c
 
 
-def test_evaluator_on_an_image_folder(tmp_path):
+def test_evaluator_on_an_image_folder(tmp_path, monkeypatch):
   """Class folders with a planted signal (bright vs dark images) and one corrupt file: the
   labels follow the folders, the corrupt image is left out and named, the probes see it."""
   rng = np.random.default_rng(0)
@@ -129,6 +129,12 @@ def test_evaluator_on_an_image_folder(tmp_path):
     f = ev.extract(state.target_params, next(iter(ev.test.chunks()))[:11])
     g = ev.extract(state.target_params, next(iter(ev.test.chunks()))[:16])[:11]
     np.testing.assert_allclose(f, g, rtol=1e-5, atol=1e-5)
+  # decoded images are kept between calls only while a split fits in CACHE_BYTES
+  # (train: 81 images of 32 x 32 x 3 = 248,832 bytes; val: 40 = 122,880)
+  for limit, kept in ((10**6, (True, True)), (200_000, (False, True)), (100_000, (False, False))):
+    monkeypatch.setattr(evaluation, 'CACHE_BYTES', limit)
+    train, val, _ = evaluation.eval_splits(config, -1, -1, cache=True)
+    assert (train.cache, val.cache) == kept, limit
 
 
 def test_eval_config_errors():
