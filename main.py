@@ -23,10 +23,12 @@ def main(argv):
   multihost.initialize_from_flags(FLAGS)  # before anything touches a device
   from ijepa_jax.checkpoint import CheckpointError
   from ijepa_jax.config import ConfigError
+  from ijepa_jax.data import CorruptImageError
   from ijepa_jax.trainer import NonFiniteError, train_and_evaluate
   try:
     train_and_evaluate(FLAGS.config, FLAGS.workdir)  # returns normally when preempted, too
-  except (ConfigError, FileNotFoundError) as e:  # the user's to fix: no traceback, just the fix
+  except (ConfigError, FileNotFoundError, CorruptImageError) as e:  # the user's to fix: no
+    # traceback, just the fix (a missing or unlabelled dataset, images that will not decode)
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   except (CheckpointError, NonFiniteError) as e:

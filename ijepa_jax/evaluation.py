@@ -275,8 +275,8 @@ def eval_splits(config: ml_collections.ConfigDict, train_examples: int, test_exa
       raise DataMissingError(f'evaluation data (evals.dataset={ev.dataset!r}, evals.data_dir='
                              f'{ev.data_dir!r}; empty means data.*): {e}') from None
     if getattr(source, 'num_classes', None) is None:
-      raise ValueError(f'{dataset}/{split} has no class labels: evaluation needs a labelled '
-                       'dataset (set evals.dataset / evals.data_dir)')
+      raise DataMissingError(f'{dataset}/{split} has no class labels: evaluation needs a '
+                             'labelled dataset (set evals.dataset / evals.data_dir)')
     indices = subset_indices(len(source), count)
     # kept only while it is small: a whole ImageNet split would be ~190 GB of pixels
     keep = cache and len(indices) * d.image_size ** 2 * d.channels <= CACHE_BYTES

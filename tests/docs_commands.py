@@ -57,8 +57,9 @@ ABSL_PROGRAMS = ('main.py', 'ijepa_jax.evaluate', 'ijepa_jax.embed', 'ijepa_jax.
                  'bench/bench_memory.py', 'bench/bench_checkpoint.py', 'bench/bench_step.py')
 # (a regex the command matches, the output it must print) for kind 'missing'
 MISSING = [
+    (r'--images=my_photos/', "--images='my_photos/' is not a folder"),
     (r'IN1K-vit\.h\.14-300e\.pth\.tar', 'IN1K-vit.h.14-300e.pth.tar'),
-    (r'data_dir=/data/tensorflow_datasets', 'tfds build'),
+    (r'data_dir=/data/tensorflow_datasets', "data.data_dir='/data/tensorflow_datasets'"),
     (r'data_dir=/data/imagenet', '/data/imagenet'),
 ]
 STUB_COMMANDS = ('launch/tpu_pod.sh', 'sbatch', 'srun', 'squeue', 'scancel')
