@@ -4,7 +4,6 @@ training curves at the end), each a PNG in `<workdir>/pictures/` and an image in
 TensorBoard.
 """
 
-import functools
 from typing import Any, Callable
 
 import jax
@@ -101,8 +100,8 @@ class Monitor:
     self.health_fn = (make_health_fn(model, state_shardings, mesh, tuple(config.data.mean),
                                      tuple(config.data.std)) if self.every > 0 else None)
     self.pictures = m.pictures
-    self.images = picture_images(config, m.feature_images) if m.pictures else None
     self.feature_at = feature_steps(total, m.feature_maps) if m.pictures else set()
+    self.images = picture_images(config, m.feature_images) if self.feature_at else None
     self.extract = (FeatureExtractor.for_config(config, mesh, 'tokens')
                     if self.feature_at else None)
 

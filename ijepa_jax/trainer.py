@@ -43,7 +43,7 @@ from ijepa_jax.masks import MaskSampler
 from ijepa_jax.evaluation import Evaluator, encoder_params, eval_splits, summary, with_baseline
 from ijepa_jax.loading import random_encoder
 from ijepa_jax.monitor import Monitor
-from ijepa_jax.reporting import CONSOLE, Progress, RunLog, fmt_time, log, parameter_overview
+from ijepa_jax.reporting import Progress, RunLog, fmt_time, log, parameter_overview
 from ijepa_jax.train_step import IJepa, TrainState, create_train_state, guarded_train_step
 
 DataMissingError = data_lib.DataMissingError
