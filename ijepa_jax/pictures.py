@@ -79,18 +79,17 @@ def _titles(canvas: np.ndarray, titles: Sequence[tuple[int, str]]) -> np.ndarray
   return np.asarray(img).copy()
 
 
+def panel_layout(image_size: int) -> tuple[int, int]:
+  """(panel size P, its stride P + GAP) of both pictures."""
+  p = image_size * scale_for(image_size)
+  return p, p + GAP
+
+
 def mask_picture_size(num_images: int, num_targets: int, image_size: int,
                       sections: int = 1) -> tuple[int, int]:
   """(height, width) of `mask_picture` for these sizes."""
-  p = image_size * scale_for(image_size)
-  width = GAP + (num_targets + 3) * (p + GAP)
-  return sections * (TITLE + num_images * (p + GAP)) + GAP, width
-
-
-def mask_sections_layout(image_size: int) -> tuple[int, int]:
-  """(panel size P, its stride P + GAP)."""
-  p = image_size * scale_for(image_size)
-  return p, p + GAP
+  _, stride = panel_layout(image_size)
+  return sections * (TITLE + num_images * stride) + GAP, GAP + (num_targets + 3) * stride
 
 
 def mask_picture(images: np.ndarray, sections: Sequence[tuple[str, dict | str]],
@@ -106,7 +105,7 @@ def mask_picture(images: np.ndarray, sections: Sequence[tuple[str, dict | str]],
   k, size = images.shape[0], images.shape[1]
   m = max(s[1]['tgt_idx'].shape[1] for s in sections if isinstance(s[1], dict))
   scale = scale_for(size)
-  p, stride = mask_sections_layout(size)
+  p, stride = panel_layout(size)
   height, width = mask_picture_size(k, m, size, len(sections))
   canvas = _canvas(height, width)
   titles = []
@@ -152,8 +151,8 @@ def pca_rgb(tokens: np.ndarray) -> np.ndarray:
 
 def feature_picture_size(num_images: int, image_size: int) -> tuple[int, int]:
   """(height, width) of `feature_picture`."""
-  p = image_size * scale_for(image_size)
-  return TITLE + 3 * (p + GAP) + GAP, GAP + num_images * (p + GAP)
+  _, stride = panel_layout(image_size)
+  return TITLE + 3 * stride + GAP, GAP + num_images * stride
 
 
 def feature_picture(images: np.ndarray, tokens: np.ndarray, grid: tuple[int, int],
@@ -164,7 +163,7 @@ def feature_picture(images: np.ndarray, tokens: np.ndarray, grid: tuple[int, int
   first PCA is mostly position while the encoder is young)."""
   k, size = images.shape[0], images.shape[1]
   scale = scale_for(size)
-  p = size * scale
+  p, _ = panel_layout(size)
   cell = p // grid[0]
   rows = [pca_rgb(tokens), pca_rgb(tokens - tokens.mean(axis=0, keepdims=True))]
   height, width = feature_picture_size(k, size)

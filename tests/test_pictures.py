@@ -15,7 +15,7 @@ from ijepa_jax import config as cfg_lib
 from ijepa_jax import fashion_mnist
 from ijepa_jax.masks import MaskSampler
 from ijepa_jax.pictures import (GAP, TITLE, feature_picture, feature_picture_size,
-                                mask_picture, mask_picture_size, mask_sections_layout, pca_rgb,
+                                mask_picture, mask_picture_size, panel_layout, pca_rgb,
                                 save_png)
 from test_config import load
 
@@ -36,7 +36,7 @@ def coloured_patches(panel: np.ndarray, grid: int) -> set[int]:
 
 def check_section(picture, y0, masks, k, size, grid):
   """Every panel of a section's rows against the sampler's (unpadded) index sets."""
-  p, stride = mask_sections_layout(size)
+  p, stride = panel_layout(size)
   m = masks['tgt_idx'].shape[1]
   for i in range(k):
     y = y0 + TITLE + i * stride
@@ -87,7 +87,7 @@ def test_draw_masks_command(tmp_path):
     m = config.masks.num_targets
     picture = np.asarray(Image.open(out).convert('RGB'))
     assert picture.shape[:2] == mask_picture_size(2, m, size, sections=2)
-    p, stride = mask_sections_layout(size)
+    p, stride = panel_layout(size)
     section = TITLE + 2 * stride
     for s, mode in enumerate(sorted(('official', 'corrected'), key=lambda x: x != config.masks.mode)):
       config.masks.mode = mode
