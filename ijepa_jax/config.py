@@ -264,11 +264,11 @@ def build_model(config: ml_collections.ConfigDict) -> IJepa:
   attention = None if m.attention == 'default' else m.attention
   encoder = VisionTransformer(
       patch_size=m.patch_size, width=width, depth=depth, num_heads=heads, mlp_dim=mlp_dim,
-      dtype=dtype, remat_policy=m.remat_policy, attention=attention)
+      dtype=dtype, remat_policy=m.remat_policy, attention=attention, scan_layers=m.scan_layers)
   predictor = Predictor(
       grid=grid(config), embed_dim=width, width=m.pred_width, depth=m.pred_depth,
       num_heads=heads if m.pred_heads == -1 else m.pred_heads, mlp_dim=4 * m.pred_width,
-      dtype=dtype, remat_policy=m.remat_policy, attention=attention)
+      dtype=dtype, remat_policy=m.remat_policy, attention=attention, scan_layers=m.scan_layers)
   schedules = Schedules.from_epochs(
       steps_per_epoch=steps_per_epoch(config), num_epochs=config.num_epochs,
       warmup_epochs=o.warmup_epochs, ipe_scale=o.ipe_scale, start_lr=o.start_lr,

@@ -56,6 +56,25 @@ def attention_implementation(requested: str | None, head_dim: int, dtype: Any,
   return 'cudnn' if platform in ('gpu', 'cuda') and cudnn_flash_fits(head_dim, dtype) else 'xla'
 
 
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float,
+                          implementation: str, kv_len: jax.Array | None) -> jax.Array:
+  """`jax.nn.dot_product_attention` over [B, N, H, hd], keys at positions >= kv_len[b] ignored.
+
+  cuDNN's kernel refuses an odd sequence length when training with a mask (JAX raises
+  NotImplementedError; the context and predictor lengths of the official masks are often
+  odd), so for it an odd sequence gets one padding token, masked as a key, and its output
+  row is dropped: the same result."""
+  n = q.shape[1]
+  pad = implementation == 'cudnn' and n % 2 == 1
+  if pad:
+    q, k, v = (jnp.pad(x, ((0, 0), (0, 1), (0, 0), (0, 0))) for x in (q, k, v))
+    kv_len = jnp.full((q.shape[0],), n, jnp.int32) if kv_len is None else kv_len
+  out = jax.nn.dot_product_attention(
+      q, k, v, scale=scale, implementation=implementation,
+      key_value_seq_lengths=None if kv_len is None else kv_len.astype(jnp.int32))
+  return out[:, :n] if pad else out
+
+
 def _dense(features: int, axes: tuple[str | None, str | None], dtype: Any, name: str) -> nn.Dense:
   return nn.Dense(
       features, dtype=dtype, param_dtype=jnp.float32, name=name,
@@ -75,6 +94,13 @@ def gather_tokens(x: jax.Array, idx: jax.Array) -> jax.Array:
   return jnp.take_along_axis(x, idx[..., None].astype(jnp.int32), axis=1)
 
 
+def gelu(x: jax.Array) -> jax.Array:
+  """Exact GELU, x * Phi(x) = x / 2 * (1 + erf(x / sqrt 2)), as torch's nn.GELU() (the official
+  MLP's). `jax.nn.gelu(approximate=False)` computes the same through erfc, which XLA:CPU
+  evaluates 2-3x slower than erf."""
+  return 0.5 * x * (1.0 + jax.lax.erf(x * (2 ** -0.5)))
+
+
 class Mlp(nn.Module):
   hidden: int
   dtype: Any = jnp.bfloat16
@@ -83,7 +109,7 @@ class Mlp(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     d = x.shape[-1]
     x = _dense(self.hidden, ('embed', 'mlp'), self.dtype, 'fc1')(x)
-    x = nn.gelu(x, approximate=False)  # the official nn.GELU() is the exact (erf) form
+    x = gelu(x)
     return _dense(d, ('mlp', 'embed'), self.dtype, 'fc2')(x)
 
 
@@ -105,11 +131,8 @@ class Attention(nn.Module):
     # Packed as [q all heads | k all heads | v all heads], as the official qkv Linear.
     qkv = _dense(3 * d, ('embed', 'qkv'), self.dtype, 'qkv')(x)
     q, k, v = jnp.moveaxis(qkv.reshape(b, n, 3, self.num_heads, hd), 2, 0)
-    out = jax.nn.dot_product_attention(  # [B, N, H, hd]
-        q, k, v, scale=hd ** -0.5,
-        implementation=attention_implementation(self.implementation, hd, self.dtype,
-                                                jax.default_backend()),
-        key_value_seq_lengths=None if kv_len is None else kv_len.astype(jnp.int32))
+    impl = attention_implementation(self.implementation, hd, self.dtype, jax.default_backend())
+    out = dot_product_attention(q, k, v, hd ** -0.5, impl, kv_len)  # [B, N, H, hd]
     return _dense(d, ('heads', 'embed'), self.dtype, 'proj')(out.reshape(b, n, d))
 
 
@@ -130,25 +153,48 @@ class Block(nn.Module):
 
 
 class BlockStack(nn.Module):
-  """`depth` Blocks under nn.scan (compile time flat in depth) and nn.remat."""
+  """`depth` Blocks with nn.remat under `remat_policy`, stacked under `nn.scan` (`scan`:
+  compile time flat in depth) or unrolled.
+
+  The parameter tree is the same either way: every block parameter sits under `layers`
+  with a leading [depth] axis (init always builds it with the scan). Unrolled, layer i
+  runs on slice i of those stacks, taken with `lax.split`, whose gradient is a
+  concatenation; the scan instead saves every layer's activations into stacked buffers
+  with dynamic-update-slices, which cost XLA:CPU about a quarter of a ViT's backward pass.
+  """
   depth: int
   num_heads: int
   mlp_hidden: int
   dtype: Any = jnp.bfloat16
   remat_policy: str = 'none'
   attention: str | None = None
+  scan: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, kv_len: jax.Array | None) -> jax.Array:
-    block = Block
+    policy = REMAT_POLICIES[self.remat_policy]
+    args = (self.num_heads, self.mlp_hidden, self.dtype, self.attention)
+    if self.scan or self.is_initializing():
+      block = Block
+      if self.remat_policy != 'none':
+        block = nn.remat(Block, policy=policy, prevent_cse=False)
+      stack = nn.scan(
+          block, variable_axes={'params': 0}, split_rngs={'params': True},
+          in_axes=(nn.broadcast,), length=self.depth,
+          metadata_params={nn.PARTITION_NAME: 'layers'})
+      x, _ = stack(*args, name='layers')(x, kv_len)
+      return x
+    stacked = nn.unbox(self.variables['params']['layers'])
+    per_layer = jax.tree.map(lambda a: jax.lax.split(a, [1] * self.depth), stacked)
+
+    def layer(params, x):
+      return Block(*args).apply({'params': params}, x, kv_len)[0]
+
     if self.remat_policy != 'none':
-      block = nn.remat(Block, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=False)
-    stack = nn.scan(
-        block, variable_axes={'params': 0}, split_rngs={'params': True},
-        in_axes=(nn.broadcast,), length=self.depth,
-        metadata_params={nn.PARTITION_NAME: 'layers'})
-    x, _ = stack(self.num_heads, self.mlp_hidden, self.dtype, self.attention, name='layers')(
-        x, kv_len)
+      layer = jax.checkpoint(layer, policy=policy)
+    for i in range(self.depth):
+      x = layer(jax.tree.map(lambda a: a[i][0], per_layer,
+                             is_leaf=lambda a: isinstance(a, list)), x)
     return x
 
 
@@ -186,6 +232,7 @@ class VisionTransformer(nn.Module):
   dtype: Any = jnp.bfloat16
   remat_policy: str = 'none'
   attention: str | None = None
+  scan_layers: bool = True  # nn.scan over the blocks (False: unrolled; the same parameters)
 
   @nn.compact
   def __call__(self, images: jax.Array, keep_idx: jax.Array | None = None,
@@ -198,7 +245,7 @@ class VisionTransformer(nn.Module):
     else:
       keep_len = None  # every token is real
     x = BlockStack(self.depth, self.num_heads, self.mlp_dim or 4 * self.width, self.dtype,
-                   self.remat_policy, self.attention, name='blocks')(x, keep_len)
+                   self.remat_policy, self.attention, self.scan_layers, name='blocks')(x, keep_len)
     return _layer_norm('norm')(x)
 
 
@@ -221,6 +268,7 @@ class Predictor(nn.Module):
   dtype: Any = jnp.bfloat16
   remat_policy: str = 'none'
   attention: str | None = None
+  scan_layers: bool = True  # nn.scan over the blocks (False: unrolled; the same parameters)
 
   @nn.compact
   def __call__(self, ctx: jax.Array, ctx_idx: jax.Array, ctx_len: jax.Array,
@@ -245,7 +293,7 @@ class Predictor(nn.Module):
     src = jnp.where(p < cl, p, jnp.where(p < cl + tl, kc + p - cl, p))
     x = gather_tokens(x, src)
     x = BlockStack(self.depth, self.num_heads, self.mlp_dim or 4 * self.width, self.dtype,
-                   self.remat_policy, self.attention, name='predictor_blocks')(x, (cl + tl)[:, 0])
+                   self.remat_policy, self.attention, self.scan_layers, name='predictor_blocks')(x, (cl + tl)[:, 0])
     x = _layer_norm('predictor_norm', 'pred_embed')(x)
     x = gather_tokens(x, jnp.minimum(cl + jnp.arange(kt)[None], kc + kt - 1))  # target slots
     x = _dense(self.embed_dim, ('pred_embed', 'embed'), self.dtype, 'predictor_proj')(x)

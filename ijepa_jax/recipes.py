@@ -38,6 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dtype = 'bfloat16'   # compute dtype; parameters stay float32
   c.model.remat_policy = 'none'  # none, full, dots_saveable
   c.model.attention = 'default'  # jax.nn.dot_product_attention implementation: default, xla, cudnn
+  c.model.scan_layers = True   # blocks under nn.scan (compile time flat in depth); False unrolls
 
   c.data = ml_collections.ConfigDict()
   c.data.dataset = 'imagenet2012'  # a prepared TFDS dataset, 'image_folder' or 'fashion_mnist'

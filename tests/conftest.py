@@ -4,3 +4,8 @@ import os
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+
+def pytest_configure(config):
+  config.addinivalue_line('markers', 'slow: minutes-long; `-m "not slow"` leaves these out '
+                          'for a fast iteration (the default run, and CI, run them)')

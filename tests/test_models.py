@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ijepa_jax.models import VARIANTS, Mlp, Predictor, VisionTransformer
+from ijepa_jax import models
+from ijepa_jax.models import VARIANTS, Mlp, Predictor, VisionTransformer, gelu
 
 F32 = jnp.float32
 
@@ -152,3 +153,79 @@ def test_predictor_padding_equals_trimmed(small):
     trimmed = pred.apply({'params': pp}, z[:, :5], ctx_idx[:, :5], jnp.array([5]),
                          tgt[:, m:m + 1, :tl], jnp.array([[tl]]))
     np.testing.assert_allclose(padded[0, m, :tl], trimmed[0, 0], atol=1e-5)
+
+
+def test_gelu_gradient_is_the_exact_derivative():
+  """d/dx x Phi(x) = Phi(x) + x phi(x), by hand, at points where erf and erfc forms differ most."""
+  x = np.linspace(-6, 6, 49)
+  phi = np.exp(-x ** 2 / 2) / math.sqrt(2 * math.pi)
+  cdf = 0.5 * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
+  g = jax.vmap(jax.grad(gelu))(jnp.asarray(x, F32))
+  np.testing.assert_allclose(np.asarray(g), cdf + x * phi, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(gelu(jnp.asarray(x, F32))), x * cdf, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('remat', ['none', 'dots_saveable'])
+def test_scan_layers_same_tree_outputs_and_gradients(remat):
+  """Unrolled blocks (scan_layers=False) take the scan's parameter tree unchanged and give its
+  outputs and gradients, encoder and predictor."""
+  kw = dict(dtype=F32, remat_policy=remat)
+  enc_s, enc_u = (VisionTransformer(4, 32, 3, 4, scan_layers=s, **kw) for s in (True, False))
+  pred_s, pred_u = (Predictor((4, 4), 32, 16, 2, 2, scan_layers=s, **kw) for s in (True, False))
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(2, 16, 16, 3)), F32)
+  ctx_idx, ctx_len = jnp.array([[0, 1, 2, 3, 4, 0], [5, 6, 7, 8, 9, 10]]), jnp.array([5, 6])
+  tgt, tlen = jnp.array([[[12, 13, 0], [14, 15, 11]], [[0, 1, 2], [3, 4, 0]]]), jnp.array([[2, 3], [3, 2]])
+  pe = nn.unbox(enc_s.init(jax.random.key(0), x, ctx_idx, ctx_len))['params']
+  pe_u = nn.unbox(enc_u.init(jax.random.key(0), x, ctx_idx, ctx_len))['params']
+  assert jax.tree.structure(pe) == jax.tree.structure(pe_u)
+  assert all(a.shape == b.shape for a, b in zip(jax.tree.leaves(pe), jax.tree.leaves(pe_u)))
+  assert pe['blocks']['layers']['attn']['qkv']['kernel'].shape == (3, 32, 96)
+  z = enc_s.apply({'params': pe}, x, ctx_idx, ctx_len)
+  pp = nn.unbox(pred_s.init(jax.random.key(1), z, ctx_idx, ctx_len, tgt, tlen))['params']
+
+  def loss(enc, pred, params):
+    z = enc.apply({'params': params['e']}, x, ctx_idx, ctx_len)
+    out = pred.apply({'params': params['p']}, z, ctx_idx, ctx_len, tgt, tlen)
+    valid = jnp.arange(3)[None, None, :, None] < tlen[..., None, None]
+    return jnp.sum(jnp.where(valid, out, 0.0) ** 2), out
+
+  params = {'e': pe, 'p': pp}
+  (l_s, out_s), g_s = jax.value_and_grad(lambda p: loss(enc_s, pred_s, p), has_aux=True)(params)
+  (l_u, out_u), g_u = jax.value_and_grad(lambda p: loss(enc_u, pred_u, p), has_aux=True)(params)
+  np.testing.assert_allclose(out_u, out_s, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(l_u, l_s, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(g_u), jax.tree.leaves(g_s)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  # the full-image (target-encoder) path too
+  np.testing.assert_allclose(enc_u.apply({'params': pe}, x), enc_s.apply({'params': pe}, x),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_odd_length_padding_for_cudnn(monkeypatch):
+  """cuDNN gets an odd sequence padded by one masked key; the result is the unpadded one.
+
+  cuDNN is not on a CPU, so XLA's kernel stands in for it: what is tested is our padding."""
+  real = jax.nn.dot_product_attention
+  calls = []
+
+  def stand_in(q, k, v, *, implementation=None, **kw):
+    calls.append((implementation, q.shape[1]))
+    return real(q, k, v, implementation='xla', **kw)
+
+  rng = np.random.default_rng(4)
+  q, k, v = (jnp.asarray(rng.normal(size=(2, 49, 4, 16)), F32) for _ in range(3))
+  real_rows = jnp.arange(49)[None, :, None, None] < jnp.array([30, 49])[:, None, None, None]
+  for kv_len in (None, jnp.array([30, 49])):
+    def f(impl):
+      return jax.value_and_grad(lambda q, k, v: jnp.sum(jnp.where(
+          real_rows if kv_len is not None else True,
+          models.dot_product_attention(q, k, v, 0.25, impl, kv_len), 0.0) ** 2),
+          argnums=(0, 1, 2))(q, k, v)
+    monkeypatch.setattr(jax.nn, 'dot_product_attention', stand_in)
+    (l_c, g_c), (l_x, g_x) = f('cudnn'), f('xla')
+    monkeypatch.undo()
+    assert calls[-2:] == [('cudnn', 50), ('xla', 49)]
+    np.testing.assert_allclose(l_c, l_x, rtol=1e-6)
+    for a, b in zip(g_c, g_x):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,85 @@
+"""The train step's measurement, as functions (no flags): compile a config's step on synthetic
+images with the config's real masks, time it, and hand back the masks so that another
+implementation (bench/torch_step.py) can be timed on the same ones. Used by bench_step.py,
+bench_vs_torch.py, profile_step.py and device_check.py.
+"""
+
+import time
+from typing import Any
+
+
+def step_masks(config, num_steps: int, batch_size: int) -> list[dict]:
+  """The config's masks for steps 0 .. num_steps - 1 (host numpy; seed 0)."""
+  from ijepa_jax import config as cfg_lib
+  from ijepa_jax.masks import MaskSampler
+  sampler = MaskSampler(cfg_lib.mask_config(config))
+  return [sampler(batch_size, 0, s)._asdict() for s in range(num_steps)]
+
+
+def compiled_step(config, num_batches: int) -> tuple[Any, Any, list[dict], dict]:
+  """The config's compiled train step (validated for this backend), its initial state,
+  `num_batches` device batches (synthetic uint8 images, the config's masks) and facts:
+  compile seconds, memory, the masks' fixed lengths and host copies."""
+  import flax.linen as nn
+  import jax
+  import numpy as np
+
+  from ijepa_jax import config as cfg_lib
+  from ijepa_jax import sharding
+  from ijepa_jax.masks import MaskSampler
+  from ijepa_jax.trainer import device_memory, global_batch, init_state, make_step_fn
+
+  cfg_lib.validate(config, jax.device_count(), jax.process_count(), jax.default_backend())
+  model = cfg_lib.build_model(config)
+  local = config.batch_size // jax.process_count()
+  size, ch = config.data.image_size, config.data.channels
+  images = np.random.default_rng(0).integers(0, 256, size=(local, size, size, ch), dtype=np.uint8)
+  masks = step_masks(config, num_batches, local)
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    shapes = {k: jax.ShapeDtypeStruct((config.batch_size,) + v.shape[1:], v.dtype)
+              for k, v in {'images': images, **masks[0]}.items()}
+    state, sh = init_state(model, mesh, shapes, 0)
+    t0 = time.perf_counter()
+    step = make_step_fn(model, sh, mesh, tuple(config.data.mean),
+                        tuple(config.data.std)).lower(state, shapes).compile()
+    compile_s = time.perf_counter() - t0
+    batches = [global_batch({'images': images, **m}, mesh) for m in masks]
+  sampler = MaskSampler(cfg_lib.mask_config(config))
+  facts = {'compile_s': compile_s, 'memory': device_memory(step),
+           'context_len': sampler.context_len, 'target_len': sampler.target_len,
+           'masks': {k: np.stack([m[k] for m in masks]) for k in masks[0]}}
+  return step, state, batches, facts
+
+
+def time_step(config, steps: int) -> dict:
+  """Compile the config's train step and time `steps` steps after one warm-up step.
+
+  Returns the figures and the masks of every step (`masks`: a dict of [steps + 1, ...]
+  arrays), so that another implementation can be timed on the same ones."""
+  import jax
+
+  from ijepa_jax.flops import peak_flops, train_step_flops
+
+  step, state, device_batches, facts = compiled_step(config, steps + 1)
+  state, m = step(state, device_batches[0])
+  jax.block_until_ready(m)
+  t0 = time.perf_counter()
+  for b in device_batches[1:]:
+    state, m = step(state, b)
+  jax.block_until_ready(m)
+  step_s = (time.perf_counter() - t0) / steps
+  flops = train_step_flops(config, facts['context_len'], facts['target_len'])
+  dev = jax.devices()[0]
+  peak = peak_flops(dev.device_kind)
+  per_dev = flops / step_s / jax.device_count()
+  return {
+      'device': f'{jax.device_count()} x {dev.device_kind} ({dev.platform})',
+      'compile_s': facts['compile_s'], 'memory': facts['memory'], 'step_ms': 1000 * step_s,
+      'images_per_sec': config.batch_size / step_s,
+      'images_per_sec_per_device': config.batch_size / step_s / jax.device_count(),
+      'gflop_per_step': flops / 1e9, 'gflops_per_device': per_dev / 1e9,
+      'mfu': per_dev / peak if peak else None, 'loss': float(m['loss']),
+      'context_len': facts['context_len'], 'target_len': facts['target_len'],
+      'masks': facts['masks'],
+  }

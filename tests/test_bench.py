@@ -1,0 +1,62 @@
+"""The benchmarks that the performance figures rest on run, and report what they measured."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TORCH_PY = os.path.join(ROOT, '.venv-torch', 'bin', 'python')
+
+
+def run(*args, timeout=900):
+  env = dict(os.environ, XLA_FLAGS='', JAX_PLATFORMS='cpu')  # one device, as the benchmarks run
+  return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_device_check_smoke(tmp_path):
+  out = tmp_path / 'check.json'
+  proc = run('bench/device_check.py', '--smoke', '--out', str(out))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = json.loads(out.read_text())
+  assert report['smoke'] and report['device'].endswith('(cpu)')
+  rows = report['rows']
+  parity = [r for r in rows if r['part'] == 'attention']
+  assert {(r['padded'], r['implementation']) for r in parity} == {
+      (False, 'xla bf16 vs float32'), (True, 'xla bf16 vs float32')}
+  for r in parity:  # bf16 against float32: off by roundings, not by a formula
+    assert 1e-4 < r['out_rel'] < 5e-2 and 1e-4 < r['grad_rel'] < 5e-2 and r['ok']
+  steps = [r for r in rows if r['part'] == 'step']
+  assert {(r['scan_layers'], r['remat']) for r in steps} == {
+      (s, m) for s in (True, False) for m in ('none', 'dots_saveable')}
+  for r in steps:
+    assert 'error' not in r and 'skipped' not in r, r
+    assert r['images_per_sec'] > 0 and math.isfinite(r['loss']) and r['compile_s'] > 0
+  # the same init, masks and images whatever the layout: the same first-step loss
+  assert np.ptp([r['loss'] for r in steps]) < 1e-4
+  (ref,) = [r for r in rows if r['part'] == 'torch']
+  if os.path.exists(TORCH_PY):
+    assert ref['step_ms'] > 0 and math.isfinite(ref['loss']) and ref['cut'] == 'batch_min'
+  else:
+    assert 'torch' in ref['error']
+  assert '| step | tiny (smoke) | scan off, remat none, xla | 4 |' in proc.stdout
+
+
+@pytest.mark.skipif(not os.path.exists(TORCH_PY), reason='no .venv-torch (IJEPA_TORCH_REF=1)')
+def test_bench_vs_torch_prints_both_and_the_ratio():
+  proc = run('bench/bench_vs_torch.py', '--config=configs/demo.py', '--config.batch_size=8',
+             '--config.model.depth=1', '--config.model.pred_depth=1', '--steps=2')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = proc.stdout.splitlines()
+  ours = next(l for l in lines if l.startswith('| ijepa-jax'))
+  ref = next(l for l in lines if l.startswith('| PyTorch'))
+  assert '32, 12 (fixed, padded)' in ours  # the demo's Kc and Kt
+  assert '32.0, 12.0 (the same padded lengths)' in ref  # corrected masks: equal work
+  ours_ips, ref_ips = (float(l.split('|')[3].replace(',', '')) for l in (ours, ref))
+  ratio = float(next(l for l in lines if l.startswith('ratio')).split(':')[1].split('x')[0])
+  assert ratio == pytest.approx(ours_ips / ref_ips, rel=0.02)
