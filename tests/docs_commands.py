@@ -15,7 +15,8 @@ once, and each gets one treatment (`plan`, first rule that matches):
   invocation (a few steps, a few thousand images), so the run takes seconds.
 - `check`: the measurement commands of PERFORMANCE.md and RESULTS.md take hours at full
   size: absl's `--only_check_args` is added to each absl program in them (every flag and
-  `--config.*` field they use must still exist); the argparse benchmarks run at a small size.
+  `--config.*` field they use must still exist); the argparse benchmarks run at a small size
+  (the GPU check with `--smoke`, on the CPU).
 - `missing`: needs what this machine cannot have (ImageNet, the official weights): runs as
   written and must exit 2 with the message that says what is missing.
 - `stub`: the Cloud TPU and SLURM launchers, against stand-in `gcloud`, `sbatch`, `srun`,
@@ -52,9 +53,11 @@ SMOKE = {
     'ijepa_jax.embed': ['--limit=64'],
     'bench/bench_input.py': ['--images=64', '--batch=32'],
     'bench/bench_masks.py': ['--batches=2'],
+    'bench/device_check.py': ['--smoke'],
 }
 ABSL_PROGRAMS = ('main.py', 'ijepa_jax.evaluate', 'ijepa_jax.embed', 'ijepa_jax.convert',
-                 'bench/bench_memory.py', 'bench/bench_checkpoint.py', 'bench/bench_step.py')
+                 'bench/bench_memory.py', 'bench/bench_checkpoint.py', 'bench/bench_step.py',
+                 'bench/bench_vs_torch.py', 'bench/profile_step.py')
 # (a regex the command matches, the output it must print) for kind 'missing'
 MISSING = [
     (r'--images=my_photos/', "--images='my_photos/' is not a folder"),
@@ -116,7 +119,8 @@ def _invocations(command: str, program: str) -> re.Pattern:
 
 def rewrite(kind: str, command: str) -> str:
   """The command as it is run: smoke flags or --only_check_args added."""
-  if kind == 'smoke' or (kind == 'check' and re.search(r'bench_(input|masks)', command)):
+  if kind == 'smoke' or (kind == 'check' and re.search(r'bench/(bench_input|bench_masks|device_check)',
+                                                       command)):
     for program, extra in SMOKE.items():
       key = 'main.py' if program == 'main.py' else program
       if program == 'main.py' and 'launch/local.sh' in command:
