@@ -150,6 +150,11 @@ def step_grid(configs: dict, steps: int, deadline: float, smoke: bool,
 
   gpu = jax.default_backend() in ('gpu', 'cuda')
   attentions = tuple(a for a in (('cudnn', 'xla') if gpu else ('xla',)) if not only or a in only)
+  if not attentions:  # e.g. --attention cudnn on a CPU
+    return [{'part': 'step', 'model': label, 'scan_layers': scan, 'remat': remat,
+             'attention': a, 'skipped': f'{a} attention needs a GPU'}
+            for a in only for label in configs for scan in (True, False)
+            for remat in ('none', 'dots_saveable')]
   order = [(True, 'none', attentions[0]), (True, 'dots_saveable', attentions[0]),
            (True, 'none', attentions[-1]), (False, 'none', attentions[0]),
            (True, 'dots_saveable', attentions[-1]), (False, 'dots_saveable', attentions[0]),
