@@ -11,74 +11,29 @@ padded lengths as ours for the corrected one (bench/torch_step.py). On a CPU bot
 use every core of the machine (XLA's default; torch.set_num_threads(os.cpu_count())).
 """
 
-import json
 import os
-import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from bench.stepping import time_step  # noqa: E402
+from bench.stepping import run_torch, time_step  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
 flags.DEFINE_integer('steps', 20, 'Timed steps of each (after one warm-up step).')
 flags.DEFINE_string('torch_python', '', 'Python with torch (default: .venv-torch/bin/python '
-                    'if present, else this Python).')
+                    'on a CPU if present, else this Python).')
 flags.DEFINE_string('device', 'cpu', "torch's device: cpu or cuda.")
 FLAGS = flags.FLAGS
-
-
-def torch_job(config, masks: dict, path: str) -> None:
-  """Write the PyTorch step's job: model sizes and every step's masks."""
-  import numpy as np
-
-  from ijepa_jax import config as cfg_lib
-  width, depth, heads, hidden = cfg_lib.encoder_dims(config)
-  m = config.model
-  np.savez(path, image=config.data.image_size, patch=m.patch_size, channels=config.data.channels,
-           width=width, depth=depth, heads=heads, hidden=hidden, pred_width=m.pred_width,
-           pred_depth=m.pred_depth, pred_heads=heads if m.pred_heads == -1 else m.pred_heads,
-           **masks)
-
-
-def run_torch(python: str, job: str, device: str, threads: int, cut: str) -> dict:
-  """Run bench/torch_step.py on `job`; returns its result dict (raises with its stderr)."""
-  with tempfile.TemporaryDirectory() as tmp:
-    out = os.path.join(tmp, 'torch.json')
-    cmd = [python, os.path.join(ROOT, 'bench', 'torch_step.py'), '--job', job, '--out', out,
-           '--device', device, '--threads', str(threads), '--cut', cut]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-      raise RuntimeError(f'the PyTorch step failed ({" ".join(cmd)}):\n{proc.stderr[-3000:]}')
-    with open(out) as f:
-      return json.load(f)
-
-
-def torch_cut(config) -> str:
-  """How the PyTorch step cuts our masks (bench/torch_step.py): as the official collator for
-  the official sampler; not at all (the same padded work as ours) for the corrected one."""
-  return 'batch_min' if config.masks.mode == 'official' else 'none'
-
-
-def default_torch_python() -> str:
-  venv = os.path.join(ROOT, '.venv-torch', 'bin', 'python')
-  return FLAGS.torch_python or (venv if os.path.exists(venv) else sys.executable)
 
 
 def main(argv):
   del argv
   config = FLAGS.config
   ours = time_step(config, FLAGS.steps)
-  with tempfile.TemporaryDirectory() as tmp:
-    job = os.path.join(tmp, 'job.npz')
-    torch_job(config, ours.pop('masks'), job)
-    ref = run_torch(default_torch_python(), job, FLAGS.device, os.cpu_count() or 1,
-                    torch_cut(config))
+  ref = run_torch(config, ours.pop('masks'), FLAGS.device, FLAGS.torch_python)
   print(f'config: {config.model.variant} (width {config.model.width}), image '
         f'{config.data.image_size}/{config.model.patch_size}, batch {config.batch_size}, '
         f'dtype {config.model.dtype}, masks {config.masks.mode}, scan_layers '

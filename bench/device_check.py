@@ -27,15 +27,13 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.stepping import step_masks, time_step  # noqa: E402
-from bench.bench_vs_torch import run_torch, torch_job  # noqa: E402
+from bench.stepping import run_torch, step_masks, time_step  # noqa: E402
 
 BF16_RTOL = 5e-2  # of the largest magnitude; bf16 keeps 8 mantissa bits (0.4% a rounding), several deep
 
@@ -68,19 +66,11 @@ def model_configs(smoke: bool) -> dict:
 
 def torch_reference(configs: dict, steps: int, device: str) -> list[dict]:
   """Part 1: the PyTorch step on our masks, cut as the official collator cuts them."""
-  venv = os.path.join(ROOT, '.venv-torch', 'bin', 'python')  # this machine's torch, if any
-  python = venv if device == 'cpu' and os.path.exists(venv) else sys.executable
   rows = []
   for label, config in configs.items():
     row = {'part': 'torch', 'model': label, 'batch': config.batch_size}
     try:
-      masks = step_masks(config, steps + 1, config.batch_size)
-      stacked = {k: __import__('numpy').stack([m[k] for m in masks]) for k in masks[0]}
-      with tempfile.TemporaryDirectory() as tmp:
-        job = os.path.join(tmp, 'job.npz')
-        torch_job(config, stacked, job)
-        row.update(run_torch(python, job, device, 0 if device == 'cuda' else os.cpu_count() or 1,
-                             'batch_min'))
+      row.update(run_torch(config, step_masks(config, steps + 1, config.batch_size), device))
     except Exception as e:  # noqa: BLE001  (a missing torch, an OOM: recorded, not fatal)
       row['error'] = f'{type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}'
     rows.append(row)

@@ -1,19 +1,30 @@
 """The train step's measurement, as functions (no flags): compile a config's step on synthetic
-images with the config's real masks, time it, and hand back the masks so that another
-implementation (bench/torch_step.py) can be timed on the same ones. Used by bench_step.py,
-bench_vs_torch.py, profile_step.py and device_check.py.
+images with the config's real masks, time it, and run the official PyTorch step
+(bench/torch_step.py) on the same masks. Used by bench_step.py, bench_vs_torch.py,
+profile_step.py and device_check.py.
 """
 
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 from typing import Any
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-def step_masks(config, num_steps: int, batch_size: int) -> list[dict]:
-  """The config's masks for steps 0 .. num_steps - 1 (host numpy; seed 0)."""
+
+def step_masks(config, num_steps: int, batch_size: int) -> dict:
+  """The config's masks for steps 0 .. num_steps - 1 (host numpy; seed 0), stacked:
+  ctx_idx [steps, B, Kc], ctx_len [steps, B], tgt_idx [steps, B, M, Kt], tgt_len [steps, B, M]."""
+  import numpy as np
+
   from ijepa_jax import config as cfg_lib
   from ijepa_jax.masks import MaskSampler
   sampler = MaskSampler(cfg_lib.mask_config(config))
-  return [sampler(batch_size, 0, s)._asdict() for s in range(num_steps)]
+  steps = [sampler(batch_size, 0, s)._asdict() for s in range(num_steps)]
+  return {k: np.stack([m[k] for m in steps]) for k in steps[0]}
 
 
 def compiled_step(config, num_batches: int) -> tuple[Any, Any, list[dict], dict]:
@@ -26,7 +37,6 @@ def compiled_step(config, num_batches: int) -> tuple[Any, Any, list[dict], dict]
 
   from ijepa_jax import config as cfg_lib
   from ijepa_jax import sharding
-  from ijepa_jax.masks import MaskSampler
   from ijepa_jax.trainer import device_memory, global_batch, init_state, make_step_fn
 
   cfg_lib.validate(config, jax.device_count(), jax.process_count(), jax.default_backend())
@@ -35,20 +45,20 @@ def compiled_step(config, num_batches: int) -> tuple[Any, Any, list[dict], dict]
   size, ch = config.data.image_size, config.data.channels
   images = np.random.default_rng(0).integers(0, 256, size=(local, size, size, ch), dtype=np.uint8)
   masks = step_masks(config, num_batches, local)
+  per_step = [{k: v[s] for k, v in masks.items()} for s in range(num_batches)]
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
     shapes = {k: jax.ShapeDtypeStruct((config.batch_size,) + v.shape[1:], v.dtype)
-              for k, v in {'images': images, **masks[0]}.items()}
+              for k, v in {'images': images, **per_step[0]}.items()}
     state, sh = init_state(model, mesh, shapes, 0)
     t0 = time.perf_counter()
     step = make_step_fn(model, sh, mesh, tuple(config.data.mean),
                         tuple(config.data.std)).lower(state, shapes).compile()
     compile_s = time.perf_counter() - t0
-    batches = [global_batch({'images': images, **m}, mesh) for m in masks]
-  sampler = MaskSampler(cfg_lib.mask_config(config))
+    batches = [global_batch({'images': images, **m}, mesh) for m in per_step]
   facts = {'compile_s': compile_s, 'memory': device_memory(step),
-           'context_len': sampler.context_len, 'target_len': sampler.target_len,
-           'masks': {k: np.stack([m[k] for m in masks]) for k in masks[0]}}
+           'context_len': masks['ctx_idx'].shape[-1], 'target_len': masks['tgt_idx'].shape[-1],
+           'masks': masks}
   return step, state, batches, facts
 
 
@@ -83,3 +93,46 @@ def time_step(config, steps: int) -> dict:
       'context_len': facts['context_len'], 'target_len': facts['target_len'],
       'masks': facts['masks'],
   }
+
+
+def torch_job(config, masks: dict, path: str) -> None:
+  """Write the PyTorch step's job: model sizes and every step's masks (`step_masks`)."""
+  import numpy as np
+
+  from ijepa_jax import config as cfg_lib
+  width, depth, heads, hidden = cfg_lib.encoder_dims(config)
+  m = config.model
+  np.savez(path, image=config.data.image_size, patch=m.patch_size, channels=config.data.channels,
+           width=width, depth=depth, heads=heads, hidden=hidden, pred_width=m.pred_width,
+           pred_depth=m.pred_depth, pred_heads=heads if m.pred_heads == -1 else m.pred_heads,
+           **masks)
+
+
+def torch_cut(config) -> str:
+  """How the PyTorch step cuts our masks (bench/torch_step.py): as the official collator for
+  the official sampler; not at all (the same padded work as ours) for the corrected one."""
+  return 'batch_min' if config.masks.mode == 'official' else 'none'
+
+
+def torch_python(device: str, override: str = '') -> str:
+  """The Python to run the PyTorch step with: `override`, else .venv-torch's on a CPU (this
+  machine's torch) when it exists, else this Python (the GPU image has torch in it)."""
+  venv = os.path.join(ROOT, '.venv-torch', 'bin', 'python')
+  return override or (venv if device == 'cpu' and os.path.exists(venv) else sys.executable)
+
+
+def run_torch(config, masks: dict, device: str, python: str = '') -> dict:
+  """bench/torch_step.py on `config`'s sizes and `masks`; its result dict (raises with its
+  stderr). On a CPU it uses every core, as XLA does."""
+  with tempfile.TemporaryDirectory() as tmp:
+    job, out = os.path.join(tmp, 'job.npz'), os.path.join(tmp, 'torch.json')
+    torch_job(config, masks, job)
+    threads = 0 if device == 'cuda' else os.cpu_count() or 1
+    cmd = [torch_python(device, python), os.path.join(ROOT, 'bench', 'torch_step.py'),
+           '--job', job, '--out', out, '--device', device, '--threads', str(threads),
+           '--cut', torch_cut(config)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+      raise RuntimeError(f'the PyTorch step failed ({" ".join(cmd)}):\n{proc.stderr[-3000:]}')
+    with open(out) as f:
+      return json.load(f)

@@ -186,8 +186,8 @@ class BlockStack(nn.Module):
           metadata_params={nn.PARTITION_NAME: 'layers'})
       x, _ = stack(*args, name='layers')(x, kv_len)
       return x
-    stacked = nn.unbox(self.variables['params']['layers'])
-    per_layer = jax.tree.map(lambda a: jax.lax.split(a, [1] * self.depth), stacked)
+    leaves, tree = jax.tree.flatten(nn.unbox(self.variables['params']['layers']))
+    slices = [jax.lax.split(a, [1] * self.depth) for a in leaves]  # [leaf][layer] [1, ...]
 
     def layer(params, x):
       return Block(*args).apply({'params': params}, x, kv_len)[0]
@@ -195,8 +195,7 @@ class BlockStack(nn.Module):
     if self.remat_policy != 'none':
       layer = jax.checkpoint(layer, policy=policy)
     for i in range(self.depth):
-      x = layer(jax.tree.map(lambda a: a[i][0], per_layer,
-                             is_leaf=lambda a: isinstance(a, list)), x)
+      x = layer(tree.unflatten([s[i][0] for s in slices]), x)
     return x
 
 

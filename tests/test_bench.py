@@ -41,7 +41,8 @@ def test_device_check_smoke(tmp_path):
   assert np.ptp([r['loss'] for r in steps]) < 1e-4
   (ref,) = [r for r in rows if r['part'] == 'torch']
   if os.path.exists(TORCH_PY):
-    assert ref['step_ms'] > 0 and math.isfinite(ref['loss']) and ref['cut'] == 'batch_min'
+    # the smoke model keeps the demo's corrected masks: the same padded work as ours
+    assert ref['step_ms'] > 0 and math.isfinite(ref['loss']) and ref['cut'] == 'none'
   else:
     assert 'torch' in ref['error']
   assert '| step | tiny (smoke) | scan off, remat none, xla | 4 |' in proc.stdout
