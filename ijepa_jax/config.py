@@ -12,9 +12,9 @@ import ml_collections
 
 from ijepa_jax.evaluation import ENCODERS, PROBES
 from ijepa_jax.masks import MaskConfig, MaskSampler, MODES
-from ijepa_jax.models import (REMAT_POLICIES, VARIANTS, Predictor, VisionTransformer,
+from ijepa_jax.models import (PATCH_INITS, REMAT_POLICIES, VARIANTS, Predictor, VisionTransformer,
                               attention_implementation, cudnn_flash_fits)
-from ijepa_jax.objective import LOSSES
+from ijepa_jax.objective import EMBEDDINGS, LOSSES, AntiCollapse
 from ijepa_jax.schedules import Schedules
 from ijepa_jax.sharding import mesh_shape
 from ijepa_jax.train_step import IJepa, make_optimizer
@@ -118,10 +118,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
       _require(cudnn_flash_fits(hd, DTYPES[m.dtype]), f'model.attention=cudnn: the {name}\'s '
                f'head size {hd} must be a multiple of 8 and <= 128 for the flash kernel; use '
                'model.attention=default')
+  _require(m.patch_init in PATCH_INITS,
+           f'model.patch_init={m.patch_init!r}: choose one of {PATCH_INITS}')
   _require(m.remat_policy in REMAT_POLICIES,
            f'model.remat_policy={m.remat_policy!r}: choose one of {sorted(REMAT_POLICIES)}')
   _require(d.channels in (1, 3), f'data.channels={d.channels} must be 1 or 3')
   _require(config.loss in LOSSES, f'loss={config.loss!r}: choose one of {LOSSES}')
+  _validate_anti_collapse(config.anti_collapse)
   _require(config.masks.mode in MODES, f'masks.mode={config.masks.mode!r}: choose one of {MODES}')
   _require(config.batch_size > 0, f'batch_size={config.batch_size} must be positive')
   try:
@@ -178,6 +181,29 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     raise ConfigError(str(e)) from None
   _validate_evals(config.evals, config.log_every)
   _validate_monitor(config.monitor)
+
+
+def _validate_anti_collapse(a: ml_collections.ConfigDict) -> None:
+  _require(a.embeddings in EMBEDDINGS,
+           f'anti_collapse.embeddings={a.embeddings!r}: choose one of {EMBEDDINGS}')
+  for name in ('var_weight', 'cov_weight', 'sigreg_weight'):
+    v = a[name]
+    _require(math.isfinite(v) and v >= 0, f'anti_collapse.{name}={v} must be a finite number '
+             '>= 0 (0: the term is off)')
+  _require(a.target_std > 0, f'anti_collapse.target_std={a.target_std} must be positive')
+  _require(a.sigreg_directions >= 1 and a.sigreg_points >= 2 and a.sigreg_t_max > 0,
+           f'anti_collapse.sigreg_directions={a.sigreg_directions} must be >= 1, sigreg_points='
+           f'{a.sigreg_points} >= 2 and sigreg_t_max={a.sigreg_t_max} positive')
+
+
+def anti_collapse(config: ml_collections.ConfigDict) -> AntiCollapse:
+  """The anti-collapse terms of a validated config (SIGReg's directions keyed by its seed)."""
+  a = config.anti_collapse
+  return AntiCollapse(
+      var_weight=a.var_weight, cov_weight=a.cov_weight, target_std=a.target_std,
+      sigreg_weight=a.sigreg_weight, sigreg_directions=a.sigreg_directions,
+      sigreg_points=a.sigreg_points, sigreg_t_max=a.sigreg_t_max, embeddings=a.embeddings,
+      seed=config.seed)
 
 
 def _validate_evals(ev: ml_collections.ConfigDict, log_every: int) -> None:
@@ -264,7 +290,8 @@ def build_model(config: ml_collections.ConfigDict) -> IJepa:
   attention = None if m.attention == 'default' else m.attention
   encoder = VisionTransformer(
       patch_size=m.patch_size, width=width, depth=depth, num_heads=heads, mlp_dim=mlp_dim,
-      dtype=dtype, remat_policy=m.remat_policy, attention=attention, scan_layers=m.scan_layers)
+      dtype=dtype, remat_policy=m.remat_policy, attention=attention, scan_layers=m.scan_layers,
+      patch_init=m.patch_init)
   predictor = Predictor(
       grid=grid(config), embed_dim=width, width=m.pred_width, depth=m.pred_depth,
       num_heads=heads if m.pred_heads == -1 else m.pred_heads, mlp_dim=4 * m.pred_width,
@@ -275,7 +302,7 @@ def build_model(config: ml_collections.ConfigDict) -> IJepa:
       peak_lr=o.lr, final_lr=o.final_lr, weight_decay=o.weight_decay,
       final_weight_decay=o.final_weight_decay, ema_start=o.ema[0], ema_end=o.ema[1])
   optimizer = make_optimizer(schedules, b1=o.b1, b2=o.b2, eps=o.eps, grad_clip=o.grad_clip)
-  return IJepa(encoder, predictor, optimizer, schedules, config.loss)
+  return IJepa(encoder, predictor, optimizer, schedules, config.loss, anti_collapse(config))
 
 
 def total_steps(config: ml_collections.ConfigDict) -> int:

@@ -199,10 +199,26 @@ class BlockStack(nn.Module):
     return x
 
 
+PATCH_INITS = ('official', 'lecun')
+
+
+def patch_kernel_init(kind: str) -> Callable:
+  """The patch-embedding conv's kernel init: 'official' N(0, 0.02) whatever the patch, or
+  'lecun' N(0, 1/fan_in) truncated at 2 std (Flax's and big_vision's default), which keeps
+  the embedded patches at unit scale when a patch holds few pixels (4x4 grey: 16 inputs, where
+  0.02 gives tokens ~10x smaller than the position table's)."""
+  if kind == 'official':
+    return nn.initializers.normal(INIT_STD)
+  if kind == 'lecun':
+    return nn.initializers.lecun_normal()
+  raise ValueError(f'patch init {kind!r}: choose one of {PATCH_INITS}')
+
+
 class PatchEmbed(nn.Module):
   patch_size: int
   width: int
   dtype: Any = jnp.bfloat16
+  init: str = 'official'
 
   @nn.compact
   def __call__(self, images: jax.Array) -> jax.Array:
@@ -211,7 +227,7 @@ class PatchEmbed(nn.Module):
         self.width, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype,
         param_dtype=jnp.float32, name='proj',
         kernel_init=nn.with_logical_partitioning(
-            nn.initializers.normal(INIT_STD), (None, None, None, 'embed')),
+            patch_kernel_init(self.init), (None, None, None, 'embed')),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)))(images)
     b, h, w, d = x.shape
     return x.reshape(b, h * w, d)  # raster order: index = row * W + col
@@ -234,12 +250,13 @@ class VisionTransformer(nn.Module):
   remat_policy: str = 'none'
   attention: str | None = None
   scan_layers: bool = True  # nn.scan over the blocks (False: unrolled; the same parameters)
+  patch_init: str = 'official'  # the patch conv's kernel init (PATCH_INITS)
 
   @nn.compact
   def __call__(self, images: jax.Array, keep_idx: jax.Array | None = None,
                keep_len: jax.Array | None = None) -> jax.Array:
     h, w = images.shape[1] // self.patch_size, images.shape[2] // self.patch_size
-    x = PatchEmbed(self.patch_size, self.width, self.dtype, name='patch_embed')(images)
+    x = PatchEmbed(self.patch_size, self.width, self.dtype, self.patch_init, name='patch_embed')(images)
     x = x.astype(jnp.float32) + jnp.asarray(sincos_2d(self.width, (h, w)))[None]
     if keep_idx is not None:
       x = gather_tokens(x, keep_idx)  # after adding positions, as the official code

@@ -25,6 +25,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.init_from = ''             # start from another run: its workdir, checkpoints/ or checkpoints/<step>
   c.init_from_mode = 'weights'  # 'weights': params + EMA, fresh optimizer, step 0; 'full': all of it
 
+  # Anti-collapse terms on the context encoder's output (ijepa_jax/objective.py), all off
+  # (weight 0) in the official method: loss = jepa + var_weight * variance hinge
+  # + cov_weight * off-diagonal covariance (C-JEPA / VICReg) + sigreg_weight * SIGReg (LeJEPA).
+  c.anti_collapse = ml_collections.ConfigDict()
+  c.anti_collapse.embeddings = 'pooled'  # 'pooled' (each image's mean token) or 'patch' (every token)
+  c.anti_collapse.var_weight = 0.0
+  c.anti_collapse.cov_weight = 0.0
+  c.anti_collapse.target_std = 1.0  # the variance hinge's floor on each dimension's std
+  c.anti_collapse.sigreg_weight = 0.0
+  c.anti_collapse.sigreg_directions = 256  # random unit directions, redrawn each step
+  c.anti_collapse.sigreg_points = 17  # trapezoid points on t in [0, sigreg_t_max]
+  c.anti_collapse.sigreg_t_max = 3.0
+
   c.model = ml_collections.ConfigDict()
   c.model.variant = 'huge'     # tiny small base large huge giant, or 'custom' (width/depth/heads)
   c.model.width = -1           # -1: from the variant
@@ -39,6 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.remat_policy = 'none'  # none, full, dots_saveable
   c.model.attention = 'default'  # jax.nn.dot_product_attention implementation: default, xla, cudnn
   c.model.scan_layers = True   # blocks under nn.scan (compile time flat in depth); False unrolls
+  c.model.patch_init = 'official'  # patch conv kernel: official N(0, 0.02) or lecun N(0, 1/fan_in)
 
   c.data = ml_collections.ConfigDict()
   c.data.dataset = 'imagenet2012'  # a prepared TFDS dataset, 'image_folder' or 'fashion_mnist'

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from ijepa_jax.models import Predictor, VisionTransformer, gather_tokens
-from ijepa_jax.objective import jepa_loss, normalize_targets
+from ijepa_jax.objective import AntiCollapse, jepa_loss, normalize_targets
 from ijepa_jax.schedules import Schedules
 
 Batch = dict[str, jax.Array]  # images [B,H,W,C], ctx_idx [B,Kc], ctx_len [B], tgt_idx [B,M,Kt], tgt_len [B,M]
@@ -61,12 +61,14 @@ def make_optimizer(schedules: Schedules, *, b1: float = 0.9, b2: float = 0.999,
 
 @dataclasses.dataclass(frozen=True)
 class IJepa:
-  """The static half of I-JEPA training: modules, optimizer, schedules, loss kind."""
+  """The static half of I-JEPA training: modules, optimizer, schedules, loss kind and the
+  optional anti-collapse terms (none by default: the official objective)."""
   encoder: VisionTransformer
   predictor: Predictor
   optimizer: optax.GradientTransformation
   schedules: Schedules
   loss: str = 'smooth_l1'
+  anti_collapse: AntiCollapse = AntiCollapse()
 
 
 def create_train_state(model: IJepa, rng: jax.Array, batch: Batch) -> TrainState:
@@ -89,6 +91,21 @@ def create_train_state(model: IJepa, rng: jax.Array, batch: Batch) -> TrainState
                     opt_state=model.optimizer.init(params))
 
 
+def _forward(model: IJepa, params: Any, target_params: Any,
+             batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  """(predictions [B, M, Kt, D], targets [B, M, Kt, D], target-encoder tokens [B, N, D],
+  context-encoder tokens [B, Kc, D])."""
+  h = model.encoder.apply({'params': target_params}, batch['images'])  # [B, N, D]
+  b, m, kt = batch['tgt_idx'].shape
+  targets = gather_tokens(normalize_targets(h), batch['tgt_idx'].reshape(b, m * kt))
+  targets = jax.lax.stop_gradient(targets.reshape(b, m, kt, -1))
+  z = model.encoder.apply({'params': params['encoder']}, batch['images'],
+                          batch['ctx_idx'], batch['ctx_len'])
+  pred = model.predictor.apply({'params': params['predictor']}, z, batch['ctx_idx'],
+                               batch['ctx_len'], batch['tgt_idx'], batch['tgt_len'])
+  return pred, targets, jax.lax.stop_gradient(h), z
+
+
 def predictions_and_targets(model: IJepa, params: Any, target_params: Any,
                             batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array]:
   """The two sides of the I-JEPA objective: (predictions [B, M, Kt, D], targets
@@ -98,21 +115,27 @@ def predictions_and_targets(model: IJepa, params: Any, target_params: Any,
   LayerNorm, gathered at the target blocks (gradient-free); predictions are the
   predictor's outputs there, from the context encoder's tokens of the context block.
   """
-  h = model.encoder.apply({'params': target_params}, batch['images'])  # [B, N, D]
-  b, m, kt = batch['tgt_idx'].shape
-  targets = gather_tokens(normalize_targets(h), batch['tgt_idx'].reshape(b, m * kt))
-  targets = jax.lax.stop_gradient(targets.reshape(b, m, kt, -1))
-  z = model.encoder.apply({'params': params['encoder']}, batch['images'],
-                          batch['ctx_idx'], batch['ctx_len'])
-  pred = model.predictor.apply({'params': params['predictor']}, z, batch['ctx_idx'],
-                               batch['ctx_len'], batch['tgt_idx'], batch['tgt_len'])
-  return pred, targets, jax.lax.stop_gradient(h)
+  return _forward(model, params, target_params, batch)[:3]
 
 
-def compute_loss(model: IJepa, params: Any, target_params: Any, batch: Batch) -> jax.Array:
-  """The I-JEPA loss for `params` against the (gradient-free) target encoder."""
-  pred, targets, _ = predictions_and_targets(model, params, target_params, batch)
-  return jepa_loss(pred, targets, batch['tgt_len'], model.loss)
+def loss_terms(model: IJepa, params: Any, target_params: Any, batch: Batch,
+               step: jax.Array | int = 0) -> dict[str, jax.Array]:
+  """Every term of the objective: 'jepa_loss' (the I-JEPA regression), the active
+  anti-collapse terms unweighted ('var_loss', 'cov_loss', 'sigreg'; on the context
+  encoder's tokens, SIGReg's directions drawn from (seed, step)) and 'loss', their weighted
+  sum, which is what the gradient follows."""
+  pred, targets, _, z = _forward(model, params, target_params, batch)
+  terms = {'jepa_loss': jepa_loss(pred, targets, batch['tgt_len'], model.loss)}
+  extra = model.anti_collapse.terms(z, batch['ctx_len'], step)
+  terms['loss'] = terms['jepa_loss'] + model.anti_collapse.total(extra)
+  return terms | extra
+
+
+def compute_loss(model: IJepa, params: Any, target_params: Any, batch: Batch,
+                 step: jax.Array | int = 0) -> jax.Array:
+  """The objective for `params` against the (gradient-free) target encoder: the I-JEPA loss,
+  plus the anti-collapse terms where the model has them."""
+  return loss_terms(model, params, target_params, batch, step)['loss']
 
 
 def ema_update(target: Any, online: Any, momentum: jax.Array) -> Any:
@@ -126,8 +149,11 @@ def train_step(model: IJepa, state: TrainState, batch: Batch) -> tuple[TrainStat
   Pure; jit it (the trainer jits it with shardings and a donated state).
   Returns the new state and scalar metrics.
   """
-  loss, grads = jax.value_and_grad(compute_loss, argnums=1)(
-      model, state.params, state.target_params, batch)
+  def objective(params):
+    terms = loss_terms(model, params, state.target_params, batch, state.step)
+    return terms['loss'], terms
+
+  (loss, terms), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
   updates, opt_state = model.optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   momentum = model.schedules.momentum(state.step)
@@ -142,6 +168,8 @@ def train_step(model: IJepa, state: TrainState, batch: Batch) -> tuple[TrainStat
       'context_len': batch['ctx_len'].astype(jnp.float32).mean(),
       'target_len': batch['tgt_len'].astype(jnp.float32).mean(),
   }
+  if model.anti_collapse.active:
+    metrics |= {k: v for k, v in terms.items() if k != 'loss'}
   new_state = TrainState(step=state.step + 1, params=params, target_params=target_params,
                          opt_state=opt_state)
   return new_state, metrics

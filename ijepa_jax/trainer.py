@@ -496,7 +496,9 @@ class _Loop:
     if self.peak:  # model FLOPs utilisation: analytic FLOPs / (devices x peak)
       m['mfu'] = m['flops_per_sec'] / (n_dev * self.peak)
     eta = (self.total - step) * dt / max(self.n_log, 1)
-    log(f'step {step:>6d}/{self.total} | loss {m["loss"]:.4f} | lr {m["lr"]:.2e} | '
+    terms = ''.join(f' ({k} {m[k]:.4f})' for k in ('jepa_loss', 'var_loss', 'cov_loss', 'sigreg')
+                    if k in m)  # the anti-collapse terms, when they are on
+    log(f'step {step:>6d}/{self.total} | loss {m["loss"]:.4f}{terms} | lr {m["lr"]:.2e} | '
         f'{m["images_per_sec"]:,.0f} img/s ({m["images_per_sec_per_device"]:,.1f}/device) | '
         + (f'MFU {100 * m["mfu"]:.1f}% | ' if 'mfu' in m else '') + f'ETA {fmt_time(eta)}')
     self.run_log.write(m)

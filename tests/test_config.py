@@ -28,6 +28,14 @@ def test_configs_validate(name):
   assert model.encoder.width == cfg_lib.encoder_dims(c)[0]
 
 
+@pytest.mark.parametrize('name', ['vits16', 'vitb16', 'vitl16', 'vith14', 'vith16_448', 'vitg16'])
+def test_paper_recipes_keep_the_official_objective(name):
+  c = load(name)
+  model = cfg_lib.build_model(c)
+  assert not model.anti_collapse.active and model.loss == 'smooth_l1'
+  assert c.model.patch_init == 'official'
+
+
 def test_paper_recipes():
   c = load('vith14')
   assert (c.model.patch_size, c.data.image_size, c.num_epochs, c.optim.warmup_epochs) == (14, 224, 300, 40)
@@ -76,6 +84,12 @@ def test_paper_recipes():
     ('max_steps', 0, 'max_steps'),
     ('log_every', 0, 'log_every'),
     ('checkpoint.keep_every', 250, 'checkpoint.keep_every=250 must be a multiple of checkpoint.every=100'),
+    ('anti_collapse.var_weight', -1.0, 'anti_collapse.var_weight=-1.0 must be a finite number >= 0'),
+    ('anti_collapse.sigreg_weight', float('nan'), 'anti_collapse.sigreg_weight'),
+    ('anti_collapse.embeddings', 'tokens', "anti_collapse.embeddings='tokens'"),
+    ('anti_collapse.sigreg_points', 1, 'sigreg_points=1'),
+    ('anti_collapse.target_std', 0.0, 'anti_collapse.target_std'),
+    ('model.patch_init', 'xavier', "model.patch_init='xavier'"),
 ])
 def test_bad_values(field, value, match):
   c = load('demo')

@@ -188,3 +188,37 @@ def test_compile_time_flat_in_depth():
     c.batch_size = 8
     _, seconds[name] = compile_abstract_step(c, mesh)
   assert seconds['large'] < 1.5 * seconds['base'], seconds
+
+
+def test_objective_is_the_official_one_without_anti_collapse_terms():
+  """compute_loss = jepa_loss on the predictions and targets, nothing added (the default)."""
+  from ijepa_jax import create_train_state, compute_loss, jepa_loss
+  from ijepa_jax.train_step import loss_terms, predictions_and_targets
+  model = tiny_model()
+  batch = float_batch(0)
+  state = jax.jit(lambda r: nn.unbox(create_train_state(model, r, batch)))(jax.random.key(0))
+  pred, tgt, _ = predictions_and_targets(model, state.params, state.target_params, batch)
+  official = float(jepa_loss(pred, tgt, batch['tgt_len']))
+  assert float(compute_loss(model, state.params, state.target_params, batch)) == official
+  assert set(loss_terms(model, state.params, state.target_params, batch)) == {'loss', 'jepa_loss'}
+  _, m = jax.jit(lambda s, b: train_step(model, s, b))(state, batch)
+  assert 'sigreg' not in m and 'var_loss' not in m
+  assert float(m['loss']) == pytest.approx(official, rel=1e-5)
+
+
+def test_anti_collapse_terms_enter_the_loss_and_its_gradient():
+  import dataclasses
+  from ijepa_jax import create_train_state
+  from ijepa_jax.objective import AntiCollapse
+  base = tiny_model()
+  model = dataclasses.replace(base, anti_collapse=AntiCollapse(
+      var_weight=2.0, cov_weight=0.5, sigreg_weight=0.1, sigreg_directions=32))
+  batch = float_batch(0)
+  state = jax.jit(lambda r: nn.unbox(create_train_state(model, r, batch)))(jax.random.key(0))
+  _, m = jax.jit(lambda s, b: train_step(model, s, b))(state, batch)
+  _, m0 = jax.jit(lambda s, b: train_step(base, s, b))(state, batch)
+  assert float(m['jepa_loss']) == pytest.approx(float(m0['loss']), rel=1e-5)
+  expect = m['jepa_loss'] + 2.0 * m['var_loss'] + 0.5 * m['cov_loss'] + 0.1 * m['sigreg']
+  assert float(m['loss']) == pytest.approx(float(expect), rel=1e-5)
+  assert float(m['var_loss']) > 0.5  # tiny init features: every std far below 1
+  assert float(m['grad_norm']) > 1.5 * float(m0['grad_norm'])
