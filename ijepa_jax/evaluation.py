@@ -327,6 +327,22 @@ class FeatureExtractor:
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
+PIXEL_VALUES = 4096  # raw pixels up to this many values per image; above it, patch means
+
+
+def pixel_features(images: np.ndarray, mean: Sequence[float], std: Sequence[float],
+                   patch: int) -> np.ndarray:
+  """The pixel baseline's features: uint8 images [n, H, W, C] normalised as the encoder sees
+  them, flattened [n, H*W*C]; where that is more than PIXEL_VALUES, first averaged over each
+  patch x patch square (ImageNet at 224/16: 768 values instead of 150,528)."""
+  x = (images.astype(np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+  n, h, w, c = x.shape
+  if h * w * c > PIXEL_VALUES:
+    x = x[:, :h - h % patch, :w - w % patch].reshape(
+        n, h // patch, patch, w // patch, patch, c).mean((2, 4))
+  return x.reshape(n, -1)
+
+
 class Evaluator:
   """Features of a fixed labelled subset, then the probes: `evaluator(encoder_params)`.
 
@@ -363,6 +379,20 @@ class Evaluator:
       out['skipped_images'] = len(self.skipped())  # corrupt ones, left out
     return out
 
+  def pixels(self) -> dict[str, float]:
+    """The same probes on the pixels themselves (`pixel_features`): what the encoder's
+    features must beat to have learned anything a linear map or a neighbour search could not
+    find in its input."""
+    t0 = time.time()
+    d, m = self.config.data, self.config.model
+    ftr, fte = (np.concatenate([pixel_features(images, d.mean, d.std, m.patch_size)
+                                for images in split.chunks()]) for split in (self.train, self.test))
+    out = run_probes(ftr, self.train.labels, fte, self.test.labels, self.num_classes,
+                     self.config.evals, self.probes)
+    out['eval_seconds'] = time.time() - t0
+    out['pixel_values'] = ftr.shape[1]
+    return out
+
   def describe(self) -> str:
     ev = self.config.evals
     return (f'{len(self.train.indices):,} {self.train.name} / {len(self.test.indices):,} '
@@ -381,7 +411,8 @@ def summary(res: dict[str, float]) -> str:
 def with_baseline(evaluator: 'Evaluator', name: str, params: Any, baseline: Any | None,
                   log) -> dict[str, float]:
   """Evaluate `params` (results `<name>_*`) and, if given, the same network at random
-  initialisation `baseline` (`baseline_*`), logging one line each."""
+  initialisation `baseline` (`baseline_*`) and the raw pixels (`pixels_*`), logging one line
+  each: pretrained vs random vs pixels."""
   results = {}
   runs = [(name, 'pretrained', params)] + ([('baseline', 'random init', baseline)]
                                            if baseline is not None else [])
@@ -389,6 +420,11 @@ def with_baseline(evaluator: 'Evaluator', name: str, params: Any, baseline: Any 
     res = evaluator(p)
     results.update({f'{prefix}_{k}': v for k, v in res.items()})
     log(f'{prefix} ({what} {evaluator.config.evals.encoder} encoder): {summary(res)} '
+        f'[{res["eval_seconds"]:.0f}s]')
+  if baseline is not None:
+    res = evaluator.pixels()
+    results.update({f'pixels_{k}': v for k, v in res.items()})
+    log(f'pixels ({res["pixel_values"]} values per image, no encoder): {summary(res)} '
         f'[{res["eval_seconds"]:.0f}s]')
   return results
 

@@ -182,7 +182,7 @@ def read_metrics(workdir: str) -> list[dict]:
 
 _SCHEDULES = ('lr', 'weight_decay', 'momentum')
 _PERF = ('images_per_sec', 'images_per_sec_per_device', 'flops_per_sec', 'mfu', 'time')
-_GROUPS = ('eval', 'final', 'baseline', 'health')
+_GROUPS = ('eval', 'final', 'baseline', 'pixels', 'health')
 
 
 def tag_for(key: str) -> str:

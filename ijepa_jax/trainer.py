@@ -342,7 +342,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if ev.at_end:
           last.update(final_evaluation(config, mesh, state))
           run_log.write({'step': int(state.step), **{
-              k: v for k, v in last.items() if k.startswith(('final_', 'baseline_'))}})
+              k: v for k, v in last.items() if k.startswith(('final_', 'baseline_', 'pixels_'))}})
         if monitor.warnings:
           last['collapse_warnings'] = monitor.warnings
         monitor.end(int(state.step))

@@ -176,6 +176,7 @@ def test_tools_on_a_demo_run(tmp_path):
   out = proc.stdout
   assert 'step      3/6' in out and 'img/s' in out and 'ETA' in out
   assert 'eval at step 3: knn_top1' in out and 'baseline (random init' in out
+  assert 'pixels (784 values per image, no encoder)' in out
   rows = [json.loads(l) for l in open(run / 'metrics.jsonl')]
   train_rows = [r for r in rows if 'loss' in r]
   assert [r['step'] for r in train_rows] == [3, 6]
@@ -197,6 +198,7 @@ def test_tools_on_a_demo_run(tmp_path):
   assert ours['eval_linear_top1'] == final['final_linear_top1']
   # the baseline is drawn with the run's seed (3, from the checkpoint) + 1, as the trainer's
   assert ours['baseline_knn_top1'] == final['baseline_knn_top1']
+  assert ours['pixels_knn_top1'] == final['pixels_knn_top1'] > 0.5  # 1k/300 images: ~70%
 
   ck = tmp_path / 'demo.pth.tar'
   for fmt, out in (('official', ck), ('timm', tmp_path / 't.safetensors'), ('hf', tmp_path / 'hf')):
@@ -227,3 +229,18 @@ def test_tools_on_a_demo_run(tmp_path):
   proc = run_tool('ijepa_jax.embed', '--config=configs/demo.py', f'--weights={ck}',
                   f'--workdir={run}', '--split=test', f'--out={tmp_path / "x.npz"}')
   assert proc.returncode == 2 and 'exactly one' in proc.stderr
+
+
+def test_pixel_features_normalise_and_pool_like_a_hand_computation():
+  from ijepa_jax.evaluation import PIXEL_VALUES, pixel_features
+  rng = np.random.default_rng(0)
+  small = rng.integers(0, 256, size=(3, 28, 28, 1), dtype=np.uint8)
+  f = pixel_features(small, (0.25,), (0.5,), 4)
+  assert f.shape == (3, 784)  # under PIXEL_VALUES: every pixel
+  np.testing.assert_allclose(f[1, 28 * 5 + 7], (small[1, 5, 7, 0] / 255 - 0.25) / 0.5, rtol=1e-6)
+  big = rng.integers(0, 256, size=(2, 64, 64, 3), dtype=np.uint8)
+  assert 64 * 64 * 3 > PIXEL_VALUES
+  g = pixel_features(big, (0.5, 0.4, 0.3), (0.2, 0.2, 0.2), 16)
+  assert g.shape == (2, 4 * 4 * 3)  # one mean per patch and channel, raster order
+  block = (big[1, 16:32, 32:48, 2] / 255 - 0.3) / 0.2
+  np.testing.assert_allclose(g[1, (1 * 4 + 2) * 3 + 2], block.mean(), rtol=1e-5)
