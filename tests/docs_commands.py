@@ -36,7 +36,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PAGES = ['README.md', 'docs/quickstart.md', 'docs/configs.md', 'docs/data.md',
+PAGES = ['README.md', 'docs/quickstart.md', 'docs/configs.md', 'docs/anti_collapse.md', 'docs/data.md',
          'docs/checkpoints.md', 'docs/evaluation.md', 'docs/weights.md', 'docs/masks.md',
          'docs/monitoring.md', 'docs/pure_functions.md', 'docs/scaling.md', 'docs/launch_local.md',
          'docs/launch_tpu.md', 'docs/launch_slurm.md', 'docs/RESULTS.md', 'docs/PERFORMANCE.md']

@@ -20,7 +20,7 @@ def load(name):
   return mod.get_config()
 
 
-@pytest.mark.parametrize('name', ['demo', 'vits16', 'vitb16', 'vitl16', 'vith14', 'vith16_448', 'vitg16'])
+@pytest.mark.parametrize('name', ['demo', 'fashion_mnist_long', 'vits16', 'vitb16', 'vitl16', 'vith14', 'vith16_448', 'vitg16'])
 def test_configs_validate(name):
   c = load(name)
   cfg_lib.validate(c, num_devices=8)
