@@ -61,3 +61,16 @@ def test_bench_vs_torch_prints_both_and_the_ratio():
   ours_ips, ref_ips = (float(l.split('|')[3].replace(',', '')) for l in (ours, ref))
   ratio = float(next(l for l in lines if l.startswith('ratio')).split(':')[1].split('x')[0])
   assert ratio == pytest.approx(ours_ips / ref_ips, rel=0.02)
+
+
+def test_grad_balance_shows_each_terms_pull_on_the_encoder():
+  proc = run('bench/grad_balance.py', '--config=configs/demo.py', '--config.batch_size=16')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = {line.split()[0]: [float(v) for v in line.split()[1:]]
+          for line in proc.stdout.splitlines() if line.split()[:1] and line.split()[0] in
+          ('jepa_loss', 'var_loss', 'cov_loss', 'sigreg')}
+  assert set(rows) == {'jepa_loss', 'var_loss', 'cov_loss', 'sigreg'}
+  # at initialisation the I-JEPA gradient on the encoder is far the smallest (RESULTS.md)
+  assert rows['sigreg'][1] > 100 * rows['jepa_loss'][1] > 0
+  assert rows['var_loss'][1] > 10 * rows['jepa_loss'][1]
+  assert 0 < rows['var_loss'][0] <= 1.0  # a hinge at std 1, mean over dimensions
