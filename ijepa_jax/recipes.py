@@ -179,7 +179,7 @@ def fashion_mnist_demo() -> ml_collections.ConfigDict:
   CPU, with the variance-covariance terms that keep it from collapsing (docs/RESULTS.md)."""
   c = base_config()
   c.batch_size = 128
-  c.num_epochs = 1.0
+  c.num_epochs = 1.25  # 585 steps: 1.0 left the linear probe at 79.4% on seed 1 (docs/RESULTS.md)
   c.log_every = 25
   c.model.variant = 'custom'
   c.model.width = 64
