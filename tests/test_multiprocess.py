@@ -101,8 +101,12 @@ def test_same_training_on_1_device_8_devices_and_2_processes_x_4_devices(tmp_pat
   for other in (dp8, multi):
     b = final_state(other, STEPS)
     assert [p for p, _ in a] == [p for p, _ in b]
+    # atol: the demo's variance-covariance terms sum over the global batch, so the devices'
+    # reduction order differs; AdamW's normalised step turns that float noise in a near-zero
+    # gradient into parameter differences of ~1e-6, against steps of ~lr = 2e-4 (a wrong,
+    # per-device statistic would differ by whole steps)
     for (path, x), (_, y) in zip(a, b):
-      np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6, err_msg=str(path))
+      np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5, err_msg=str(path))
 
 
 def _port():
