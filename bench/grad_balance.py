@@ -49,14 +49,13 @@ def main(argv):
   batch = {'images': images.astype(np.float32),
            **MaskSampler(cfg_lib.mask_config(config))(b, config.seed, 0)._asdict()}
   state = nn.unbox(create_train_state(model, jax.random.key(config.seed), batch))
-  values = loss_terms(model, state.params, state.target_params, batch, 0)
   print(f'{config.model.variant} width {cfg_lib.encoder_dims(config)[0]}, batch {b}, '
         f'anti_collapse.embeddings={ac.embeddings}, {ac.sigreg_directions} SIGReg directions')
   print(f'{"term":10s} {"value":>10s} {"|grad| (context encoder)":>26s}')
   for name in ('jepa_loss', 'var_loss', 'cov_loss', 'sigreg'):
-    g = jax.grad(lambda p, n=name: loss_terms(model, p, state.target_params, batch, 0)[n])(
-        state.params)
-    print(f'{name:10s} {float(values[name]):10.4g} {float(optax.tree.norm(g["encoder"])):26.4g}')
+    value, g = jax.value_and_grad(
+        lambda p, n=name: loss_terms(model, p, state.target_params, batch, 0)[n])(state.params)
+    print(f'{name:10s} {float(value):10.4g} {float(optax.tree.norm(g["encoder"])):26.4g}')
 
 
 if __name__ == '__main__':
