@@ -3,6 +3,7 @@
 import sys
 
 from absl import app, flags, logging
+from ijepa_jax import cli
 from ml_collections import config_flags
 
 from ijepa_jax import multihost
@@ -37,4 +38,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

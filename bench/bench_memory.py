@@ -17,6 +17,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
+from ijepa_jax import cli  # noqa: E402
 
 flags.DEFINE_integer('devices', 8, 'Simulated CPU devices.')
 flags.DEFINE_list('configs', ['vitl16', 'vith14', 'vitg16'], 'configs/<name>.py to compile.')
@@ -59,4 +60,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -23,6 +23,7 @@ import os
 import sys
 
 from absl import app, flags, logging
+from ijepa_jax import cli
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -132,4 +133,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

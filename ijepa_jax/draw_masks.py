@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 from absl import app, flags
+from ijepa_jax import cli
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -65,4 +66,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -13,6 +13,7 @@ import os
 import sys
 
 from absl import app, flags, logging
+from ijepa_jax import cli
 from ml_collections import config_flags
 
 from ijepa_jax import multihost
@@ -81,4 +82,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

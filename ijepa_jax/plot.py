@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 from absl import app, flags
+from ijepa_jax import cli
 
 from ijepa_jax.reporting import read_metrics
 
@@ -103,4 +104,4 @@ if __name__ == '__main__':  # flags only for the command: the trainer imports th
   flags.DEFINE_string('workdir', None, 'the run\'s workdir (its metrics.jsonl is read)')
   flags.DEFINE_string('out', '', 'the PNG to write (default: <workdir>/pictures/curves.png)')
   flags.mark_flag_as_required('workdir')
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,0 +1,99 @@
+"""Flag parsing for main.py and the tools: a mistyped flag or config field is one line and exit 2.
+
+ml_collections raises a bare KeyError / AttributeError (a Python traceback) for an unknown
+`--config.<field>`; absl prints usage and exits 1 for a value of the wrong type. Both are the
+user's to fix, so `parse_flags` (pass it to `app.run(main, flags_parser=parse_flags)`) turns
+them into `error: ...` naming the field and the closest valid one, and exit 2.
+"""
+
+import difflib
+import importlib.util
+import sys
+
+from absl import flags
+import ml_collections
+
+PREFIX = '--config.'
+
+
+def field_paths(config: ml_collections.ConfigDict, prefix: str = '') -> list[str]:
+  """Every field's dotted path, sections included ('optim', 'optim.lr', ...)."""
+  out = []
+  for key, value in config.items():
+    out.append(prefix + key)
+    if isinstance(value, ml_collections.ConfigDict):
+      out += field_paths(value, f'{prefix}{key}.')
+  return out
+
+
+def unknown_field(config: ml_collections.ConfigDict, path: str) -> str | None:
+  """None when `path` names a field of `config`, else the message: which part is unknown and
+  the closest valid field."""
+  node = config
+  for i, part in enumerate(path.split('.')):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      known = '.'.join(path.split('.')[:i])
+      paths = field_paths(config)
+      close = difflib.get_close_matches(path, paths, n=1, cutoff=0.6)
+      if not close:  # a typo in a short leaf name scores low against the whole path
+        section = node if isinstance(node, ml_collections.ConfigDict) else {}
+        close = [f'{known}.{c}' if known else c
+                 for c in difflib.get_close_matches(part, list(section), n=1, cutoff=0.5)]
+      if close:
+        hint = f"did you mean '{close[0]}'?"
+      elif isinstance(node, ml_collections.ConfigDict):
+        hint = f"'{known or 'the config'}' has " + ', '.join(sorted(node))
+      else:
+        hint = f"'{known}' is a value, not a section"
+      return f"the config has no field '{path}' ({PREFIX}{path}): {hint}"
+    node = node[part]
+  return None
+
+
+def _config_file(argv: list[str]) -> str | None:
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      return arg.split('=', 1)[1]
+    if arg == '--config' and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """`get_config()` of a config file, as `--config=path[:arg]` names it."""
+  path, _, arg = spec.partition(':')
+  module_spec = importlib.util.spec_from_file_location('_ijepa_config', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def config_typos(argv: list[str]) -> list[str]:
+  """The messages for every `--config.<field>` of `argv` that the config file lacks."""
+  spec = _config_file(argv)
+  if spec is None:
+    return []
+  config = load_config_file(spec)
+  names = [a[len(PREFIX):].split('=', 1)[0] for a in argv if a.startswith(PREFIX)]
+  return [m for m in (unknown_field(config, n) for n in names) if m]
+
+
+def fail(message: str) -> None:
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parse, with exit 2 and one line for a mistyped flag, field or value."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:  # an unknown flag, a value of the wrong type, a missing flag
+    fail(str(e))
+  except (KeyError, AttributeError):  # ml_collections: an unknown --config.<field>
+    try:
+      typos = config_typos(argv)
+    except Exception:  # noqa: BLE001 - the config file itself is broken: show the traceback
+      typos = []
+    if not typos:
+      raise
+    fail('; '.join(typos))
