@@ -1,5 +1,7 @@
 """Pretrain with I-JEPA: python main.py --config=configs/demo.py --workdir=/tmp/demo"""
 
+import faulthandler
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -21,15 +23,18 @@ def main(argv):
   del argv
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO; -v 0 shows it
+  # `kill -USR1 <pid>` prints every thread's stack (a hung process tells where it waits)
+  faulthandler.register(signal.SIGUSR1, all_threads=True)
   multihost.initialize_from_flags(FLAGS)  # before anything touches a device
-  from ijepa_jax.checkpoint import CheckpointError
+  from ijepa_jax.checkpoint import CheckpointError, DamagedCheckpointsError
   from ijepa_jax.config import ConfigError
   from ijepa_jax.data import CorruptImageError
   from ijepa_jax.trainer import NonFiniteError, train_and_evaluate
   try:
     train_and_evaluate(FLAGS.config, FLAGS.workdir)  # returns normally when preempted, too
-  except (ConfigError, FileNotFoundError, CorruptImageError) as e:  # the user's to fix: no
-    # traceback, just the fix (a missing or unlabelled dataset, images that will not decode)
+  except (ConfigError, FileNotFoundError, CorruptImageError, DamagedCheckpointsError) as e:  # the user's to fix: no
+    # traceback, just the fix (a missing or unlabelled dataset, images that will not decode,
+    # every checkpoint damaged: a restarter must not loop on it)
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   except (CheckpointError, NonFiniteError) as e:

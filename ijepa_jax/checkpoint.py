@@ -17,10 +17,12 @@ in a background thread.
 """
 
 import os
+import shutil
 import time
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 ITEMS = ('state', 'meta')
@@ -28,6 +30,21 @@ ITEMS = ('state', 'meta')
 
 class CheckpointError(RuntimeError):
   """A checkpoint could not be written or read; the message names the directory."""
+
+
+class DamagedCheckpointsError(CheckpointError):
+  """Every checkpoint of the run is damaged (none was moved); exit 2: a person decides."""
+
+
+DAMAGED_DIR = 'damaged_checkpoints'  # beside `checkpoints/`: where damaged ones are moved
+
+
+def _path_key(path) -> str:
+  return '/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path)
+
+
+def _shapes(tree: Any) -> dict[str, tuple]:
+  return {_path_key(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def _explain(e: Exception, directory: str, doing: str) -> CheckpointError:
@@ -84,6 +101,90 @@ class Checkpoints:
       raise _explain(e, self.directory, f'restoring checkpoint {step}') from None
     return out.state, out.meta
 
+  def _saved_shapes(self, step: int) -> tuple[dict[str, tuple] | None, str]:
+    """(the array shapes checkpoint `step` says it holds, '') or (None, why they are
+    unreadable)."""
+    try:
+      with ocp.StandardCheckpointer() as reader:
+        tree = reader.metadata(os.path.join(self.directory, str(step), 'state'))
+    except Exception as e:  # noqa: BLE001 - any failure to read the metadata is damage
+      return None, f'{type(e).__name__}: {str(e).splitlines()[0][:300]}'
+    tree = getattr(tree, 'item_metadata', tree)
+    if tree is None:  # orbax logs the failure and returns nothing
+      return None, 'its array metadata (state/_METADATA, the OCDBT manifest) cannot be read'
+    return _shapes(tree), ''
+
+  def _probe(self, step: int, target: Any) -> tuple[Any, dict | None, str | None]:
+    """(state, meta, None) if checkpoint `step` restores, else (None, None, why it is damaged).
+
+    A checkpoint whose metadata reads well but describes other shapes than `target` is not
+    damaged but another model's: that is a CheckpointError, and nothing is moved."""
+    saved, why = self._saved_shapes(step)
+    if saved is None:
+      return None, None, why
+    want = _shapes(target)
+    if saved != want:
+      diff = sorted(k for k in set(saved) | set(want) if saved.get(k) != want.get(k))
+      raise CheckpointError(
+          f'checkpoint {step} in {self.directory} holds a different state than this config '
+          f'builds ({len(diff)} arrays differ, e.g. {diff[0]}: saved {saved.get(diff[0])}, '
+          f'config {want.get(diff[0])}). Use the config it was written with, or another --workdir.')
+    try:
+      out = self._mgr.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+    except Exception as e:  # noqa: BLE001 - a checksum, a truncated file, bad JSON: all damage
+      return None, None, f'{type(e).__name__}: {str(e).splitlines()[0][:300]}'
+    if not isinstance(out.meta, dict) or 'accounting' not in out.meta:
+      return None, None, 'its meta item (data position, accounting) is missing or incomplete'
+    return out.state, out.meta, None
+
+  def restore_intact(self, target: Any, log=print) -> tuple[Any, dict, int, list[dict]]:
+    """(state, meta, step, damaged): the newest checkpoint that restores; each newer one that
+    does not is moved to `<workdir>/damaged_checkpoints/` (never deleted) and listed in
+    `damaged` as {'step', 'reason', 'moved_to'}.
+
+    With several processes, a checkpoint counts as intact only if it restored on every
+    process (each reads its own shards), so all resume from the same step. If no checkpoint
+    is intact, nothing is moved and DamagedCheckpointsError says so."""
+    failed = []
+    for step in reversed(self.all_steps()):
+      state, meta, reason = self._probe(step, target)
+      reasons = _all_reasons(reason)
+      if not reasons:
+        break
+      failed.append((step, reasons))
+      log(f'WARNING: checkpoint {step} in {self.directory} is damaged and cannot be restored '
+          f'({"; ".join(reasons)})')
+    else:
+      if failed:
+        raise DamagedCheckpointsError(
+            f'every checkpoint in {self.directory} is damaged: ' + '; '.join(
+                f'{s}: {r[0]}' for s, r in failed) + '. Nothing was moved: restore a copy, or '
+            'move the checkpoints folder away to start afresh.')
+      return None, None, None, []
+    damaged = [{'step': s, 'reason': '; '.join(r), 'moved_to': self._move_aside(s)}
+               for s, r in failed]
+    for d in damaged:
+      log(f'WARNING: moved damaged checkpoint {d["step"]} to {d["moved_to"]}; resuming from '
+          f'checkpoint {step}, the newest intact one')
+    if damaged:
+      self._mgr.reload()
+    return state, meta, step, damaged
+
+  def _move_aside(self, step: int) -> str:
+    """Move checkpoint `step` to `damaged_checkpoints/<step>[.N]` beside the checkpoints
+    folder (process 0 moves; every process waits for it)."""
+    dest_dir = os.path.join(os.path.dirname(self.directory.rstrip('/')), DAMAGED_DIR)
+    dest = os.path.join(dest_dir, str(step))
+    n = 1
+    while os.path.exists(dest):
+      dest, n = os.path.join(dest_dir, f'{step}.{n}'), n + 1
+    if jax.process_index() == 0:
+      os.makedirs(dest_dir, exist_ok=True)
+      shutil.move(os.path.join(self.directory, str(step)), dest)
+    _barrier(f'ijepa_moved_damaged_checkpoint_{step}')
+    return dest
+
   def restore_meta(self, step: int) -> dict:
     return self._mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
 
@@ -97,6 +198,23 @@ class Checkpoints:
 
   def close(self) -> None:
     self._mgr.close()
+
+
+def _all_reasons(reason: str | None) -> list[str]:
+  """Every process's reason why a checkpoint did not restore (empty: it restored on all).
+  Each process reads its own shards, so one can fail where another does not."""
+  if jax.process_count() == 1:
+    return [reason] if reason else []
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  bad = multihost_utils.process_allgather(np.int32(reason is not None))
+  out = [f'process {i}: damaged' for i in np.flatnonzero(bad) if i != jax.process_index()]
+  return ([reason] if reason else []) + out
+
+
+def _barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(name)
 
 
 def restore_target(abstract: Any, shardings: Any) -> Any:

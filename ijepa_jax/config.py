@@ -164,6 +164,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   _validate_data(d)
   k = config.checkpoint
   _require(k.every > 0, f'checkpoint.every={k.every} must be a positive number of steps')
+  _require(k.stop_check_every >= 1, f'checkpoint.stop_check_every={k.stop_check_every} must be '
+           '>= 1 (steps between the processes\' agreement on a stop signal)')
+  _require(k.stop_deadline > 0, f'checkpoint.stop_deadline={k.stop_deadline} must be a positive '
+           'number of seconds (a little under the scheduler\'s grace period)')
   _require(k.keep >= 1, f'checkpoint.keep={k.keep} must be >= 1 (the latest is what resumes)')
   _require(k.keep_every >= 0, f'checkpoint.keep_every={k.keep_every} must be >= 0 (0: none)')
   _require(config.nonfinite in NONFINITE, f'nonfinite={config.nonfinite!r}: choose one of {NONFINITE}')

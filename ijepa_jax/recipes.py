@@ -75,6 +75,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint.keep = 3        # the last K checkpoints ...
   c.checkpoint.keep_every = 0  # ... plus every M-th step for good (0: none)
   c.checkpoint.async_save = True
+  # several processes agree on a SIGTERM/SIGINT every this many steps (one small host
+  # all-gather then; none in between); a single process checks every step, for free
+  c.checkpoint.stop_check_every = 10
+  # seconds from a stop signal to exit: past it the process dumps its threads' stacks and
+  # exits 3 (a restarter resumes from the last complete checkpoint) instead of hanging
+  c.checkpoint.stop_deadline = 120.0
 
   c.masks = ml_collections.ConfigDict()
   c.masks.mode = 'official'    # or 'corrected' (ijepa_jax/masks.py)

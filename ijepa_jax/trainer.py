@@ -174,15 +174,30 @@ class StopRequest:
   """SIGTERM / SIGINT set a flag that the loop reads between steps (a second SIGINT
   interrupts at once). With several processes they agree on it, so all save the same step.
 
+  Agreement: every `check_every` steps each process contributes the flag *as it was before*
+  the all-gather, and all decide on the gathered values alone. (Deciding on the local flag
+  after the gather let a signal landing during the gather stop one process and not the
+  other: one then entered the checkpoint's barrier, the other the next all-gather, and both
+  hung. The stack dumps of a hung test run showed it.) A single process checks every step.
+
+  A deadline bounds the stop: from the first signal, a watchdog thread gives the process
+  `deadline` seconds to exit; past it, it dumps every thread's stack to stderr and exits
+  with DEADLINE_EXIT (say a peer died and the agreement or a save's barrier never returns).
+  A restarter then resumes from the latest complete checkpoint.
+
   The handler only records the signal (printing from a handler can collide with a print
   it interrupted); the loop reports it.
   """
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
+  DEADLINE_EXIT = 3
 
-  def __init__(self):
+  def __init__(self, check_every: int = 1, deadline: float | None = None):
     self.signum: int | None = None
+    self.check_every = check_every if jax.process_count() > 1 else 1
+    self.deadline = deadline
     self._previous: dict = {}
+    self._watchdog: threading.Timer | None = None
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
@@ -197,16 +212,42 @@ class StopRequest:
   def _handle(self, signum, frame):
     if self.signum is not None and signum == signal.SIGINT:
       raise KeyboardInterrupt
+    self._start_watchdog()
     self.signum = signum
 
-  def requested(self) -> bool:
-    """Whether any process got a signal; afterwards `name` says which one."""
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
-      nums = multihost_utils.process_allgather(np.int32(self.signum or 0))
-      if self.signum is None and np.max(nums) > 0:
-        self.signum = int(np.max(nums))  # another process was signalled
-    return self.signum is not None
+  def _start_watchdog(self) -> None:
+    if self.deadline is None or self._watchdog is not None:
+      return
+    self._watchdog = threading.Timer(self.deadline, self._expire)
+    self._watchdog.daemon = True  # never keeps a finished process alive
+    self._watchdog.start()
+
+  def _expire(self) -> None:
+    import faulthandler  # pylint: disable=import-outside-toplevel
+    print(f'[process {jax.process_index()}] error: still running {self.deadline:.0f}s after '
+          f'{self.name} (checkpoint.stop_deadline); the stacks of all threads follow; exiting '
+          f'{self.DEADLINE_EXIT}. The next start resumes from the latest complete checkpoint.',
+          file=sys.stderr, flush=True)
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    sys.stderr.flush()
+    os._exit(self.DEADLINE_EXIT)  # pylint: disable=protected-access
+
+  def requested(self, step: int) -> bool:
+    """Whether to stop after `step`; afterwards `name` says which signal. With several
+    processes, True only at a step all of them agree on."""
+    if jax.process_count() == 1:
+      return self.signum is not None
+    if step % self.check_every:
+      return False
+    from jax.experimental import multihost_utils
+    mine = self.signum or 0  # read once: a signal landing during the gather waits for the next
+    nums = multihost_utils.process_allgather(np.int32(mine))
+    if int(np.max(nums)) == 0:
+      return False
+    if self.signum is None:
+      self.signum = int(np.max(nums))  # another process was signalled
+    self._start_watchdog()  # the deadline holds on every process from the agreement on
+    return True
 
   @property
   def name(self) -> str:
@@ -226,15 +267,17 @@ def config_changes(saved: dict, current: dict, prefix: str = '') -> list[str]:
 
 
 def _fresh_accounting() -> dict:
-  return {'train_seconds': 0.0, 'skipped_images': 0, 'nonfinite_steps': 0, 'starts': 0}
+  return {'train_seconds': 0.0, 'skipped_images': 0, 'nonfinite_steps': 0, 'starts': 0,
+          'damaged_checkpoints': 0}
 
 
 def restore_or_init(config, ckpts, model, mesh, shapes, boxed, target, data_meta):
   """(state, accounting, how): the latest checkpoint of this workdir, else `init_from`,
   else a fresh init."""
-  latest = ckpts.latest_step()
+  state, meta, latest, damaged = ckpts.restore_intact(target, log)
   if latest is not None:
-    state, meta = ckpts.restore(latest, target)
+    meta['accounting']['damaged_checkpoints'] = (
+        meta['accounting'].get('damaged_checkpoints', 0) + len(damaged))
     for key in ('dataset_size', 'global_batch', 'seed'):
       if meta['data'].get(key) != data_meta[key]:
         log(f'warning: checkpoint {latest} was written with data {key}={meta["data"].get(key)}, '
@@ -303,7 +346,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   data_meta = {'seed': config.seed, 'dataset_size': len(source), 'global_batch': config.batch_size}
   in_flight = None
   try:
-    with StopRequest() as stop, jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    with StopRequest(k.stop_check_every, k.stop_deadline) as stop, jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
       state_sh = sharding.logical_shardings(boxed, mesh)
       state, acct, how = restore_or_init(config, ckpts, model, mesh, shapes, boxed,
                                          restore_target(abstract, state_sh), data_meta)
@@ -364,6 +407,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       print(f'error: {e}', file=sys.stderr)  # keep the exception already on its way up
     finally:
       ckpts.close()
+  last['damaged_checkpoints'] = acct.get('damaged_checkpoints', 0)  # moved aside, all starts
   last['total_seconds'] = time.time() - t_start
   if jax.process_index() == 0:
     (epath.Path(workdir) / 'final.json').write_text(json.dumps(last, indent=1))
@@ -409,7 +453,7 @@ class _Loop:
       pending = (step, metrics)
       if self.monitor:
         self.monitor.after_step(step, state, batch)
-      preempted = self.stop.requested()
+      preempted = self.stop.requested(step)
       if preempted:
         log(f'{self.stop.name} received: saving a checkpoint at step {step}')
       if self.evaluator and step % cfg.evals.every == 0 and not preempted and not (
@@ -492,7 +536,8 @@ class _Loop:
              images_per_sec_per_device=self.n_log * cfg.batch_size / dt / n_dev,
              flops_per_sec=self.n_log * self.flops / dt, time=time.time() - self.t_start,
              skipped_images=self.acct['skipped_images'],
-             nonfinite_steps=self.acct['nonfinite_steps'])
+             nonfinite_steps=self.acct['nonfinite_steps'],
+             damaged_checkpoints=self.acct.get('damaged_checkpoints', 0))
     if self.peak:  # model FLOPs utilisation: analytic FLOPs / (devices x peak)
       m['mfu'] = m['flops_per_sec'] / (n_dev * self.peak)
     eta = (self.total - step) * dt / max(self.n_log, 1)
