@@ -204,3 +204,73 @@ def test_image_folder_run_counts_corrupt_images_then_init_from(tmp_path):
     start = 0 if mode == 'weights' else 2
     assert f'at step {start}' in nxt.stdout
     assert sorted(losses(tmp_path / mode)) == list(range(start + 1, 4))
+
+
+def _data_files(step_dir):
+  return [os.path.join(d, f) for d, _, files in os.walk(step_dir / 'state') for f in files
+          if os.path.basename(d) == 'd']
+
+
+DAMAGE = {  # what a partial copy, a bad disk or a lost file leaves
+    'truncated': lambda ck: [open(f, 'r+b').truncate(os.path.getsize(f) // 2)
+                             for f in _data_files(ck)],
+    'garbage': lambda ck: [open(f, 'r+b').write(os.urandom(os.path.getsize(f)))
+                           for f in _data_files(ck)],
+    'no_metadata': lambda ck: os.remove(ck / 'state' / '_METADATA'),
+}
+
+
+@pytest.fixture(scope='module')
+def six_steps(tmp_path_factory):
+  """A run stopped after step 6 with checkpoints 2, 4 and 6 (the reference's first 6 steps)."""
+  wd = tmp_path_factory.mktemp('six')
+  proc = run(wd, '--config.max_steps=6', '--config.checkpoint.every=2')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert sorted(os.listdir(wd / 'checkpoints')) == ['2', '4', '6']
+  return wd
+
+
+@pytest.mark.parametrize('damage', sorted(DAMAGE))
+def test_damaged_latest_checkpoint_is_moved_aside_and_the_previous_resumes(
+    reference, six_steps, tmp_path, damage):
+  import shutil
+  wd = tmp_path / 'run'
+  shutil.copytree(six_steps, wd)
+  assert _data_files(wd / 'checkpoints' / '6')
+  DAMAGE[damage](wd / 'checkpoints' / '6')
+  again = run(wd, '--config.max_steps=8', '--config.checkpoint.every=2')
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert 'WARNING: checkpoint 6 in' in again.stdout and 'is damaged' in again.stdout
+  assert f'moved damaged checkpoint 6 to {wd}/damaged_checkpoints/6' in again.stdout
+  assert 'resumed from checkpoint 4' in again.stdout
+  assert (wd / 'damaged_checkpoints' / '6' / 'state').is_dir()  # kept, never deleted
+  assert json.load(open(wd / 'final.json'))['damaged_checkpoints'] == 1
+  rows = [json.loads(l) for l in open(wd / 'metrics.jsonl')]
+  assert [r['damaged_checkpoints'] for r in rows if r['step'] > 4] == [1] * 4
+  assert_same_state(final_state(wd, 8), final_state(reference, 8))
+  assert losses(wd) == losses(reference)
+
+
+def test_every_checkpoint_damaged_is_exit_2_and_nothing_moved(six_steps, tmp_path):
+  import shutil
+  wd = tmp_path / 'run'
+  shutil.copytree(six_steps, wd)
+  for step in ('2', '4', '6'):
+    DAMAGE['truncated'](wd / 'checkpoints' / step)
+  again = run(wd, '--config.max_steps=8', '--config.checkpoint.every=2')
+  assert again.returncode == 2, again.stderr[-3000:]
+  errors = [l for l in again.stderr.splitlines() if l.startswith('error:')]
+  assert len(errors) == 1 and 'every checkpoint in' in errors[0], again.stderr[-3000:]
+  assert 'is damaged: 6: ' in errors[0] and 'Nothing was moved' in errors[0]
+  assert sorted(os.listdir(wd / 'checkpoints')) == ['2', '4', '6']
+  assert not (wd / 'damaged_checkpoints').exists()
+
+
+def test_checkpoint_of_another_model_is_an_error_not_damage(six_steps, tmp_path):
+  import shutil
+  wd = tmp_path / 'run'
+  shutil.copytree(six_steps, wd)
+  again = run(wd, '--config.max_steps=8', '--config.model.width=48')
+  assert again.returncode == 1
+  assert 'holds a different state than this config builds' in again.stderr
+  assert sorted(os.listdir(wd / 'checkpoints')) == ['2', '4', '6']  # nothing moved
