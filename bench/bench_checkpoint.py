@@ -17,10 +17,10 @@ import tempfile
 import time
 
 from absl import app, flags, logging
-from ijepa_jax import cli
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ijepa_jax import cli  # noqa: E402
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'configs/*.py', lock_config=True)
 flags.DEFINE_integer('saves', 3, 'saves to time')
@@ -28,21 +28,18 @@ flags.DEFINE_string('dir', '', 'where to write (default: a temporary directory)'
 flags.mark_flags_as_required(['config'])
 
 
-def main(argv):
-  del argv
-  logging.set_verbosity(logging.WARNING)
+def random_state(config):
+  """The full train state of `config` on the devices, filled with random numbers (constant
+  arrays would compress to nothing and flatter the write)."""
   import flax.linen as nn
   import jax
-  import jax.numpy as jnp
-  import numpy as np
 
   from ijepa_jax import config as cfg_lib
   from ijepa_jax import sharding
-  from ijepa_jax.checkpoint import Checkpoints
   from ijepa_jax.masks import MaskSampler
   from ijepa_jax.trainer import abstract_state, batch_shapes
 
-  config = cfg_lib.with_dataset_size(FLAGS.config, 1281167)
+  config = cfg_lib.with_dataset_size(config, 1281167)
   model = cfg_lib.build_model(config)
   masks = MaskSampler(cfg_lib.mask_config(config))
   shapes = batch_shapes(config, masks)
@@ -51,13 +48,24 @@ def main(argv):
   abstract = nn.unbox(boxed)
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
     sh = sharding.logical_shardings(boxed, mesh)
-    def fill(rng):  # random numbers: constant arrays would compress to nothing
+    def fill(rng):
       leaves, tree = jax.tree.flatten(abstract)
       keys = jax.random.split(rng, len(leaves))
       return jax.tree.unflatten(tree, [jax.random.normal(k, a.shape).astype(a.dtype)
                                        for k, a in zip(keys, leaves)])
     state = jax.jit(fill, out_shardings=sh)(jax.random.key(0))
-    jax.block_until_ready(state)
+    return jax.block_until_ready(state)
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  import jax
+  import numpy as np
+
+  from ijepa_jax.checkpoint import Checkpoints
+
+  state = random_state(FLAGS.config)
   nbytes = sum(x.nbytes for x in jax.tree.leaves(state))
   root = FLAGS.dir or tempfile.mkdtemp(prefix='bench_ckpt_')
   ckpts = Checkpoints(os.path.join(root, 'checkpoints'), keep=2)

@@ -274,3 +274,21 @@ def test_checkpoint_of_another_model_is_an_error_not_damage(six_steps, tmp_path)
   assert again.returncode == 1
   assert 'holds a different state than this config builds' in again.stderr
   assert sorted(os.listdir(wd / 'checkpoints')) == ['2', '4', '6']  # nothing moved
+
+
+@pytest.mark.slow
+def test_chaos_soak_short_ends_bitwise_identical(tmp_path):
+  """bench/chaos_soak.py's driver, short: SIGKILLs (also while a checkpoint is being written),
+  SIGTERMs and damaged checkpoints at random moments, then the run's end state against an
+  uninterrupted run's, bit for bit."""
+  from bench.chaos_soak import command, compare_states, soak
+  ref = tmp_path / 'uninterrupted'
+  proc = subprocess.run(command(str(ref), 16), cwd=ROOT, env=env(), capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = soak(str(tmp_path / 'soaked'), 16, 5, seed=0, log=lambda *_: None)
+  assert report['faults_total'] >= 5, report
+  assert sum(n > 0 for n in report['faults'].values()) >= 3, report  # mixed kinds
+  assert report['starts'] >= 4
+  arrays, differing = compare_states(str(ref), str(tmp_path / 'soaked'), 16)
+  assert arrays > 100 and differing == 0  # params, EMA params, Adam moments, step
