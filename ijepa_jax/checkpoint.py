@@ -17,13 +17,13 @@ in a background thread.
 """
 
 import os
-import shutil
 import time
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 ITEMS = ('state', 'meta')
 
@@ -174,16 +174,15 @@ class Checkpoints:
   def _move_aside(self, step: int) -> str:
     """Move checkpoint `step` to `damaged_checkpoints/<step>[.N]` beside the checkpoints
     folder (process 0 moves; every process waits for it)."""
-    dest_dir = os.path.join(os.path.dirname(self.directory.rstrip('/')), DAMAGED_DIR)
-    dest = os.path.join(dest_dir, str(step))
-    n = 1
-    while os.path.exists(dest):
-      dest, n = os.path.join(dest_dir, f'{step}.{n}'), n + 1
+    dest_dir = epath.Path(self.directory).parent / DAMAGED_DIR  # local or gs://
+    dest, n = dest_dir / str(step), 1
+    while dest.exists():
+      dest, n = dest_dir / f'{step}.{n}', n + 1
     if jax.process_index() == 0:
-      os.makedirs(dest_dir, exist_ok=True)
-      shutil.move(os.path.join(self.directory, str(step)), dest)
+      dest_dir.mkdir(parents=True, exist_ok=True)
+      (epath.Path(self.directory) / str(step)).rename(dest)
     _barrier(f'ijepa_moved_damaged_checkpoint_{step}')
-    return dest
+    return str(dest)
 
   def restore_meta(self, step: int) -> dict:
     return self._mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta

@@ -1,4 +1,4 @@
-"""Pieces of the trainer's shell: the attention choice."""
+"""Pieces of the trainer's shell: the attention choice, the stop's agreement and deadline."""
 
 
 import jax.numpy as jnp
@@ -29,3 +29,63 @@ def test_attention_choice():
   c.model.pred_width = 320
   with pytest.raises(cfg_lib.ConfigError, match="predictor's head size 20"):
     cfg_lib.validate(c, num_devices=8, platform='gpu')
+
+
+def test_stop_agreement_uses_the_gathered_flags_only(monkeypatch):
+  """A signal that lands while the processes gather their flags must not stop this process
+  alone: the decision is the gathered values', the same on every process (it used to read
+  its own flag again after the gather, and the two processes then hung in different
+  collectives)."""
+  import signal
+
+  import jax
+  import numpy as np
+  from jax.experimental import multihost_utils
+
+  from ijepa_jax.trainer import StopRequest
+
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  stop = StopRequest(check_every=5)
+  gathers = []
+
+  def gather(x):  # the other process has no signal; ours arrives during the gather
+    gathers.append(int(x))
+    if len(gathers) == 1:
+      stop._handle(signal.SIGTERM, None)
+    return np.array([int(x), 0], np.int32)
+
+  monkeypatch.setattr(multihost_utils, 'process_allgather', gather)
+  assert [stop.requested(s) for s in range(1, 5)] == [False] * 4 and gathers == []  # no gather
+  assert not stop.requested(5)  # gathered 0 from both: neither stops ...
+  assert stop.signum == signal.SIGTERM  # ... although the signal has arrived here
+  assert [stop.requested(s) for s in range(6, 10)] == [False] * 4
+  assert stop.requested(10) and gathers == [0, signal.SIGTERM]  # both see it at step 10
+
+  other = StopRequest(check_every=5)  # a process that was not signalled learns it
+  monkeypatch.setattr(multihost_utils, 'process_allgather',
+                      lambda x: np.array([int(x), signal.SIGTERM], np.int32))
+  assert other.requested(5) and other.name == 'SIGTERM'
+
+
+def test_stop_deadline_dumps_stacks_and_exits_3(tmp_path):
+  """A stop that cannot finish (here: the main thread never returns) ends with the threads'
+  stacks on stderr and exit 3 instead of a hang."""
+  import os
+  import subprocess
+  import sys
+  import time
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  script = ('import os, signal, time\n'
+            'from ijepa_jax.trainer import StopRequest\n'
+            'with StopRequest(deadline=1.0) as stop:\n'
+            '  os.kill(os.getpid(), signal.SIGTERM)\n'
+            '  assert stop.requested(1)\n'
+            '  time.sleep(60)  # a save that never returns\n')
+  t0 = time.time()
+  proc = subprocess.run([sys.executable, '-c', script], cwd=root, capture_output=True, text=True,
+                        timeout=120, env=dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS='cpu'))
+  from ijepa_jax.trainer import StopRequest
+  assert proc.returncode == StopRequest.DEADLINE_EXIT == 3, proc.stderr[-2000:]
+  assert time.time() - t0 < 30
+  assert 'still running 1s after SIGTERM (checkpoint.stop_deadline)' in proc.stderr
+  assert 'time.sleep(60)' in proc.stderr or 'line 6' in proc.stderr  # the main thread's stack
