@@ -1,6 +1,6 @@
 """What a stop costs: the processes' agreement per step, and the time from SIGTERM to exit 0.
 
-  python bench/bench_stop.py [--steps=80] [--checks=1,10] [--vitl]
+  python bench/bench_stop.py [--steps=150] [--checks=1,10] [--vitl]
 
 Prints one table:
 - **agreement**: two processes (one CPU device each, a tiny model whose step takes a few
@@ -33,7 +33,8 @@ from ijepa_jax import cli  # noqa: E402
 from bench.chaos_soak import TINY  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer('steps', 80, 'Steps of each two-process run.')
+flags.DEFINE_integer('steps', 150, 'Steps of each two-process run (21 to 187: the tiny schedule '
+                     'is 0.05 epochs of batch 16).')
 flags.DEFINE_list('checks', ['1', '10'], 'checkpoint.stop_check_every values to compare.')
 flags.DEFINE_bool('vitl', False, 'Also time SIGTERM to exit with a ViT-L/16-sized state.')
 flags.DEFINE_bool('child', False, 'Internal: the ViT-L/16-sized process.')
@@ -118,6 +119,8 @@ def main(argv):
   if FLAGS.child:
     vitl_child()
     return
+  if not 20 < FLAGS.steps <= 187:
+    cli.fail(f'--steps={FLAGS.steps} must be in 21..187 (the tiny schedule\'s length)')
   rows = []
   for check in map(int, FLAGS.checks):
     rows.append((f'two processes, stop agreed every {check} step(s)',
