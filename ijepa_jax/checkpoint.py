@@ -114,14 +114,13 @@ class Checkpoints:
       return None, 'its array metadata (state/_METADATA, the OCDBT manifest) cannot be read'
     return _shapes(tree), ''
 
-  def _probe(self, step: int, target: Any) -> tuple[Any, dict | None, str | None]:
-    """(state, meta, None) if checkpoint `step` restores, else (None, None, why it is damaged).
-
-    A checkpoint whose metadata reads well but describes other shapes than `target` is not
-    damaged but another model's: that is a CheckpointError, and nothing is moved."""
+  def _check_metadata(self, step: int, target: Any) -> str | None:
+    """None if checkpoint `step`'s array metadata reads and matches `target`, else why it is
+    damaged. Metadata that reads well but describes other shapes than `target` is not damage
+    but another model's checkpoint: a CheckpointError, and nothing is moved."""
     saved, why = self._saved_shapes(step)
     if saved is None:
-      return None, None, why
+      return why
     want = _shapes(target)
     if saved != want:
       diff = sorted(k for k in set(saved) | set(want) if saved.get(k) != want.get(k))
@@ -129,6 +128,10 @@ class Checkpoints:
           f'checkpoint {step} in {self.directory} holds a different state than this config '
           f'builds ({len(diff)} arrays differ, e.g. {diff[0]}: saved {saved.get(diff[0])}, '
           f'config {want.get(diff[0])}). Use the config it was written with, or another --workdir.')
+    return None
+
+  def _try_restore(self, step: int, target: Any) -> tuple[Any, dict | None, str | None]:
+    """(state, meta, None) if checkpoint `step` restores, else (None, None, why not)."""
     try:
       out = self._mgr.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
@@ -148,10 +151,14 @@ class Checkpoints:
     is intact, nothing is moved and DamagedCheckpointsError says so."""
     failed = []
     for step in reversed(self.all_steps()):
-      state, meta, reason = self._probe(step, target)
-      reasons = _all_reasons(reason)
+      # two phases, each agreed by all processes, so that none starts a restore (whose reads
+      # may wait for the others) that another has already given up on
+      reasons = _all_reasons(self._check_metadata(step, target))
       if not reasons:
-        break
+        state, meta, reason = self._try_restore(step, target)
+        reasons = _all_reasons(reason)
+        if not reasons:
+          break
       failed.append((step, reasons))
       log(f'WARNING: checkpoint {step} in {self.directory} is damaged and cannot be restored '
           f'({"; ".join(reasons)})')

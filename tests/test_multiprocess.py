@@ -160,3 +160,20 @@ def test_sigterm_to_any_process_stops_both_at_the_same_step(tmp_path, signalled)
   # one checkpoint, written by both processes together (orbax's save is collective: had they
   # stopped at different steps, neither would have finished it)
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == [str(step)]
+
+
+def test_damaged_checkpoint_two_processes_agree_on_the_previous_one(tmp_path):
+  """Each process reads its own shards; a checkpoint counts as intact only if it restored on
+  both, so both move it aside once and resume from the same older step."""
+  from test_faults import DAMAGE, assert_same_state
+  fsdp = ['--config.mesh.data=1', '--config.mesh.fsdp=2', '--config.checkpoint.every=2']
+  ref, wd = tmp_path / 'ref', tmp_path / 'run'
+  local_sh(ref, 2, 1, '--config.max_steps=6', *fsdp)
+  local_sh(wd, 2, 1, '--config.max_steps=4', *fsdp)
+  assert sorted(os.listdir(wd / 'checkpoints')) == ['2', '4']
+  DAMAGE['truncated'](wd / 'checkpoints' / '4')
+  out, _ = local_sh(wd, 2, 1, '--config.max_steps=6', *fsdp)
+  assert f'moved damaged checkpoint 4 to {wd}/damaged_checkpoints/4' in out
+  assert 'resumed from checkpoint 2' in out
+  assert sorted(os.listdir(wd / 'damaged_checkpoints')) == ['4']
+  assert_same_state(final_state(wd, 6), final_state(ref, 6))
