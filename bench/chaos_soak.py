@@ -38,17 +38,20 @@ from ijepa_jax import cli  # noqa: E402
 
 FAULTS = ('sigkill', 'sigkill_saving', 'sigterm', 'damage')
 # a tiny model: each start is dominated by Python imports and the compile, like a restart is
+# (tests/test_faults.py runs its fault tests on it too)
 TINY = ['--config.batch_size=16', '--config.model.width=32', '--config.model.depth=2',
         '--config.model.num_heads=2', '--config.model.pred_width=16',
         '--config.model.pred_depth=1', '--config.evals.every=0', '--config.evals.at_end=False',
         '--config.data.workers=2', '--config.log_every=1', '--config.monitor.pictures=False',
-        '--config.monitor.health_every=0', '--config.num_epochs=0.05',
-        '--config.checkpoint.every=2', '--config.monitor.tensorboard=False']
+        '--config.monitor.health_every=0',
+        '--config.num_epochs=0.05']  # 60000 / 16 * 0.05 = 187 steps in the schedule
+SOAK = [*TINY, '--config.checkpoint.every=2', '--config.monitor.tensorboard=False']
+DAMAGE_KINDS = ('truncated', 'garbage', 'no_metadata')
 
 
 def command(workdir: str, steps: int) -> list[str]:
   return [sys.executable, 'main.py', '--config=configs/demo.py', f'--workdir={workdir}',
-          *TINY, f'--config.max_steps={steps}']
+          *SOAK, f'--config.max_steps={steps}']
 
 
 def _env() -> dict:
@@ -57,7 +60,7 @@ def _env() -> dict:
   return e
 
 
-def _data_files(step_dir: str) -> list[str]:
+def data_files(step_dir: str) -> list[str]:
   return [os.path.join(d, f) for d, _, files in os.walk(os.path.join(step_dir, 'state'))
           for f in files if os.path.basename(d) == 'd']
 
@@ -67,7 +70,7 @@ def damage(step_dir: str, how: str) -> None:
   if how == 'no_metadata':
     os.remove(os.path.join(step_dir, 'state', '_METADATA'))
     return
-  for f in _data_files(step_dir):
+  for f in data_files(step_dir):
     size = os.path.getsize(f)
     with open(f, 'r+b') as fh:
       if how == 'truncated':
@@ -135,7 +138,7 @@ def soak(workdir: str, steps: int, faults: int, seed: int = 0, log=print) -> dic
       if len(ckpts) < 2:  # keep one intact checkpoint to resume from
         fault = rng.choice(FAULTS[:3])
       else:
-        how = rng.choice(('truncated', 'garbage', 'no_metadata'))
+        how = rng.choice(DAMAGE_KINDS)
         damage(os.path.join(workdir, 'checkpoints', str(ckpts[-1])), how)
         kinds['damage'] += 1
         log(f'fault {done + 1}: damaged checkpoint {ckpts[-1]} ({how})')
@@ -156,22 +159,24 @@ def soak(workdir: str, steps: int, faults: int, seed: int = 0, log=print) -> dic
           'damaged_checkpoints': final.get('damaged_checkpoints', 0)}
 
 
+def final_state(workdir: str, step: int) -> list:
+  """Every array of `workdir`'s checkpoint `step` (params, EMA, Adam moments, step) as numpy,
+  with its tree path, whatever mesh wrote it."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  path = os.path.join(workdir, 'checkpoints', str(step), 'state')
+  with ocp.StandardCheckpointer() as ckptr:
+    meta = ckptr.metadata(path)
+    meta = getattr(meta, 'item_metadata', meta)  # the tree of array metadata
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), meta)
+    return jax.tree_util.tree_flatten_with_path(jax.device_get(ckptr.restore(path, target)))[0]
+
+
 def compare_states(a_dir: str, b_dir: str, step: int) -> tuple[int, int]:
   """(arrays, arrays that differ in any bit) between two workdirs' checkpoint `step`."""
-  import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-
-  def load(workdir):
-    path = os.path.join(workdir, 'checkpoints', str(step), 'state')
-    with ocp.StandardCheckpointer() as ckptr:
-      meta = ckptr.metadata(path)
-      meta = getattr(meta, 'item_metadata', meta)
-      one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-      target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), meta)
-      return jax.tree_util.tree_flatten_with_path(jax.device_get(ckptr.restore(path, target)))[0]
-
-  a, b = load(a_dir), load(b_dir)
+  a, b = final_state(a_dir, step), final_state(b_dir, step)
   assert [p for p, _ in a] == [p for p, _ in b], 'different state trees'
   return len(a), sum(not np.array_equal(x, y) for (_, x), (_, y) in zip(a, b))
 

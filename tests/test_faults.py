@@ -19,11 +19,7 @@ from ijepa_jax import fashion_mnist
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.skipif(fashion_mnist.missing_files(None),
                                 reason='dataset-fashion-mnist not installed')
-TINY = ['--config.batch_size=16', '--config.model.width=32', '--config.model.depth=2',
-        '--config.model.num_heads=2', '--config.model.pred_width=16', '--config.model.pred_depth=1',
-        '--config.evals.every=0', '--config.evals.at_end=False', '--config.data.workers=2', '--config.log_every=1',
-        '--config.monitor.pictures=False', '--config.monitor.health_every=0',
-        '--config.num_epochs=0.05']  # 60000 / 16 * 0.05 = 187 steps in the schedule
+from bench.chaos_soak import DAMAGE_KINDS, TINY, damage, data_files, final_state  # noqa: F401
 
 
 def command(workdir, *overrides):
@@ -61,19 +57,6 @@ def read_until(proc, needle, timeout=300):
 def losses(workdir):
   return {r['step']: r['loss'] for r in map(json.loads, open(os.path.join(workdir, 'metrics.jsonl')))
           if 'loss' in r}  # evaluation rows have none
-
-
-def final_state(workdir, step):
-  """Every array of checkpoint `step` (params, EMA, Adam moments, step), as numpy."""
-  import orbax.checkpoint as ocp
-  path = os.path.join(workdir, 'checkpoints', str(step), 'state')
-  ckptr = ocp.StandardCheckpointer()
-  meta = ckptr.metadata(path)
-  meta = getattr(meta, 'item_metadata', meta)  # the tree of array metadata
-  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])  # whatever mesh wrote it
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), meta)
-  tree = ckptr.restore(path, target)
-  return jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]
 
 
 def assert_same_state(a, b):
@@ -206,18 +189,7 @@ def test_image_folder_run_counts_corrupt_images_then_init_from(tmp_path):
     assert sorted(losses(tmp_path / mode)) == list(range(start + 1, 4))
 
 
-def _data_files(step_dir):
-  return [os.path.join(d, f) for d, _, files in os.walk(step_dir / 'state') for f in files
-          if os.path.basename(d) == 'd']
-
-
-DAMAGE = {  # what a partial copy, a bad disk or a lost file leaves
-    'truncated': lambda ck: [open(f, 'r+b').truncate(os.path.getsize(f) // 2)
-                             for f in _data_files(ck)],
-    'garbage': lambda ck: [open(f, 'r+b').write(os.urandom(os.path.getsize(f)))
-                           for f in _data_files(ck)],
-    'no_metadata': lambda ck: os.remove(ck / 'state' / '_METADATA'),
-}
+DAMAGE = {how: (lambda ck, how=how: damage(str(ck), how)) for how in DAMAGE_KINDS}
 
 
 @pytest.fixture(scope='module')
@@ -236,7 +208,7 @@ def test_damaged_latest_checkpoint_is_moved_aside_and_the_previous_resumes(
   import shutil
   wd = tmp_path / 'run'
   shutil.copytree(six_steps, wd)
-  assert _data_files(wd / 'checkpoints' / '6')
+  assert data_files(str(wd / 'checkpoints' / '6'))
   DAMAGE[damage](wd / 'checkpoints' / '6')
   again = run(wd, '--config.max_steps=8', '--config.checkpoint.every=2')
   assert again.returncode == 0, again.stderr[-3000:]
