@@ -216,7 +216,8 @@ def _validate_evals(ev: ml_collections.ConfigDict, log_every: int) -> None:
     bad = [p for p in ev[name] if p not in PROBES]
     _require(not bad, f'evals.{name}={tuple(ev[name])}: unknown {bad}; choose from {PROBES}')
   _require(ev.encoder in ENCODERS, f'evals.encoder={ev.encoder!r}: choose one of {ENCODERS}')
-  _require(ev.pool in ('mean', 'last4'), f'evals.pool={ev.pool!r}: choose mean or last4')
+  _require(ev.pool in ('mean', 'last4', 'tokens'),
+           f'evals.pool={ev.pool!r}: choose mean, last4 or tokens')
   _require(0 < ev.crop_fraction <= 1, f'evals.crop_fraction={ev.crop_fraction} must be in (0, 1]')
   _require(0 < ev.holdout < 1, f'evals.holdout={ev.holdout} must be in (0, 1)')
   _require(ev.knn_k > 0 and ev.knn_temperature > 0,

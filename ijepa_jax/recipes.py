@@ -126,7 +126,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.evals.periodic_probes = ('linear', 'knn')
   c.evals.final_probes = ('linear', 'knn', 'lowshot')
   c.evals.encoder = 'target'   # target (EMA) or context
-  c.evals.pool = 'mean'        # mean (average-pooled output) or last4 (mean of the last 4 blocks')
+  c.evals.pool = 'mean'        # mean (average-pooled output), last4 (mean of the last 4 blocks')
+                               # or tokens (every output token, flattened: T x D values)
   c.evals.crop_fraction = 0.875  # resize the short side to size / this, centre-crop
   c.evals.batch_size = 256     # images per feature-extraction step (global)
   c.evals.knn_k = 20
