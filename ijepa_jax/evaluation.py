@@ -288,8 +288,8 @@ def eval_splits(config: ml_collections.ConfigDict, train_examples: int, test_exa
 
 class FeatureExtractor:
   """`extractor(encoder_params, images uint8 [N, ...]) -> float32 [N, D]`, batches split over
-  the mesh's batch axes and the encoder's parameters as they are sharded. With
-  `output='tokens'` each image's output tokens are flattened in raster order: [N, T·D]."""
+  the mesh's batch axes and the encoder's parameters as they are sharded ('tokens':
+  [N, T, D])."""
 
   def __init__(self, mesh: jax.sharding.Mesh, *, num_heads: int, output: str = 'mean',
                batch_size: int = 256, mean: Sequence[float], std: Sequence[float],
@@ -324,8 +324,7 @@ class FeatureExtractor:
         chunk = np.concatenate([chunk, np.zeros((self.batch - n,) + chunk.shape[1:], chunk.dtype)])
       # every process holds the whole chunk and hands each device its slice
       x = jax.make_array_from_callback(chunk.shape, self._in, lambda idx, c=chunk: c[idx])
-      feats = np.asarray(self._fn(params, x))[:n]
-      out.append(feats.reshape(n, -1))
+      out.append(np.asarray(self._fn(params, x))[:n])
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
@@ -364,7 +363,9 @@ class Evaluator:
     self.extract = FeatureExtractor.for_config(config, mesh, ev.pool)
 
   def split_features(self, params: Any, split: LabelledSplit) -> np.ndarray:
-    return np.concatenate([self.extract(params, images) for images in split.chunks()])
+    """[N, D] features of a split for the probes (evals.pool=tokens: [N, T·D], raster order)."""
+    feats = np.concatenate([self.extract(params, images) for images in split.chunks()])
+    return feats.reshape(len(feats), -1)
 
   def features(self, params: Any) -> tuple[np.ndarray, np.ndarray]:
     return self.split_features(params, self.train), self.split_features(params, self.test)

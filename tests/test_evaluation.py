@@ -131,15 +131,15 @@ def test_evaluator_on_an_image_folder(tmp_path, monkeypatch):
     np.testing.assert_allclose(f, g, rtol=1e-5, atol=1e-5)
     # evals.pool=tokens: every output token, flattened in raster order, over 8 devices
     from ijepa_jax.features import encode
-    images = next(iter(ev.test.chunks()))[:11]
     config.evals.pool = 'tokens'
-    tokens = evaluation.FeatureExtractor.for_config(config, mesh, 'tokens')
-    t = tokens(state.target_params, images)
+    ev_tokens = evaluation.Evaluator(config, mesh, -1, -1, ('knn',))
+    t = ev_tokens.split_features(state.target_params, ev_tokens.test)
+    images = np.concatenate(list(ev_tokens.test.chunks()))
     ref = np.asarray(encode(state.target_params, images, output='tokens', num_heads=4,
                             mean=config.data.mean, std=config.data.std))
-    assert t.shape == (11, ref.shape[1] * ref.shape[2]) == (11, 64 * 32)
-    np.testing.assert_allclose(t, ref.reshape(11, -1), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(t.reshape(11, 64, 32).mean(1), f, rtol=1e-4, atol=1e-5)
+    assert ref.shape == (40, 64, 32) and t.shape == (40, 64 * 32)
+    np.testing.assert_allclose(t, ref.reshape(40, -1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(t.reshape(40, 64, 32)[:11].mean(1), f, rtol=1e-4, atol=1e-5)
   # decoded images are kept between calls only while a split fits in CACHE_BYTES
   # (train: 81 images of 32 x 32 x 3 = 248,832 bytes; val: 40 = 122,880)
   for limit, kept in ((10**6, (True, True)), (200_000, (False, True)), (100_000, (False, False))):
