@@ -58,6 +58,7 @@ def compiled_step(config, num_batches: int) -> tuple[Any, Any, list[dict], dict]
     batches = [global_batch({'images': images, **m}, mesh) for m in per_step]
   facts = {'compile_s': compile_s, 'memory': device_memory(step),
            'context_len': masks['ctx_idx'].shape[-1], 'target_len': masks['tgt_idx'].shape[-1],
+           'num_targets': masks['tgt_idx'].shape[1],
            'masks': masks}
   return step, state, batches, facts
 
@@ -79,7 +80,7 @@ def time_step(config, steps: int) -> dict:
     state, m = step(state, b)
   jax.block_until_ready(m)
   step_s = (time.perf_counter() - t0) / steps
-  flops = train_step_flops(config, facts['context_len'], facts['target_len'])
+  flops = train_step_flops(config, facts['context_len'], facts['target_len'], facts['num_targets'])
   dev = jax.devices()[0]
   peak = peak_flops(dev.device_kind)
   per_dev = flops / step_s / jax.device_count()

@@ -64,7 +64,8 @@ def mask_config(config: ml_collections.ConfigDict) -> MaskConfig:
       target_scale=tuple(k.target_scale), target_aspect=tuple(k.target_aspect),
       context_scale=tuple(k.context_scale), context_aspect=tuple(k.context_aspect),
       min_keep=k.min_keep, context_len=None if k.context_len == -1 else k.context_len,
-      truncation_batch=k.truncation_batch)
+      truncation_batch=k.truncation_batch, strategy=k.strategy,
+      target_fraction=k.target_fraction)
 
 
 def steps_per_epoch(config: ml_collections.ConfigDict) -> int:

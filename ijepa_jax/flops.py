@@ -40,13 +40,15 @@ def transformer_flops(tokens: int, width: int, depth: int, hidden: int) -> float
   return depth * (dense + attention)
 
 
-def train_step_flops(config: ml_collections.ConfigDict, context_len: int, target_len: int) -> float:
-  """FLOPs of one train step on the global batch (forward + backward)."""
+def train_step_flops(config: ml_collections.ConfigDict, context_len: int, target_len: int,
+                     num_targets: int | None = None) -> float:
+  """FLOPs of one train step on the global batch (forward + backward); `num_targets`
+  defaults to masks.num_targets (the multi-block sampler's M)."""
   width, depth, _, mlp_dim = cfg_lib.encoder_dims(config)
   m = config.model
   n = (config.data.image_size // m.patch_size) ** 2
   patch = 2 * n * m.patch_size ** 2 * config.data.channels * width  # the whole image, both encoders
-  k = config.masks.num_targets
+  k = config.masks.num_targets if num_targets is None else num_targets
   target = patch + transformer_flops(n, width, depth, mlp_dim)
   context = patch + transformer_flops(context_len, width, depth, mlp_dim)
   predictor = (2 * context_len * width * m.pred_width  # predictor_embed

@@ -35,6 +35,20 @@ target blocks are never cut. Kc is set as follows:
   possible context. If the config sets a smaller `context_len`, longer
   contexts are subsampled uniformly at random (not in raster order).
 
+Strategies (`strategy`; the other strategies of the I-JEPA paper's masking ablation): the
+multi-block sampler above is `multiblock`. The three others draw every size and position
+per image (they need `corrected` mode) and fix their shapes from the grid alone:
+
+* `random`: the targets are round(target_fraction * N) patches drawn uniformly at random
+  (one target set, M = 1), the context is every other patch.
+* `block`: one target block of area fraction target_fraction (aspect ratio from
+  target_aspect, uniform position), the context is every patch outside it.
+* `rasterized`: the grid is cut into four quadrants (rows and columns split at
+  ceil(H / 2), ceil(W / 2)); one quadrant drawn uniformly is the context, the other three
+  are the targets (M = 3), each its own set.
+
+The paper's ablation gives random and block targets 0.6 of the image.
+
 Both modes: the context never overlaps a target block (the official code drops
 that constraint after 20 failed tries; we resample the image's target blocks
 instead), every block keeps more than `min_keep` patches, and sampling is
@@ -50,6 +64,7 @@ from typing import NamedTuple
 import numpy as np
 
 MODES = ('official', 'corrected')
+STRATEGIES = ('multiblock', 'random', 'block', 'rasterized')
 _MASK_STREAM = 0x6D61736B  # separates the mask RNG stream from other host streams
 _MAX_RETRIES = 64
 _ENUM_POINTS = 1001  # grid over a uniform draw, to find exact size extremes
@@ -77,6 +92,8 @@ class MaskConfig:
   min_keep: int = 10
   context_len: int | None = None  # Kc; None derives it (module docstring)
   truncation_batch: int = 128  # official mode: per-loader batch whose minimum sets Kc
+  strategy: str = 'multiblock'  # or random, block, rasterized (module docstring)
+  target_fraction: float = 0.6  # random and block: the targets' share of the grid
 
 
 class MaskSampler:
@@ -94,6 +111,12 @@ class MaskSampler:
     self.height, self.width = c.grid
     self.num_patches = self.height * self.width
     self._official = c.mode == 'official'
+    self.strategy = c.strategy
+    if c.strategy != 'multiblock':
+      self._init_other()
+      self.sample(np.random.default_rng(0), 8)
+      return
+    self.num_targets = c.num_targets
     lo_t, hi_t = self._area_range(c.target_scale, c.target_aspect)
     lo_c, hi_c = self._area_range(c.context_scale, c.context_aspect)
     if lo_t <= c.min_keep:
@@ -114,6 +137,31 @@ class MaskSampler:
       self.sample(np.random.default_rng(0), 64)
     except RuntimeError as e:
       raise ValueError(f'masks: infeasible setting: {e}') from None
+
+  def _init_other(self):
+    """Shapes of the random, block and rasterized strategies: (M, Kt, Kc) from the grid."""
+    c, n = self.config, self.num_patches
+    if c.strategy == 'random':
+      self.num_targets, self.target_len = 1, int(round(c.target_fraction * n))
+      if not 1 <= self.target_len < n:
+        raise ValueError(f'masks.target_fraction={c.target_fraction} gives {self.target_len} '
+                         f'target patches of {n}; choose a fraction that leaves at least one '
+                         'patch on each side')
+      largest_context = n - self.target_len
+    elif c.strategy == 'block':
+      self.num_targets = 1
+      f = (c.target_fraction, c.target_fraction)
+      lo, self.target_len = self._area_range(f, c.target_aspect)
+      if self.target_len >= n:
+        raise ValueError(f'masks.target_fraction={c.target_fraction}: the target block can '
+                         f'cover the whole {self.height}x{self.width} grid and leave no context; '
+                         'lower it or masks.target_aspect')
+      largest_context = n - lo
+    else:  # rasterized
+      self.num_targets = 3
+      rows, cols = _halves(self.height), _halves(self.width)
+      self.target_len = largest_context = max(rows) * max(cols)
+    self.context_len = largest_context if c.context_len is None else int(c.context_len)
 
   # -- sizes -----------------------------------------------------------------
 
@@ -218,6 +266,12 @@ class MaskSampler:
 
   def _untruncated(self, rng, b, size_rng=None):
     """-> ctx_mask [B, N] bool, ctx_len [B], tgt_idx [B, M, Kt], tgt_len [B, M]."""
+    if self.strategy == 'random':
+      return self._random(rng, b)
+    if self.strategy == 'block':
+      return self._block(rng, b)
+    if self.strategy == 'rasterized':
+      return self._rasterized(rng, b)
     m, hh, ww = self.config.num_targets, self.height, self.width
     size_rng = size_rng or rng
     th, tw = self._target_sizes(rng, size_rng, b, m)
@@ -249,6 +303,38 @@ class MaskSampler:
     tgt_len = th * tw
     tgt_idx = np.where(i < tgt_len[..., None], rows * ww + cols, 0)
     return ctx_mask, ctx_mask.sum(1), tgt_idx, tgt_len
+
+  def _random(self, rng, b):
+    kt = self.target_len
+    order = np.argsort(rng.random((b, self.num_patches)), axis=1)
+    tgt = np.sort(order[:, :kt], axis=1)
+    ctx_mask = np.ones((b, self.num_patches), bool)
+    np.put_along_axis(ctx_mask, tgt, False, axis=1)
+    return ctx_mask, ctx_mask.sum(1), tgt[:, None, :], np.full((b, 1), kt)
+
+  def _block(self, rng, b):
+    c, hh, ww = self.config, self.height, self.width
+    f = (c.target_fraction, c.target_fraction)
+    th, tw = self._sizes(rng.random(b), rng.random(b), f, c.target_aspect)
+    top, left = self._positions(rng, th, tw)
+    inside = _rect(top, left, th, tw, hh, ww).reshape(b, -1)
+    tgt_len = th * tw
+    order = np.argsort(~inside, axis=1, kind='stable')[:, :self.target_len]  # raster order
+    tgt_idx = np.where(np.arange(self.target_len)[None] < tgt_len[:, None], order, 0)
+    ctx_mask = ~inside
+    return ctx_mask, ctx_mask.sum(1), tgt_idx[:, None, :], tgt_len[:, None]
+
+  def _rasterized(self, rng, b):
+    hh, ww, kt = self.height, self.width, self.target_len
+    r0, c0 = -(-hh // 2), -(-ww // 2)
+    quads = [(t, l, h, w) for t, h in ((0, r0), (r0, hh - r0)) for l, w in ((0, c0), (c0, ww - c0))]
+    masks = np.stack([_rect(np.array(t), np.array(l), np.array(h), np.array(w), hh, ww).ravel()
+                      for t, l, h, w in quads])  # [4, N]
+    idx = np.stack([np.pad(np.flatnonzero(q), (0, kt - q.sum())) for q in masks])  # [4, Kt]
+    lens = masks.sum(1)
+    ctx = rng.integers(0, 4, b)
+    others = np.stack([np.delete(np.arange(4), q) for q in range(4)])[ctx]  # [B, 3]
+    return masks[ctx], lens[ctx], idx[others], lens[others]
 
   def _positions(self, rng, h, w):
     """Top-left corners; the official bound is exclusive (randint(0, H - h))."""
@@ -288,6 +374,10 @@ def _rect(top, left, h, w, hh, ww):
   return in_r[..., :, None] & in_c[..., None, :]
 
 
+def _halves(n: int) -> tuple[int, int]:
+  return -(-n // 2), n // 2
+
+
 def _union(top, left, h, w, hh, ww):
   return _rect(top, left, h, w, hh, ww).any(axis=1)
 
@@ -300,6 +390,13 @@ def _validate(c: MaskConfig) -> None:
 
   if c.mode not in MODES:
     raise ValueError(f"masks.mode={c.mode!r}: choose one of {MODES}")
+  if c.strategy not in STRATEGIES:
+    raise ValueError(f'masks.strategy={c.strategy!r}: choose one of {STRATEGIES}')
+  if c.strategy != 'multiblock' and c.mode != 'corrected':
+    raise ValueError(f"masks.strategy={c.strategy!r} needs masks.mode='corrected' (the official "
+                     'mode reproduces the multi-block sampler only)')
+  if not 0 < c.target_fraction < 1:
+    raise ValueError(f'masks.target_fraction={c.target_fraction} must be in (0, 1)')
   h, w = c.grid
   if h < 2 or w < 2:
     raise ValueError(f'masks: the patch grid {h}x{w} is too small; use a grid of at least 2x2 '

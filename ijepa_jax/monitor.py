@@ -21,16 +21,24 @@ from ijepa_jax.train_step import IJepa
 MODES = ('official', 'corrected')
 
 
+def strategy_name(sampler: MaskSampler) -> str:
+  """'' for the multi-block sampler, else 'random strategy, ' (and so on)."""
+  return '' if sampler.strategy == 'multiblock' else f'{sampler.strategy} strategy, '
+
+
 def mask_sections(config: ml_collections.ConfigDict, num_images: int, seed: int, step: int,
                   first: dict | None = None) -> list[tuple[str, dict | str]]:
-  """`pictures.mask_picture` sections for both sampler modes, this config's mode first.
+  """`pictures.mask_picture` sections for both sampler modes, this config's mode first (one
+  section for the random, block and rasterized strategies).
 
   `first`: the masks to show for this config's mode (the trainer passes its first batch's);
   otherwise each mode's sampler draws masks for `num_images` images at (seed, step). A mode
   that cannot sample this config shows its error instead.
   """
   sections = []
-  for mode in sorted(MODES, key=lambda m: m != config.masks.mode):
+  # the other strategies have no official mode: only this config's section
+  modes = MODES if config.masks.strategy == 'multiblock' else (config.masks.mode,)
+  for mode in sorted(modes, key=lambda m: m != config.masks.mode):
     c = ml_collections.ConfigDict(config.to_dict())
     c.masks.mode = mode
     try:
@@ -43,8 +51,8 @@ def mask_sections(config: ml_collections.ConfigDict, num_images: int, seed: int,
     masks = {k: np.asarray(v)[:num_images] for k, v in masks.items()}
     mine = ' (this config)' if mode == config.masks.mode else ''
     sections.append((
-        f'{mode} mode{mine}: context ({masks["ctx_len"].mean():.0f} of {sampler.num_patches} '
-        f'patches on average, cut to {sampler.context_len}) | {sampler.config.num_targets} '
+        f'{strategy_name(sampler)}{mode} mode{mine}: context ({masks["ctx_len"].mean():.0f} of {sampler.num_patches} '
+        f'patches on average, cut to {sampler.context_len}) | {sampler.num_targets} '
         f'target blocks | all', masks))
   return sections
 

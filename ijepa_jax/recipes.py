@@ -92,6 +92,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.masks.min_keep = 10
   c.masks.context_len = -1     # -1: derived (ijepa_jax/masks.py)
   c.masks.truncation_batch = 128  # official per-GPU batch (2048 on 16 GPUs)
+  c.masks.strategy = 'multiblock'  # or random, block, rasterized (the paper's ablation; corrected mode)
+  c.masks.target_fraction = 0.6  # random / block: the targets' share of the grid (the paper's)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.start_lr = 2e-4

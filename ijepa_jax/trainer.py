@@ -112,8 +112,8 @@ def batch_shapes(config: ml_collections.ConfigDict, masks: MaskSampler) -> dict:
       'images': jax.ShapeDtypeStruct((b, size, size, ch), jnp.uint8),
       'ctx_idx': jax.ShapeDtypeStruct((b, m.context_len), jnp.int32),
       'ctx_len': jax.ShapeDtypeStruct((b,), jnp.int32),
-      'tgt_idx': jax.ShapeDtypeStruct((b, m.config.num_targets, m.target_len), jnp.int32),
-      'tgt_len': jax.ShapeDtypeStruct((b, m.config.num_targets), jnp.int32),
+      'tgt_idx': jax.ShapeDtypeStruct((b, m.num_targets, m.target_len), jnp.int32),
+      'tgt_len': jax.ShapeDtypeStruct((b, m.num_targets), jnp.int32),
   }
 
 
@@ -331,8 +331,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       f'{param_count(abstract.params["predictor"]):,} params | {config.model.dtype} compute, '
       f'remat {config.model.remat_policy}, attention '
       + ', '.join(f'{k} {v}' for k, v in cfg_lib.attention_backends(config, platform).items()))
-  log(f'masks: {config.masks.mode} mode, grid {masks.height}x{masks.width}, context len '
-      f'{masks.context_len}, {masks.config.num_targets} targets x len {masks.target_len}')
+  log(f'masks: {config.masks.strategy} strategy, {config.masks.mode} mode, grid '
+      f'{masks.height}x{masks.width}, context len {masks.context_len}, {masks.num_targets} '
+      f'targets x len {masks.target_len}')
   log(f'data: {config.data.dataset}/{config.data.split}, {len(source):,} images | schedule: '
       f'{total} steps, global batch {config.batch_size}, {cfg_lib.steps_per_epoch(config)} '
       'steps/epoch')
@@ -363,7 +364,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       t0 = time.time()
       compiled = make_step_fn(model, state_sh, mesh, tuple(config.data.mean),
                               tuple(config.data.std)).lower(state, shapes).compile()
-      flops = train_step_flops(config, masks.context_len, masks.target_len)
+      flops = train_step_flops(config, masks.context_len, masks.target_len, masks.num_targets)
       log(f'compiled the train step in {time.time() - t0:.1f}s | {flops / 1e9:,.1f} GFLOP/step | '
           f'{device_memory(compiled)}')
       ev = config.evals

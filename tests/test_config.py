@@ -57,6 +57,8 @@ def test_paper_recipes():
     ('model.num_heads', 5, 'divisible by model.num_heads'),
     ('masks.min_keep', 40, 'min_keep'),
     ('masks.mode', 'random', 'masks.mode'),
+    ('masks.strategy', 'stripes', 'masks.strategy'),
+    ('masks.target_fraction', 1.5, r'masks.target_fraction=1.5 must be in \(0, 1\)'),
     ('loss', 'l1', 'loss'),
     ('model.dtype', 'float16', 'model.dtype'),
     ('optim.lr', -1.0, 'optim.lr'),

@@ -167,13 +167,17 @@ def test_official_sizes_shared_by_processes():
   assert not np.array_equal(a.tgt_idx, b.tgt_idx)
 
 
-@pytest.mark.parametrize('mode', MODES)
-def test_masks_do_not_depend_on_how_the_batch_is_split(mode):
+@pytest.mark.parametrize('mode, strategy', [(m, 'multiblock') for m in MODES] + [
+    ('corrected', s) for s in ('random', 'block', 'rasterized')])
+def test_masks_do_not_depend_on_how_the_batch_is_split(mode, strategy):
   """A global batch of 3 RNG chunks read whole or by 2, 4 or 6 processes (offsets inside
-  chunks) gives the same masks position by position; another step or seed gives others."""
-  s = MaskSampler(MaskConfig(grid=(14, 14), mode=mode))
+  chunks) gives the same masks position by position, and again on a second call; another
+  step or seed gives others. Every strategy."""
+  s = MaskSampler(MaskConfig(grid=(14, 14), mode=mode, strategy=strategy))
   total = 3 * CHUNK
   whole = s(total, 5, 7)
+  for field, again in zip(whole, s(total, 5, 7)):
+    np.testing.assert_array_equal(field, again)
   for parts in (2, 4, 6):
     n = total // parts
     split = [s(n, 5, 7, offset=p * n) for p in range(parts)]
@@ -181,3 +185,90 @@ def test_masks_do_not_depend_on_how_the_batch_is_split(mode):
       np.testing.assert_array_equal(np.concatenate(full), field)
   assert not np.array_equal(s(total, 5, 8).ctx_idx, whole.ctx_idx)
   assert not np.array_equal(s(total, 6, 7).ctx_idx, whole.ctx_idx)
+
+
+# -- the masking ablation's other strategies (random, block, rasterized) -----------------
+
+def strategy(name, grid=(7, 7), **kw):
+  return MaskSampler(MaskConfig(grid=grid, mode='corrected', strategy=name, **kw))
+
+
+def real(mb, i):
+  """Image i's context set and list of target sets, padding removed."""
+  ctx = mb.ctx_idx[i, :mb.ctx_len[i]]
+  return ctx, [mb.tgt_idx[i, j, :mb.tgt_len[i, j]] for j in range(mb.tgt_idx.shape[1])]
+
+
+@pytest.mark.parametrize('grid', [(7, 7), (14, 14), (6, 9)])
+def test_random_strategy(grid):
+  """round(0.6 N) random target patches, the context every other patch: together they cover
+  the grid exactly once, in fixed shapes, and over many images every patch is a target."""
+  s = strategy('random', grid)
+  n = grid[0] * grid[1]
+  kt = int(round(0.6 * n))
+  assert (s.num_targets, s.target_len, s.context_len) == (1, kt, n - kt)
+  hits = np.zeros(n, int)
+  for step in range(10):
+    mb = s(16, seed=1, step=step)
+    assert mb.ctx_idx.shape == (16, n - kt) and mb.tgt_idx.shape == (16, 1, kt)
+    assert (mb.ctx_len == n - kt).all() and (mb.tgt_len == kt).all()
+    for i in range(16):
+      ctx, (tgt,) = real(mb, i)
+      assert (np.diff(ctx) > 0).all() and (np.diff(tgt) > 0).all()
+      np.testing.assert_array_equal(np.sort(np.concatenate([ctx, tgt])), np.arange(n))
+      np.add.at(hits, tgt, 1)
+  assert hits.min() > 0  # 160 draws of 60%: each patch is a target about 96 times
+  assert abs(hits.mean() / 160 - kt / n) < 1e-9
+
+
+def test_block_strategy():
+  """One target rectangle of floor(0.6 N)-ish patches (aspect 0.75-1.5), the context its
+  complement; Kt and Kc are the exact extremes of the block's area."""
+  s = strategy('block', (14, 14))
+  n, areas = 196, set()
+  for step in range(10):
+    mb = s(16, seed=2, step=step)
+    assert mb.ctx_idx.shape == (16, s.context_len) and mb.tgt_idx.shape == (16, 1, s.target_len)
+    for i in range(16):
+      ctx, (tgt,) = real(mb, i)
+      r0, r1, c0, c1 = rect_of(tgt, 14)
+      assert (r1 - r0 + 1) * (c1 - c0 + 1) == len(tgt)  # a full rectangle
+      # keep = floor(196 * 0.6) = 117: h = round(sqrt(117 ar)) in 9..13 and
+      # w = round(sqrt(117 / ar)) in 9..12 for ar in [0.75, 1.5]
+      assert 9 <= r1 - r0 + 1 <= 13 and 9 <= c1 - c0 + 1 <= 12
+      np.testing.assert_array_equal(np.sort(np.concatenate([ctx, tgt])), np.arange(n))
+      areas.add(len(tgt))
+  assert min(areas) >= n - s.context_len and max(areas) <= s.target_len
+  assert len(areas) > 3  # sizes are drawn per image
+
+
+def test_rasterized_strategy():
+  """Four quadrants (7 x 7: rows and columns cut at 4): the context is always exactly one of
+  them, the three targets the other three; every quadrant is the context in some image."""
+  s = strategy('rasterized')
+  assert (s.num_targets, s.target_len, s.context_len) == (3, 16, 16)
+  quads = [set(r * 7 + c for r in rows for c in cols)
+           for rows in (range(0, 4), range(4, 7)) for cols in (range(0, 4), range(4, 7))]
+  assert [len(q) for q in quads] == [16, 12, 12, 9]
+  seen = set()
+  for step in range(5):
+    mb = s(32, seed=0, step=step)
+    assert mb.ctx_idx.shape == (32, 16) and mb.tgt_idx.shape == (32, 3, 16)
+    for i in range(32):
+      ctx, tgts = real(mb, i)
+      (q,) = [k for k, quad in enumerate(quads) if set(ctx.tolist()) == quad]
+      seen.add(q)
+      assert sorted(map(tuple, (sorted(t.tolist()) for t in tgts))) == \
+          sorted(tuple(sorted(quads[k])) for k in range(4) if k != q)
+  assert seen == {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(strategy='random', mode='official'), "needs masks.mode='corrected'"),
+    (dict(strategy='stripes', mode='corrected'), 'choose one of'),
+    (dict(strategy='random', mode='corrected', target_fraction=1.0), r'must be in \(0, 1\)'),
+    (dict(strategy='random', mode='corrected', target_fraction=0.01), 'leaves at least one'),
+])
+def test_strategy_errors(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    MaskSampler(MaskConfig(grid=(7, 7), **kwargs))

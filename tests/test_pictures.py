@@ -69,6 +69,26 @@ def test_mask_picture_shows_the_samplers_indices(tmp_path, mode):
   check_section(back, GAP, masks, 3, 224, 14)
 
 
+@pytest.mark.parametrize('strategy, m', [('random', 1), ('block', 1), ('rasterized', 3)])
+def test_mask_picture_of_each_strategy(strategy, m):
+  """The masking ablation's strategies: their sections, from the monitor's builder, colour
+  exactly the sampler's patches (random: scattered; block: one rectangle; rasterized:
+  one quadrant of context, three of targets)."""
+  from ijepa_jax.monitor import mask_sections
+  config = load('vitb16')
+  config.masks.mode, config.masks.strategy = 'corrected', strategy
+  sections = mask_sections(config, 3, seed=5, step=7)
+  assert [t.split(':')[0] for t, _ in sections] == [f'{strategy} strategy, corrected mode (this config)']
+  masks = MaskSampler(cfg_lib.mask_config(config))(3, seed=5, step=7)._asdict()
+  for k, v in masks.items():
+    np.testing.assert_array_equal(sections[0][1][k], v)
+  rng = np.random.default_rng(0)
+  images = np.repeat(rng.integers(0, 256, (3, 224, 224, 1), dtype=np.uint8), 3, axis=-1)
+  picture = mask_picture(images, sections, patch=16)
+  assert picture.shape[:2] == mask_picture_size(3, m, 224)
+  check_section(picture, GAP, masks, 3, 224, 14)
+
+
 @pytest.mark.skipif(fashion_mnist.missing_files(None), reason='dataset-fashion-mnist not installed')
 def test_draw_masks_command(tmp_path):
   """For the demo (Fashion-MNIST on the machine) and for ViT-L/16 (ImageNet absent: grey
