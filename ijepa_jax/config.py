@@ -14,7 +14,7 @@ from ijepa_jax.evaluation import ENCODERS, PROBES
 from ijepa_jax.masks import MaskConfig, MaskSampler, MODES
 from ijepa_jax.models import (PATCH_INITS, REMAT_POLICIES, VARIANTS, Predictor, VisionTransformer,
                               attention_implementation, cudnn_flash_fits)
-from ijepa_jax.objective import EMBEDDINGS, LOSSES, AntiCollapse
+from ijepa_jax.objective import EMBEDDINGS, LOSSES, TARGET_SPACES, AntiCollapse
 from ijepa_jax.schedules import Schedules
 from ijepa_jax.sharding import mesh_shape
 from ijepa_jax.train_step import IJepa, make_optimizer
@@ -125,6 +125,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
            f'model.remat_policy={m.remat_policy!r}: choose one of {sorted(REMAT_POLICIES)}')
   _require(d.channels in (1, 3), f'data.channels={d.channels} must be 1 or 3')
   _require(config.loss in LOSSES, f'loss={config.loss!r}: choose one of {LOSSES}')
+  _require(config.target_space in TARGET_SPACES,
+           f'target_space={config.target_space!r}: choose one of {TARGET_SPACES}')
   _validate_anti_collapse(config.anti_collapse)
   _require(config.masks.mode in MODES, f'masks.mode={config.masks.mode!r}: choose one of {MODES}')
   _require(config.batch_size > 0, f'batch_size={config.batch_size} must be positive')
@@ -301,14 +303,17 @@ def build_model(config: ml_collections.ConfigDict) -> IJepa:
   predictor = Predictor(
       grid=grid(config), embed_dim=width, width=m.pred_width, depth=m.pred_depth,
       num_heads=heads if m.pred_heads == -1 else m.pred_heads, mlp_dim=4 * m.pred_width,
-      dtype=dtype, remat_policy=m.remat_policy, attention=attention, scan_layers=m.scan_layers)
+      dtype=dtype, remat_policy=m.remat_policy, attention=attention, scan_layers=m.scan_layers,
+      out_dim=(m.patch_size ** 2 * config.data.channels if config.target_space == 'pixels'
+               else None))
   schedules = Schedules.from_epochs(
       steps_per_epoch=steps_per_epoch(config), num_epochs=config.num_epochs,
       warmup_epochs=o.warmup_epochs, ipe_scale=o.ipe_scale, start_lr=o.start_lr,
       peak_lr=o.lr, final_lr=o.final_lr, weight_decay=o.weight_decay,
       final_weight_decay=o.final_weight_decay, ema_start=o.ema[0], ema_end=o.ema[1])
   optimizer = make_optimizer(schedules, b1=o.b1, b2=o.b2, eps=o.eps, grad_clip=o.grad_clip)
-  return IJepa(encoder, predictor, optimizer, schedules, config.loss, anti_collapse(config))
+  return IJepa(encoder, predictor, optimizer, schedules, config.loss, anti_collapse(config),
+               config.target_space)
 
 
 def total_steps(config: ml_collections.ConfigDict) -> int:

@@ -49,10 +49,12 @@ def train_step_flops(config: ml_collections.ConfigDict, context_len: int, target
   n = (config.data.image_size // m.patch_size) ** 2
   patch = 2 * n * m.patch_size ** 2 * config.data.channels * width  # the whole image, both encoders
   k = config.masks.num_targets if num_targets is None else num_targets
+  # predictor_proj: to the encoder's width, or to a patch's pixels with pixel targets
+  out = m.patch_size ** 2 * config.data.channels if config.target_space == 'pixels' else width
   target = patch + transformer_flops(n, width, depth, mlp_dim)
   context = patch + transformer_flops(context_len, width, depth, mlp_dim)
   predictor = (2 * context_len * width * m.pred_width  # predictor_embed
                + k * transformer_flops(context_len + target_len, m.pred_width, m.pred_depth,
                                        4 * m.pred_width)
-               + 2 * k * target_len * m.pred_width * width)  # predictor_proj
+               + 2 * k * target_len * m.pred_width * out)  # predictor_proj
   return config.batch_size * (target + 3 * (context + predictor))

@@ -161,7 +161,9 @@ class MaskSampler:
       self.num_targets = 3
       rows, cols = _halves(self.height), _halves(self.width)
       self.target_len = largest_context = max(rows) * max(cols)
-    self.context_len = largest_context if c.context_len is None else int(c.context_len)
+    # a context_len above the largest context would only pad
+    self.context_len = largest_context if c.context_len is None else min(int(c.context_len),
+                                                                         largest_context)
 
   # -- sizes -----------------------------------------------------------------
 

@@ -271,7 +271,8 @@ class Predictor(nn.Module):
   """I-JEPA predictor: narrow ViT over context tokens + one mask token per target patch.
 
   ctx [B, Kc, D] (context-encoder output), ctx_idx [B, Kc], ctx_len [B],
-  tgt_idx [B, M, Kt], tgt_len [B, M] -> predictions [B, M, Kt, D] float32.
+  tgt_idx [B, M, Kt], tgt_len [B, M] -> predictions [B, M, Kt, D] float32 (D = out_dim
+  where that is set: the pixel-target ablation's p * p * C values of each patch).
   Each of the M target blocks is its own sequence [real context | its real
   mask tokens | padding], so target blocks never attend to each other and
   padding (index >= length) is a suffix that attention ignores; outputs at
@@ -287,6 +288,7 @@ class Predictor(nn.Module):
   remat_policy: str = 'none'
   attention: str | None = None
   scan_layers: bool = True  # nn.scan over the blocks (False: unrolled; the same parameters)
+  out_dim: int | None = None  # predictor_proj's outputs; None: embed_dim (pixel targets: p*p*C)
 
   @nn.compact
   def __call__(self, ctx: jax.Array, ctx_idx: jax.Array, ctx_len: jax.Array,
@@ -314,5 +316,7 @@ class Predictor(nn.Module):
                    self.remat_policy, self.attention, self.scan_layers, name='predictor_blocks')(x, (cl + tl)[:, 0])
     x = _layer_norm('predictor_norm', 'pred_embed')(x)
     x = gather_tokens(x, jnp.minimum(cl + jnp.arange(kt)[None], kc + kt - 1))  # target slots
-    x = _dense(self.embed_dim, ('pred_embed', 'embed'), self.dtype, 'predictor_proj')(x)
-    return x.astype(jnp.float32).reshape(b, m, kt, self.embed_dim)
+    out = self.embed_dim if self.out_dim is None else self.out_dim
+    axes = ('pred_embed', 'embed') if self.out_dim is None else ('pred_embed', None)
+    x = _dense(out, axes, self.dtype, 'predictor_proj')(x)
+    return x.astype(jnp.float32).reshape(b, m, kt, out)

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 LOSSES = ('smooth_l1', 'l2')
+TARGET_SPACES = ('representation', 'pixels')
 
 
 def normalize_targets(h: jax.Array) -> jax.Array:
@@ -14,6 +15,25 @@ def normalize_targets(h: jax.Array) -> jax.Array:
   mean = h.mean(-1, keepdims=True)
   var = jnp.square(h - mean).mean(-1, keepdims=True)
   return (h - mean) * jax.lax.rsqrt(var + 1e-5)
+
+
+def pixel_targets(images: jax.Array, patch: int, tgt_idx: jax.Array) -> jax.Array:
+  """The pixel-target ablation's regression targets: each target patch's pixels [p*p*C]
+  (rows, then columns, then channels) of the images as the encoder receives them, normalised
+  per patch to zero mean and unit variance (eps 1e-6, MAE's normalised-pixel target).
+
+  images [B, H, W, C] (normalised, float); tgt_idx [B, M, Kt] raster patch indices
+  -> [B, M, Kt, p*p*C] float32.
+  """
+  b, hh, ww, c = images.shape
+  x = images.astype(jnp.float32).reshape(b, hh // patch, patch, ww // patch, patch, c)
+  x = x.transpose(0, 1, 3, 2, 4, 5).reshape(b, (hh // patch) * (ww // patch), patch * patch * c)
+  mean = x.mean(-1, keepdims=True)
+  var = jnp.square(x - mean).mean(-1, keepdims=True)
+  x = (x - mean) * jax.lax.rsqrt(var + 1e-6)
+  _, m, kt = tgt_idx.shape
+  out = jnp.take_along_axis(x, tgt_idx.reshape(b, m * kt)[..., None], axis=1)
+  return out.reshape(b, m, kt, -1)
 
 
 def jepa_loss(pred: jax.Array, target: jax.Array, tgt_len: jax.Array,

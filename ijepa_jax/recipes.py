@@ -19,6 +19,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.steps_per_epoch = -1       # -1: dataset size // batch_size (IN-1K at 2048: 625)
   c.max_steps = -1             # stop early (schedules keep their full length); -1: run all
   c.loss = 'smooth_l1'         # or 'l2'
+  c.target_space = 'representation'  # or 'pixels': regress the target patches' normalised
+                                     # pixels (the paper's ablation; docs/ablations.md)
   c.log_every = 50
   c.nonfinite = 'stop'         # a non-finite loss or gradient: 'stop' (keep the last good
                                # checkpoint) or 'skip' (leave the state as it was; count it)

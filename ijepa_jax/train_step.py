@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from ijepa_jax.models import Predictor, VisionTransformer, gather_tokens
-from ijepa_jax.objective import AntiCollapse, jepa_loss, normalize_targets
+from ijepa_jax.objective import AntiCollapse, jepa_loss, normalize_targets, pixel_targets
 from ijepa_jax.schedules import Schedules
 
 Batch = dict[str, jax.Array]  # images [B,H,W,C], ctx_idx [B,Kc], ctx_len [B], tgt_idx [B,M,Kt], tgt_len [B,M]
@@ -69,6 +69,9 @@ class IJepa:
   schedules: Schedules
   loss: str = 'smooth_l1'
   anti_collapse: AntiCollapse = AntiCollapse()
+  # 'representation' (I-JEPA) or 'pixels' (the paper's ablation: the predictor, whose
+  # predictor_proj then has p*p*C outputs, regresses each target patch's normalised pixels)
+  target_space: str = 'representation'
 
 
 def create_train_state(model: IJepa, rng: jax.Array, batch: Batch) -> TrainState:
@@ -94,10 +97,13 @@ def create_train_state(model: IJepa, rng: jax.Array, batch: Batch) -> TrainState
 def _forward(model: IJepa, params: Any, target_params: Any,
              batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
   """(predictions [B, M, Kt, D], targets [B, M, Kt, D], target-encoder tokens [B, N, D],
-  context-encoder tokens [B, Kc, D])."""
+  context-encoder tokens [B, Kc, D]); with pixel targets D is p*p*C for the first two."""
   h = model.encoder.apply({'params': target_params}, batch['images'])  # [B, N, D]
   b, m, kt = batch['tgt_idx'].shape
-  targets = gather_tokens(normalize_targets(h), batch['tgt_idx'].reshape(b, m * kt))
+  if model.target_space == 'pixels':  # (h then only feeds the health monitor)
+    targets = pixel_targets(batch['images'], model.encoder.patch_size, batch['tgt_idx'])
+  else:
+    targets = gather_tokens(normalize_targets(h), batch['tgt_idx'].reshape(b, m * kt))
   targets = jax.lax.stop_gradient(targets.reshape(b, m, kt, -1))
   z = model.encoder.apply({'params': params['encoder']}, batch['images'],
                           batch['ctx_idx'], batch['ctx_len'])

@@ -34,6 +34,9 @@ def test_paper_recipes_keep_the_official_objective(name):
   model = cfg_lib.build_model(c)
   assert not model.anti_collapse.active and model.loss == 'smooth_l1'
   assert c.model.patch_init == 'official'
+  # representation targets (the predictor maps back to the encoder's width) and multi-block masks
+  assert model.target_space == 'representation' and model.predictor.out_dim is None
+  assert c.masks.strategy == 'multiblock'
 
 
 def test_paper_recipes():
@@ -91,6 +94,7 @@ def test_paper_recipes():
     ('anti_collapse.embeddings', 'tokens', "anti_collapse.embeddings='tokens'"),
     ('anti_collapse.sigreg_points', 1, 'sigreg_points=1'),
     ('anti_collapse.target_std', 0.0, 'anti_collapse.target_std'),
+    ('target_space', 'latent', "target_space='latent': choose one of"),
     ('model.patch_init', 'xavier', "model.patch_init='xavier'"),
 ])
 def test_bad_values(field, value, match):

@@ -261,6 +261,8 @@ def test_rasterized_strategy():
       assert sorted(map(tuple, (sorted(t.tolist()) for t in tgts))) == \
           sorted(tuple(sorted(quads[k])) for k in range(4) if k != q)
   assert seen == {0, 1, 2, 3}
+  # a context_len cap above the largest context (the demo's 32) is lowered to it
+  assert strategy('rasterized', context_len=32).context_len == 16
 
 
 @pytest.mark.parametrize('kwargs, match', [
