@@ -3,7 +3,8 @@
   python -m ijepa_jax.draw_masks --config=configs/vitl16.py [--out=masks.png] \
       [--num_images=4] [--seed=0] [--step=0] [--config.masks.<field>=...]
 
-One section per sampler mode (this config's first): for each image, the context (blue)
+One section per sampler mode (this config's first; one section for the random, block and
+rasterized strategies of `masks.strategy`): for each image, the context (blue)
 and each target block (one colour each), one panel per set, then all together. The images
 are the first of the config's training split (evaluation transform); when that data is
 not on this machine, plain grey squares of the config's image size stand in. A mode that
