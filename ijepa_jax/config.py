@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from ijepa_jax.evaluation import ENCODERS, PROBES
+from ijepa_jax.features import OUTPUTS as POOLS
 from ijepa_jax.masks import MaskConfig, MaskSampler, MODES
 from ijepa_jax.models import (PATCH_INITS, REMAT_POLICIES, VARIANTS, Predictor, VisionTransformer,
                               attention_implementation, cudnn_flash_fits)
@@ -219,8 +220,8 @@ def _validate_evals(ev: ml_collections.ConfigDict, log_every: int) -> None:
     bad = [p for p in ev[name] if p not in PROBES]
     _require(not bad, f'evals.{name}={tuple(ev[name])}: unknown {bad}; choose from {PROBES}')
   _require(ev.encoder in ENCODERS, f'evals.encoder={ev.encoder!r}: choose one of {ENCODERS}')
-  _require(ev.pool in ('mean', 'last4', 'tokens'),
-           f'evals.pool={ev.pool!r}: choose mean, last4 or tokens')
+  _require(ev.pool in POOLS,
+           f'evals.pool={ev.pool!r}: choose {", ".join(POOLS[:-1])} or {POOLS[-1]}')
   _require(0 < ev.crop_fraction <= 1, f'evals.crop_fraction={ev.crop_fraction} must be in (0, 1]')
   _require(0 < ev.holdout < 1, f'evals.holdout={ev.holdout} must be in (0, 1)')
   _require(ev.knn_k > 0 and ev.knn_temperature > 0,
@@ -290,6 +291,14 @@ def with_dataset_size(config: ml_collections.ConfigDict, size: int) -> ml_collec
   return config
 
 
+def predictor_out_dim(config: ml_collections.ConfigDict) -> int | None:
+  """predictor_proj's outputs: None (the encoder's width) for representation targets, a
+  patch's p*p*C pixels for pixel targets."""
+  if config.target_space == 'pixels':
+    return config.model.patch_size ** 2 * config.data.channels
+  return None
+
+
 def build_model(config: ml_collections.ConfigDict) -> IJepa:
   """The static I-JEPA pieces (modules, optimizer, schedules) from a validated config."""
   m, o = config.model, config.optim
@@ -304,8 +313,7 @@ def build_model(config: ml_collections.ConfigDict) -> IJepa:
       grid=grid(config), embed_dim=width, width=m.pred_width, depth=m.pred_depth,
       num_heads=heads if m.pred_heads == -1 else m.pred_heads, mlp_dim=4 * m.pred_width,
       dtype=dtype, remat_policy=m.remat_policy, attention=attention, scan_layers=m.scan_layers,
-      out_dim=(m.patch_size ** 2 * config.data.channels if config.target_space == 'pixels'
-               else None))
+      out_dim=predictor_out_dim(config))
   schedules = Schedules.from_epochs(
       steps_per_epoch=steps_per_epoch(config), num_epochs=config.num_epochs,
       warmup_epochs=o.warmup_epochs, ipe_scale=o.ipe_scale, start_lr=o.start_lr,

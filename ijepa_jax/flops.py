@@ -49,8 +49,7 @@ def train_step_flops(config: ml_collections.ConfigDict, context_len: int, target
   n = (config.data.image_size // m.patch_size) ** 2
   patch = 2 * n * m.patch_size ** 2 * config.data.channels * width  # the whole image, both encoders
   k = config.masks.num_targets if num_targets is None else num_targets
-  # predictor_proj: to the encoder's width, or to a patch's pixels with pixel targets
-  out = m.patch_size ** 2 * config.data.channels if config.target_space == 'pixels' else width
+  out = cfg_lib.predictor_out_dim(config) or width  # predictor_proj's outputs
   target = patch + transformer_flops(n, width, depth, mlp_dim)
   context = patch + transformer_flops(context_len, width, depth, mlp_dim)
   predictor = (2 * context_len * width * m.pred_width  # predictor_embed

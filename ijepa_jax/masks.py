@@ -328,8 +328,8 @@ class MaskSampler:
 
   def _rasterized(self, rng, b):
     hh, ww, kt = self.height, self.width, self.target_len
-    r0, c0 = -(-hh // 2), -(-ww // 2)
-    quads = [(t, l, h, w) for t, h in ((0, r0), (r0, hh - r0)) for l, w in ((0, c0), (c0, ww - c0))]
+    (r0, r1), (c0, c1) = _halves(hh), _halves(ww)
+    quads = [(t, l, h, w) for t, h in ((0, r0), (r0, r1)) for l, w in ((0, c0), (c0, c1))]
     masks = np.stack([_rect(np.array(t), np.array(l), np.array(h), np.array(w), hh, ww).ravel()
                       for t, l, h, w in quads])  # [4, N]
     idx = np.stack([np.pad(np.flatnonzero(q), (0, kt - q.sum())) for q in masks])  # [4, Kt]

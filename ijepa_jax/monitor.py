@@ -51,8 +51,8 @@ def mask_sections(config: ml_collections.ConfigDict, num_images: int, seed: int,
     masks = {k: np.asarray(v)[:num_images] for k, v in masks.items()}
     mine = ' (this config)' if mode == config.masks.mode else ''
     sections.append((
-        f'{strategy_name(sampler)}{mode} mode{mine}: context ({masks["ctx_len"].mean():.0f} of {sampler.num_patches} '
-        f'patches on average, cut to {sampler.context_len}) | {sampler.num_targets} '
+        f'{strategy_name(sampler)}{mode} mode{mine}: context ({masks["ctx_len"].mean():.0f} of '
+        f'{sampler.num_patches} patches on average, cut to {sampler.context_len}) | {sampler.num_targets} '
         f'target blocks | all', masks))
   return sections
 
