@@ -1,0 +1,67 @@
+"""The analytic FLOP count every MFU figure rests on (ijepa_jax/flops.py), against three
+independent references: a count written out by hand for one ViT-B/16 step, the published
+cost of a ViT-B/16 forward pass, and XLA's own count of a compiled train step."""
+
+import jax
+import pytest
+
+from ijepa_jax import config as cfg_lib
+from ijepa_jax import flops
+from ijepa_jax import sharding
+from ijepa_jax import trainer
+from ijepa_jax.masks import MaskSampler
+from configs import demo, vitb16
+
+
+def test_vitb16_step_equals_a_hand_count():
+  c = vitb16.get_config()
+  # The arguments of one step: Kc context tokens, M target blocks of Kt tokens each.
+  kc, kt, m = 98, 40, 4
+  b, n, d, depth, hidden, p, ch = 2048, 196, 768, 12, 3072, 16, 3  # ViT-B/16 at 224, RGB
+  dp, lp, hp = 384, 12, 1536  # the predictor: width 384, 12 blocks, MLP 4 x 384
+  # multiply-adds, one image
+  patch = n * (p * p * ch) * d                            # the patch conv, whole image
+  block = lambda t, w, h: t * (3 * w * w + w * w + 2 * w * h) + 2 * t * t * w  # qkv, proj, MLP; QK^T, PV
+  target_fwd = patch + depth * block(n, d, hidden)
+  context_fwd = patch + depth * block(kc, d, hidden)
+  predictor_fwd = kc * d * dp + m * lp * block(kc + kt, dp, hp) + m * kt * dp * d
+  macs = target_fwd + 3 * (context_fwd + predictor_fwd)  # target: forward only; backward = 2x
+  hand = 2 * b * macs
+  assert flops.train_step_flops(c, kc, kt, m) == hand
+  assert hand == 331_025_913_741_312  # 162 GFLOP per image
+  assert flops.train_step_flops(c, kc, kt) == hand  # M defaults to masks.num_targets (4)
+
+
+def test_vitb16_forward_matches_the_published_cost():
+  # DeiT-B / ViT-B/16 at 224 is 17.6 G multiply-adds per image (Touvron et al. 2021, Table 1:
+  # "17.6 FLOPs", counted as multiply-adds, over 197 tokens with the class token and head).
+  # One target-encoder forward here has 196 tokens and neither, so it must come just under.
+  c = vitb16.get_config()
+  width, depth, _, hidden = cfg_lib.encoder_dims(c)
+  macs = (flops.transformer_flops(196, width, depth, hidden) + 2 * 196 * 16 * 16 * 3 * width) / 2
+  assert 17.3e9 < macs < 17.6e9
+  assert macs == pytest.approx(17.6e9, rel=0.015)
+
+
+@pytest.mark.parametrize('width', [256])
+def test_step_count_matches_xla_cost_analysis(width):
+  """XLA counts every op of the compiled step (elementwise ones and the optimizer too), so
+  its figure is a little above the matmul-only analytic one, by less at larger widths."""
+  c = demo.get_config()
+  c.batch_size = 8
+  c.model.width = width
+  c.model.pred_width = width // 2
+  sampler = MaskSampler(cfg_lib.mask_config(c))
+  mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
+  compiled, _ = trainer.compile_abstract_step(c, mesh)
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  analytic = flops.train_step_flops(c, sampler.context_len, sampler.target_len, sampler.num_targets)
+  assert 1.0 < cost['flops'] / analytic < 1.04
+
+
+def test_peak_flops_lookup():
+  assert flops.peak_flops('NVIDIA H200') == 989e12
+  assert flops.peak_flops('TPU v5 lite') == 197e12
+  assert flops.peak_flops('TPU v5p') == 459e12  # not the v5e entry, though both contain 'TPU v5'
+  assert flops.peak_flops('cpu') is None
