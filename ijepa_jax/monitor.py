@@ -15,10 +15,8 @@ from ijepa_jax import data as data_lib
 from ijepa_jax import pictures, sharding
 from ijepa_jax.evaluation import FeatureExtractor
 from ijepa_jax.health import CollapseAlarm, health_metrics
-from ijepa_jax.masks import MaskSampler
+from ijepa_jax.masks import MODES, MaskSampler
 from ijepa_jax.train_step import IJepa
-
-MODES = ('official', 'corrected')
 
 
 def strategy_name(sampler: MaskSampler) -> str:
