@@ -12,7 +12,7 @@ from ijepa_jax.masks import MaskConfig, MaskSampler
 from ijepa_jax.models import Predictor, VisionTransformer
 from ijepa_jax.schedules import Schedules
 from ijepa_jax.train_step import (IJepa, decay_mask, ema_update, make_optimizer, train_step)
-from ijepa_jax.trainer import global_batch, init_state, make_step_fn
+from ijepa_jax.state import global_batch, init_state, make_step_fn
 
 F32 = jnp.float32
 B = 16
@@ -195,7 +195,7 @@ def test_program_size_flat_in_depth():
   (timed by bench/bench_memory.py, docs/PERFORMANCE.md); unrolled, it grows with the blocks."""
   from configs.vitb16 import get_config as vitb16
   from configs.vitl16 import get_config as vitl16
-  from ijepa_jax.trainer import lower_abstract_step
+  from ijepa_jax.state import lower_abstract_step
   mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
 
   def ops(get, scan):
