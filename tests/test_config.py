@@ -9,15 +9,8 @@ import pytest
 from ijepa_jax import config as cfg_lib
 from ijepa_jax import trainer
 from ijepa_jax.checkpoint import CheckpointError
+from helpers import load
 
-ROOT = os.path.dirname(os.path.dirname(__file__))
-
-
-def load(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'configs', f'{name}.py'))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
 
 
 @pytest.mark.parametrize('name', ['demo', 'fashion_mnist_long', 'vits16', 'vitb16', 'vitl16', 'vith14', 'vith16_448', 'vitg16'])

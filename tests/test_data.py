@@ -2,7 +2,6 @@
 eval crop."""
 
 import io
-import math
 import os
 
 import numpy as np

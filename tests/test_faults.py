@@ -19,7 +19,8 @@ from ijepa_jax import fashion_mnist
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.skipif(fashion_mnist.missing_files(None),
                                 reason='dataset-fashion-mnist not installed')
-from bench.chaos_soak import DAMAGE_KINDS, TINY, damage, data_files, final_state  # noqa: F401
+from bench.chaos_soak import TINY, data_files, final_state  # noqa: F401,E402
+from helpers import DAMAGE, assert_same_state, losses  # noqa: E402
 
 
 def command(workdir, *overrides):
@@ -52,17 +53,6 @@ def read_until(proc, needle, timeout=300):
       return lines
     assert time.time() - t0 < timeout, ''.join(lines[-20:])
   raise AssertionError(f'{needle!r} never printed:\n' + ''.join(lines[-30:]))
-
-
-def losses(workdir):
-  return {r['step']: r['loss'] for r in map(json.loads, open(os.path.join(workdir, 'metrics.jsonl')))
-          if 'loss' in r}  # evaluation rows have none
-
-
-def assert_same_state(a, b):
-  assert [p for p, _ in a] == [p for p, _ in b]
-  for (path, x), (_, y) in zip(a, b):
-    np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
 
 
 @pytest.fixture(scope='module')
@@ -187,9 +177,6 @@ def test_image_folder_run_counts_corrupt_images_then_init_from(tmp_path):
     start = 0 if mode == 'weights' else 2
     assert f'at step {start}' in nxt.stdout
     assert sorted(losses(tmp_path / mode)) == list(range(start + 1, 4))
-
-
-DAMAGE = {how: (lambda ck, how=how: damage(str(ck), how)) for how in DAMAGE_KINDS}
 
 
 @pytest.fixture(scope='module')

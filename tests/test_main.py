@@ -1,13 +1,11 @@
 """main.py as a user runs it (the end-to-end demo run is in test_evaluation.py)."""
 
-import json
 import os
 import subprocess
 import sys
 
 import pytest
 
-from ijepa_jax import fashion_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from ijepa_jax.masks import CHUNK, MODES, MaskConfig, MaskSampler
-from tests.reference.official_multiblock import official_masks, official_masks_untruncated
+from tests.reference.official_multiblock import official_masks
 
 
 def rect_of(idx, w):

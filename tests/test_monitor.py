@@ -19,8 +19,7 @@ from ijepa_jax.masks import MaskSampler
 from ijepa_jax.monitor import feature_steps
 from ijepa_jax.pictures import GAP, feature_picture_size, mask_picture_size
 from ijepa_jax.reporting import tag_for
-from test_config import load
-from test_pictures import check_section
+from helpers import check_section, load
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

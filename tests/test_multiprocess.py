@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from ijepa_jax import fashion_mnist
-from test_faults import TINY, final_state, losses
+from bench.chaos_soak import TINY, final_state
+from helpers import losses
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.skipif(fashion_mnist.missing_files(None),
@@ -165,7 +166,7 @@ def test_sigterm_to_any_process_stops_both_at_the_same_step(tmp_path, signalled)
 def test_damaged_checkpoint_two_processes_agree_on_the_previous_one(tmp_path):
   """Each process reads its own shards; a checkpoint counts as intact only if it restored on
   both, so both move it aside once and resume from the same older step."""
-  from test_faults import DAMAGE, assert_same_state
+  from helpers import DAMAGE, assert_same_state
   fsdp = ['--config.mesh.data=1', '--config.mesh.fsdp=2', '--config.checkpoint.every=2']
   ref, wd = tmp_path / 'ref', tmp_path / 'run'
   local_sh(ref, 2, 1, '--config.max_steps=6', *fsdp)

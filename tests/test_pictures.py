@@ -17,41 +17,8 @@ from ijepa_jax.masks import MaskSampler
 from ijepa_jax.pictures import (GAP, TITLE, feature_picture, feature_picture_size,
                                 mask_picture, mask_picture_size, panel_layout, pca_rgb,
                                 save_png)
-from test_config import load
+from helpers import ROOT, check_section, load
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def coloured_patches(panel: np.ndarray, grid: int) -> set[int]:
-  """Raster indices of the patches whose centre pixel is not grey (R, G, B not all equal)."""
-  cell = panel.shape[0] // grid
-  out = set()
-  for r in range(grid):
-    for c in range(grid):
-      px = panel[r * cell + cell // 2, c * cell + cell // 2].astype(int)
-      if px.max() != px.min():
-        out.add(r * grid + c)
-  return out
-
-
-def check_section(picture, y0, masks, k, size, grid):
-  """Every panel of a section's rows against the sampler's (unpadded) index sets."""
-  p, stride = panel_layout(size)
-  m = masks['tgt_idx'].shape[1]
-  for i in range(k):
-    y = y0 + TITLE + i * stride
-    panel = lambda j: picture[y:y + p, GAP + j * stride:GAP + j * stride + p]
-    image = panel(0)
-    assert (image.max(-1) == image.min(-1)).all()  # the (grey) image itself: no colour
-    ctx = set(masks['ctx_idx'][i, :masks['ctx_len'][i]].tolist())
-    assert coloured_patches(panel(1), grid) == ctx
-    union = set(ctx)
-    for j in range(m):
-      tgt = set(masks['tgt_idx'][i, j, :masks['tgt_len'][i, j]].tolist())
-      assert tgt and not tgt & ctx
-      assert coloured_patches(panel(2 + j), grid) == tgt
-      union |= tgt
-    assert coloured_patches(panel(2 + m), grid) == union
 
 
 @pytest.mark.parametrize('mode', ['official', 'corrected'])

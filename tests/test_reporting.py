@@ -13,7 +13,7 @@ from ijepa_jax import sharding
 from ijepa_jax.loading import model_for
 from ijepa_jax.reporting import (Console, MetricsLog, Progress, RunLog, TensorBoard,
                                  parameter_overview, tag_for)
-from test_config import load
+from helpers import load
 
 
 def steps_in(path):

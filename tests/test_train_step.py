@@ -8,39 +8,10 @@ import optax
 import pytest
 
 from ijepa_jax import sharding
-from ijepa_jax.masks import MaskConfig, MaskSampler
-from ijepa_jax.models import Predictor, VisionTransformer
 from ijepa_jax.schedules import Schedules
-from ijepa_jax.train_step import (IJepa, decay_mask, ema_update, make_optimizer, train_step)
+from ijepa_jax.train_step import (decay_mask, ema_update, make_optimizer, train_step)
 from ijepa_jax.state import global_batch, init_state, make_step_fn
-
-F32 = jnp.float32
-B = 16
-
-
-def tiny_model(grad_clip=0.0):
-  sched = Schedules.from_epochs(steps_per_epoch=10, num_epochs=10, warmup_epochs=1)
-  return IJepa(VisionTransformer(4, 32, 2, 4, dtype=F32), Predictor((6, 6), 32, 16, 1, 4, dtype=F32),
-               make_optimizer(sched, grad_clip=grad_clip), sched)
-
-
-MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
-
-
-def batch_for(step, seed=0, strategy='multiblock'):
-  masks = MaskSampler(MaskConfig(grid=(6, 6), mode="corrected", min_keep=2,
-                                 target_scale=(0.15, 0.25), strategy=strategy))
-  images = np.random.default_rng(seed).integers(0, 256, size=(B, 24, 24, 3), dtype=np.uint8)
-  return {'images': images, **masks(B, 0, step)._asdict()}
-
-
-def float_batch(step):
-  b = batch_for(step)
-  return dict(b, images=b['images'].astype(np.float32) / 255.0)
-
-
-def shapes_of(batch):
-  return {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
+from helpers import B, MEAN, STD, batch_for, float_batch, shapes_of, tiny_model
 
 
 def run(model, devices, steps, fixed_batch=False, strategy='multiblock'):

@@ -6,7 +6,7 @@ import pytest
 
 from ijepa_jax import config as cfg_lib
 from ijepa_jax.models import attention_implementation
-from test_config import load
+from helpers import load
 
 
 def test_attention_choice():
