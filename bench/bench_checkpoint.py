@@ -9,7 +9,6 @@ as the loop does.
   python bench/bench_checkpoint.py --config=configs/vitl16.py --config.batch_size=8
 """
 
-import functools
 import os
 import shutil
 import sys

@@ -142,10 +142,9 @@ class Monitor:
   def end(self, step: int) -> None:
     if not self.pictures or jax.process_index() != 0:
       return
-    from ijepa_jax.plot import curves_image  # pylint: disable=import-outside-toplevel
     from ijepa_jax.reporting import read_metrics  # pylint: disable=import-outside-toplevel
     self.run_log.flush()
-    self.run_log.picture('curves', curves_image(read_metrics(self.run_log.workdir)), step)
+    self.run_log.picture('curves', pictures.curves_image(read_metrics(self.run_log.workdir)), step)
 
   # -- health ------------------------------------------------------------------
 
