@@ -160,9 +160,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       f'{param_count(abstract.params["predictor"]):,} params | {config.model.dtype} compute, '
       f'remat {config.model.remat_policy}, attention '
       + ', '.join(f'{k} {v}' for k, v in cfg_lib.attention_backends(config, platform).items()))
+  plural = 's' if masks.num_targets != 1 else ''
   log(f'masks: {config.masks.strategy} strategy, {config.masks.mode} mode, grid '
       f'{masks.height}x{masks.width}, context len {masks.context_len}, {masks.num_targets} '
-      f'targets x len {masks.target_len}')
+      f'target{plural} x len {masks.target_len}')
   log(f'data: {config.data.dataset}/{config.data.split}, {len(source):,} images | schedule: '
       f'{total} steps, global batch {config.batch_size}, {cfg_lib.steps_per_epoch(config)} '
       'steps/epoch')

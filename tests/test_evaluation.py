@@ -98,6 +98,7 @@ def folder_config(root, size=32):
   return c
 
 
+@pytest.mark.slow
 def test_evaluator_on_an_image_folder(tmp_path, monkeypatch):
   """Class folders with a planted signal (bright vs dark images) and one corrupt file: the
   labels follow the folders, the corrupt image is left out and named, the probes see it."""
@@ -168,6 +169,7 @@ def run_tool(module, *args):
                         capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(fashion_mnist.missing_files(None), reason='dataset-fashion-mnist not installed')
 def test_tools_on_a_demo_run(tmp_path):
   """main.py with periodic and final evaluation, then evaluate / convert / embed on its

@@ -43,6 +43,7 @@ def test_vitb16_forward_matches_the_published_cost():
   assert macs == pytest.approx(17.6e9, rel=0.015)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('width', [256])
 def test_step_count_matches_xla_cost_analysis(width):
   """XLA counts every op of the compiled step (elementwise ones and the optimizer too), so
