@@ -9,7 +9,6 @@ as the loop does.
   python bench/bench_checkpoint.py --config=configs/vitl16.py --config.batch_size=8
 """
 
-import functools
 import os
 import shutil
 import sys
@@ -37,7 +36,7 @@ def random_state(config):
   from ijepa_jax import config as cfg_lib
   from ijepa_jax import sharding
   from ijepa_jax.masks import MaskSampler
-  from ijepa_jax.trainer import abstract_state, batch_shapes
+  from ijepa_jax.state import abstract_state, batch_shapes
 
   config = cfg_lib.with_dataset_size(config, 1281167)
   model = cfg_lib.build_model(config)

@@ -37,7 +37,7 @@ def main(argv):
   import jax
 
   from ijepa_jax import sharding
-  from ijepa_jax.trainer import compile_abstract_step
+  from ijepa_jax.state import compile_abstract_step
 
   print(f'{jax.device_count()} simulated {jax.devices()[0].platform} devices, '
         f'{FLAGS.per_device_batch} images per device, jax {jax.__version__}')

@@ -95,7 +95,7 @@ def vitl_child() -> None:
 
   from bench.bench_checkpoint import random_state  # pylint: disable=import-outside-toplevel
   from ijepa_jax.checkpoint import Checkpoints  # pylint: disable=import-outside-toplevel
-  from ijepa_jax.trainer import StopRequest  # pylint: disable=import-outside-toplevel
+  from ijepa_jax.stop import StopRequest  # pylint: disable=import-outside-toplevel
   config = cli.load_config_file(os.path.join(ROOT, 'configs', 'vitl16.py'))
   config.batch_size = 8  # the batch does not enter the state; a small one builds it faster
   state = random_state(config)

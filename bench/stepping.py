@@ -37,7 +37,7 @@ def compiled_step(config, num_batches: int) -> tuple[Any, Any, list[dict], dict]
 
   from ijepa_jax import config as cfg_lib
   from ijepa_jax import sharding
-  from ijepa_jax.trainer import device_memory, global_batch, init_state, make_step_fn
+  from ijepa_jax.state import device_memory, global_batch, init_state, make_step_fn
 
   cfg_lib.validate(config, jax.device_count(), jax.process_count(), jax.default_backend())
   model = cfg_lib.build_model(config)

@@ -12,7 +12,8 @@ The pure building blocks, usable inside your own `jax.jit`:
 - `encode(params, images)`: frozen-encoder features (mean-pooled, last-4, tokens) of any
   encoder parameter tree, ours or imported.
 
-Evaluation: `ijepa_jax.evaluation` (linear probe, k-NN, low-shot); weights in and out:
+Evaluation: `ijepa_jax.probes` (linear probe, k-NN, low-shot on feature arrays) and
+`ijepa_jax.evaluation` (features of labelled images, the evaluator); weights in and out:
 `ijepa_jax.interop` (official / timm / HuggingFace layouts, torch and safetensors files).
 
 Host side: `ijepa_jax.data` (image sources, the official train/eval transforms),

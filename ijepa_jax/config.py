@@ -10,7 +10,8 @@ import os
 import jax.numpy as jnp
 import ml_collections
 
-from ijepa_jax.evaluation import ENCODERS, PROBES
+from ijepa_jax.features import ENCODERS
+from ijepa_jax.probes import PROBES
 from ijepa_jax.features import OUTPUTS as POOLS
 from ijepa_jax.masks import MaskConfig, MaskSampler, MODES
 from ijepa_jax.models import (PATCH_INITS, REMAT_POLICIES, VARIANTS, Predictor, VisionTransformer,

@@ -47,7 +47,7 @@ def import_official(config, weights: str, workdir: str) -> str:
   from ijepa_jax import interop, sharding  # pylint: disable=import-outside-toplevel
   from ijepa_jax.checkpoint import Checkpoints  # pylint: disable=import-outside-toplevel
   from ijepa_jax.loading import check_architecture, model_for  # pylint: disable=import-outside-toplevel
-  from ijepa_jax.trainer import init_state  # pylint: disable=import-outside-toplevel
+  from ijepa_jax.state import init_state  # pylint: disable=import-outside-toplevel
 
   directory = os.path.join(workdir, 'checkpoints')
   if os.path.isdir(directory) and os.listdir(directory):

@@ -15,12 +15,12 @@ from ijepa_jax import interop, sharding
 from ijepa_jax.checkpoint import Checkpoints, find_checkpoint, restore_target
 from ijepa_jax.evaluation import encoder_params
 from ijepa_jax.masks import MaskSampler
+from ijepa_jax.state import abstract_state, batch_shapes, init_state
 from ijepa_jax.train_step import IJepa, TrainState
 
 
 def model_for(config: ml_collections.ConfigDict) -> tuple[IJepa, dict, TrainState]:
   """(model, batch shapes, boxed abstract state) of `config` (no data needed)."""
-  from ijepa_jax.trainer import abstract_state, batch_shapes  # pylint: disable=import-outside-toplevel
   if config.data.dataset_size == -1 and config.steps_per_epoch == -1:
     config = cfg_lib.with_dataset_size(config, config.batch_size)  # schedules only, unused here
   model = cfg_lib.build_model(config)
@@ -88,6 +88,5 @@ def random_encoder(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, s
                    which: str = 'target') -> Any:
   """The encoder of `config` at random initialisation (the official init) with `seed`, on
   `mesh`: the baseline that pretraining is measured against."""
-  from ijepa_jax.trainer import init_state  # pylint: disable=import-outside-toplevel
   model, shapes, boxed = model_for(config)
   return encoder_params(init_state(model, mesh, shapes, seed, boxed)[0], which)

@@ -15,10 +15,8 @@ from ijepa_jax import data as data_lib
 from ijepa_jax import pictures, sharding
 from ijepa_jax.evaluation import FeatureExtractor
 from ijepa_jax.health import CollapseAlarm, health_metrics
-from ijepa_jax.masks import MaskSampler
+from ijepa_jax.masks import MODES, MaskSampler
 from ijepa_jax.train_step import IJepa
-
-MODES = ('official', 'corrected')
 
 
 def strategy_name(sampler: MaskSampler) -> str:
@@ -144,10 +142,9 @@ class Monitor:
   def end(self, step: int) -> None:
     if not self.pictures or jax.process_index() != 0:
       return
-    from ijepa_jax.plot import curves_image  # pylint: disable=import-outside-toplevel
     from ijepa_jax.reporting import read_metrics  # pylint: disable=import-outside-toplevel
     self.run_log.flush()
-    self.run_log.picture('curves', curves_image(read_metrics(self.run_log.workdir)), step)
+    self.run_log.picture('curves', pictures.curves_image(read_metrics(self.run_log.workdir)), step)
 
   # -- health ------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import optax
 
 LOSSES = ('smooth_l1', 'l2')
 TARGET_SPACES = ('representation', 'pixels')
@@ -45,11 +46,11 @@ def jepa_loss(pred: jax.Array, target: jax.Array, tgt_len: jax.Array,
   official code); `l2` is the mean squared error (the paper's L2). With no
   padding this is exactly the official mean over all elements.
   """
-  d = pred.astype(jnp.float32) - target.astype(jnp.float32)
+  pred, target = pred.astype(jnp.float32), target.astype(jnp.float32)
   if kind == 'smooth_l1':
-    per = jnp.where(jnp.abs(d) < 1.0, 0.5 * d * d, jnp.abs(d) - 0.5)
+    per = optax.huber_loss(pred, target, delta=1.0)  # = smooth-L1 with beta 1
   elif kind == 'l2':
-    per = d * d
+    per = jnp.square(pred - target)
   else:
     raise ValueError(f'loss={kind!r}: choose one of {LOSSES}')
   valid = (jnp.arange(pred.shape[2])[None, None] < tgt_len[..., None]).astype(jnp.float32)

@@ -15,22 +15,16 @@ run by default (`nonfinite='skip'` skips and counts such steps).
 """
 
 import contextlib
-import functools
 import json
 import os
-import signal
 import socket
 import sys
-import threading
 import time
 import uuid
-from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from etils import epath
 
 from ijepa_jax import config as cfg_lib
@@ -44,7 +38,10 @@ from ijepa_jax.evaluation import Evaluator, encoder_params, eval_splits, summary
 from ijepa_jax.loading import random_encoder
 from ijepa_jax.monitor import Monitor
 from ijepa_jax.reporting import Progress, RunLog, fmt_time, log, parameter_overview
-from ijepa_jax.train_step import IJepa, TrainState, create_train_state, guarded_train_step
+from ijepa_jax.stop import StopRequest
+from ijepa_jax.state import (abstract_state, batch_shapes, device_memory, global_batch, init_state,
+                             make_step_fn, param_count)
+from ijepa_jax.train_step import TrainState
 
 DataMissingError = data_lib.DataMissingError
 
@@ -85,184 +82,6 @@ def make_batches(config: ml_collections.ConfigDict, source: data_lib.Source,
 
 
 # -- (2)-(3) model, mesh, state ----------------------------------------------
-
-def param_count(tree: Any) -> int:
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
-
-
-def make_step_fn(model: IJepa, state_shardings: Any, mesh: jax.sharding.Mesh,
-                 mean: tuple[float, ...], std: tuple[float, ...]):
-  """guarded_train_step on uint8 images (normalised on the device), jitted over the mesh
-  with a donated state."""
-  def step(state, batch):
-    batch = dict(batch, images=data_lib.normalize(batch['images'], mean, std))
-    return guarded_train_step(model, state, batch)
-
-  return jax.jit(
-      step,
-      in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-      out_shardings=(state_shardings, sharding.replicated(mesh)),
-      donate_argnums=(0,))
-
-
-def batch_shapes(config: ml_collections.ConfigDict, masks: MaskSampler) -> dict:
-  """The global batch the step takes: uint8 images and the fixed-shape mask arrays."""
-  b, size, ch, m = config.batch_size, config.data.image_size, config.data.channels, masks
-  return {
-      'images': jax.ShapeDtypeStruct((b, size, size, ch), jnp.uint8),
-      'ctx_idx': jax.ShapeDtypeStruct((b, m.context_len), jnp.int32),
-      'ctx_len': jax.ShapeDtypeStruct((b,), jnp.int32),
-      'tgt_idx': jax.ShapeDtypeStruct((b, m.num_targets, m.target_len), jnp.int32),
-      'tgt_len': jax.ShapeDtypeStruct((b, m.num_targets), jnp.int32),
-  }
-
-
-def abstract_state(model: IJepa, shapes: dict) -> TrainState:
-  """The train state's shapes, still in logical-partitioning boxes (no compute, no compile)."""
-  return jax.eval_shape(functools.partial(create_train_state, model), jax.random.key(0), shapes)
-
-
-def init_state(model: IJepa, mesh: jax.sharding.Mesh, shapes: dict, seed: int,
-               abstract: TrainState | None = None):
-  """Create the sharded train state from batch shapes; returns (state, its shardings).
-
-  `abstract` (from `abstract_state`) saves tracing the init a second time.
-  """
-  def init(rng):
-    batch = {k: jnp.zeros(v.shape, v.dtype) for k, v in shapes.items()}
-    return create_train_state(model, rng, batch)
-
-  abstract = abstract if abstract is not None else abstract_state(model, shapes)
-  shardings = sharding.logical_shardings(abstract, mesh)
-  state = jax.jit(lambda rng: nn.unbox(init(rng)), out_shardings=shardings)(jax.random.key(seed))
-  return state, shardings
-
-
-def lower_abstract_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
-  """Lower the train step for `config` on `mesh` from shapes alone (nothing is allocated);
-  returns (lowered, seconds to lower)."""
-  model = cfg_lib.build_model(config)
-  shapes = batch_shapes(config, MaskSampler(cfg_lib.mask_config(config)))
-  boxed = abstract_state(model, shapes)
-  state_sh = sharding.logical_shardings(boxed, mesh)
-  state = restore_target(nn.unbox(boxed), state_sh)  # abstract leaves that carry shardings
-  t0 = time.perf_counter()
-  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-    step = make_step_fn(model, state_sh, mesh, tuple(config.data.mean), tuple(config.data.std))
-    lowered = step.lower(state, shapes)
-  return lowered, time.perf_counter() - t0
-
-
-def compile_abstract_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
-  """Compile the train step for `config` on `mesh` from shapes alone (nothing is allocated);
-  returns (compiled, seconds to lower and compile). For memory and compile-time figures."""
-  lowered, seconds = lower_abstract_step(config, mesh)
-  t0 = time.perf_counter()
-  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-    compiled = lowered.compile()
-  return compiled, seconds + time.perf_counter() - t0
-
-
-def global_batch(local: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
-  """Host-local numpy batch -> global jax.Arrays split over the mesh's batch axes."""
-  s = sharding.batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(s, v) for k, v in local.items()}
-
-
-def device_memory(compiled) -> str:
-  """Per-device memory of a compiled step (arguments + outputs + temporaries - aliased)."""
-  m = compiled.memory_analysis()
-  if m is None:
-    return 'memory analysis unavailable'
-  total = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-           - m.alias_size_in_bytes)
-  return (f'{total / 2**30:.2f} GiB/device (state+batch {m.argument_size_in_bytes / 2**30:.2f}, '
-          f'temporaries {m.temp_size_in_bytes / 2**30:.2f})')
-
-
-class StopRequest:
-  """SIGTERM / SIGINT set a flag that the loop reads between steps (a second SIGINT
-  interrupts at once). With several processes they agree on it, so all save the same step.
-
-  Agreement: every `check_every` steps each process contributes the flag *as it was before*
-  the all-gather, and all decide on the gathered values alone. (Deciding on the local flag
-  after the gather let a signal landing during the gather stop one process and not the
-  other: one then entered the checkpoint's barrier, the other the next all-gather, and both
-  hung. The stack dumps of a hung test run showed it.) A single process checks every step.
-
-  A deadline bounds the stop: from the first signal, a watchdog thread gives the process
-  `deadline` seconds to exit; past it, it dumps every thread's stack to stderr and exits
-  with DEADLINE_EXIT (say a peer died and the agreement or a save's barrier never returns).
-  A restarter then resumes from the latest complete checkpoint.
-
-  The handler only records the signal (printing from a handler can collide with a print
-  it interrupted); the loop reports it.
-  """
-
-  SIGNALS = (signal.SIGTERM, signal.SIGINT)
-  DEADLINE_EXIT = 3
-
-  def __init__(self, check_every: int = 1, deadline: float | None = None):
-    self.signum: int | None = None
-    self.check_every = check_every if jax.process_count() > 1 else 1
-    self.deadline = deadline
-    self._previous: dict = {}
-    self._watchdog: threading.Timer | None = None
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      for sig in self.SIGNALS:
-        self._previous[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-
-  def _handle(self, signum, frame):
-    if self.signum is not None and signum == signal.SIGINT:
-      raise KeyboardInterrupt
-    self._start_watchdog()
-    self.signum = signum
-
-  def _start_watchdog(self) -> None:
-    if self.deadline is None or self._watchdog is not None:
-      return
-    self._watchdog = threading.Timer(self.deadline, self._expire)
-    self._watchdog.daemon = True  # never keeps a finished process alive
-    self._watchdog.start()
-
-  def _expire(self) -> None:
-    import faulthandler  # pylint: disable=import-outside-toplevel
-    print(f'[process {jax.process_index()}] error: still running {self.deadline:.0f}s after '
-          f'{self.name} (checkpoint.stop_deadline); the stacks of all threads follow; exiting '
-          f'{self.DEADLINE_EXIT}. The next start resumes from the latest complete checkpoint.',
-          file=sys.stderr, flush=True)
-    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
-    sys.stderr.flush()
-    os._exit(self.DEADLINE_EXIT)  # pylint: disable=protected-access
-
-  def requested(self, step: int) -> bool:
-    """Whether to stop after `step`; afterwards `name` says which signal. With several
-    processes, True only at a step all of them agree on."""
-    if jax.process_count() == 1:
-      return self.signum is not None
-    if step % self.check_every:
-      return False
-    from jax.experimental import multihost_utils
-    mine = self.signum or 0  # read once: a signal landing during the gather waits for the next
-    nums = multihost_utils.process_allgather(np.int32(mine))
-    if int(np.max(nums)) == 0:
-      return False
-    if self.signum is None:
-      self.signum = int(np.max(nums))  # another process was signalled
-    self._start_watchdog()  # the deadline holds on every process from the agreement on
-    return True
-
-  @property
-  def name(self) -> str:
-    return signal.Signals(self.signum).name if self.signum else 'a stop request'
-
 
 def config_changes(saved: dict, current: dict, prefix: str = '') -> list[str]:
   """`field: saved -> current` for every config field that differs (nested dicts walked)."""
@@ -341,9 +160,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       f'{param_count(abstract.params["predictor"]):,} params | {config.model.dtype} compute, '
       f'remat {config.model.remat_policy}, attention '
       + ', '.join(f'{k} {v}' for k, v in cfg_lib.attention_backends(config, platform).items()))
+  plural = 's' if masks.num_targets != 1 else ''
   log(f'masks: {config.masks.strategy} strategy, {config.masks.mode} mode, grid '
       f'{masks.height}x{masks.width}, context len {masks.context_len}, {masks.num_targets} '
-      f'targets x len {masks.target_len}')
+      f'target{plural} x len {masks.target_len}')
   log(f'data: {config.data.dataset}/{config.data.split}, {len(source):,} images | schedule: '
       f'{total} steps, global batch {config.batch_size}, {cfg_lib.steps_per_epoch(config)} '
       'steps/epoch')

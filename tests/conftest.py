@@ -7,5 +7,6 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 
 def pytest_configure(config):
-  config.addinivalue_line('markers', 'slow: minutes-long; `-m "not slow"` leaves these out '
-                          'for a fast iteration (the default run, and CI, run them)')
+  config.addinivalue_line('markers', 'slow: subprocess runs, several processes and the heaviest '
+                          'compiles; `-m "not slow"` (the fast tier, under 5 minutes on 2 cores) '
+                          'leaves these out; the default run, and CI, run them')

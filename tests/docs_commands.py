@@ -39,7 +39,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGES = ['README.md', 'docs/quickstart.md', 'docs/configs.md', 'docs/anti_collapse.md', 'docs/data.md',
          'docs/checkpoints.md', 'docs/evaluation.md', 'docs/weights.md', 'docs/masks.md', 'docs/ablations.md',
          'docs/monitoring.md', 'docs/pure_functions.md', 'docs/scaling.md', 'docs/launch_local.md',
-         'docs/launch_tpu.md', 'docs/launch_slurm.md', 'docs/RESULTS.md', 'docs/PERFORMANCE.md']
+         'docs/launch_tpu.md', 'docs/launch_slurm.md', 'docs/ARCHITECTURE.md', 'docs/RESULTS.md',
+         'docs/PERFORMANCE.md']
 CI_COMMAND = 'IJEPA_TORCH_REF=1 bash launch/setup.sh && .venv/bin/python -m pytest -q tests'
 MEASUREMENT_PAGES = ('docs/RESULTS.md', 'docs/PERFORMANCE.md')
 

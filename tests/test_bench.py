@@ -63,6 +63,7 @@ def test_bench_vs_torch_prints_both_and_the_ratio():
   assert ratio == pytest.approx(ours_ips / ref_ips, rel=0.02)
 
 
+@pytest.mark.slow
 def test_grad_balance_shows_each_terms_pull_on_the_encoder():
   proc = run('bench/grad_balance.py', '--config=configs/demo.py', '--config.batch_size=16')
   assert proc.returncode == 0, proc.stderr[-3000:]

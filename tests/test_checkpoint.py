@@ -11,7 +11,7 @@ import pytest
 
 from ijepa_jax import sharding
 from ijepa_jax.checkpoint import Checkpoints, find_checkpoint, restore_target
-from ijepa_jax.trainer import abstract_state, init_state
+from ijepa_jax.state import abstract_state, init_state
 from helpers import batch_for, shapes_of, tiny_model
 
 META = {'step': 3, 'data': {'next_step': 3}, 'accounting': {'train_seconds': 1.5}}

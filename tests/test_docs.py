@@ -8,6 +8,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from ijepa_jax.recipes import base_config
 
 import docs_commands
@@ -39,6 +41,7 @@ def test_every_config_field_is_documented_and_no_other():
         assert name in known, f'{page}: `{name}` is not a config field'
 
 
+@pytest.mark.slow
 def test_pure_functions_example_runs(tmp_path):
   text = open(os.path.join(ROOT, 'docs/pure_functions.md')).read()
   (block,) = re.findall(r'```python\n(.*?)```', text, re.S)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ijepa_jax import evaluation, fashion_mnist, sharding
+from ijepa_jax import evaluation, fashion_mnist, probes, sharding
 from ijepa_jax.recipes import base_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,13 +23,13 @@ def test_knn_hand_computed():
   labels = np.asarray([0, 1, 1, 0])
   q = np.asarray([[2.0, 0.0]], np.float32)  # length does not matter (cosine)
   # k=3 keeps sims 1 (class 0), 0.6 and 0 (class 1). T=0.5: e^2 = 7.39 vs e^1.2 + e^0 = 4.32
-  assert evaluation.knn_predict(train, labels, q, 2, k=3, temperature=0.5)[0] == 0
+  assert probes.knn_predict(train, labels, q, 2, k=3, temperature=0.5)[0] == 0
   # T=2: e^0.5 = 1.65 vs e^0.3 + e^0 = 2.35, so the two class-1 neighbours win
-  assert evaluation.knn_predict(train, labels, q, 2, k=3, temperature=2.0)[0] == 1
+  assert probes.knn_predict(train, labels, q, 2, k=3, temperature=2.0)[0] == 1
   assert math.exp(0.5) < math.exp(0.3) + 1 and math.exp(2) > math.exp(1.2) + 1
   # k=1: the nearest alone; k larger than the training set is clipped
-  assert evaluation.knn_predict(train, labels, q, 2, k=1, temperature=2.0)[0] == 0
-  assert evaluation.knn_predict(train, labels, q, 2, k=50, temperature=0.01)[0] == 0
+  assert probes.knn_predict(train, labels, q, 2, k=1, temperature=2.0)[0] == 0
+  assert probes.knn_predict(train, labels, q, 2, k=50, temperature=0.01)[0] == 0
 
 
 def planted(n, d, classes, seed, signal):
@@ -43,7 +43,7 @@ def planted(n, d, classes, seed, signal):
 def test_linear_probe_planted_and_random():
   xtr, ytr = planted(3000, 48, 10, 0, 6.0)
   xte, yte = planted(1000, 48, 10, 1, 6.0)
-  res = evaluation.linear_probe(xtr, ytr, xte, yte, 10, lrs=(0.01, 0.1), l2s=(0.0, 1e-4),
+  res = probes.linear_probe(xtr, ytr, xte, yte, 10, lrs=(0.01, 0.1), l2s=(0.0, 1e-4),
                                 steps=300)
   # signal 6 against unit noise: the Bayes error is ~1e-4, so the probe should be ~100%
   assert res["top1"] > 0.99 and res["val_top1"] > 0.99
@@ -52,34 +52,34 @@ def test_linear_probe_planted_and_random():
   yr = np.random.default_rng(3).integers(0, 10, 3000)
   xrt, _ = planted(1000, 48, 10, 4, 0.0)
   yrt = np.random.default_rng(5).integers(0, 10, 1000)
-  res = evaluation.linear_probe(xr, yr, xrt, yrt, 10, steps=300)
+  res = probes.linear_probe(xr, yr, xrt, yrt, 10, steps=300)
   assert abs(res['top1'] - 0.1) < 4 * math.sqrt(0.09 / 1000)
-  knn = evaluation.knn_predict(xr, yr, xrt, 10)
+  knn = probes.knn_predict(xr, yr, xrt, 10)
   assert abs(np.mean(knn == yrt) - 0.1) < 4 * math.sqrt(0.09 / 1000)
 
 
 def test_linear_probe_picks_the_grid_point_on_held_out_data():
   xtr, ytr = planted(2000, 32, 10, 0, 1.5)
   xte, yte = planted(500, 32, 10, 1, 1.5)
-  res = evaluation.linear_probe(xtr, ytr, xte, yte, 10, lrs=(1e-9, 0.1), l2s=(0.0,), steps=200)
+  res = probes.linear_probe(xtr, ytr, xte, yte, 10, lrs=(1e-9, 0.1), l2s=(0.0,), steps=200)
   assert res["lr"] == 0.1  # 1e-9 never leaves the zero init: chance on the held-out part
   with pytest.raises(ValueError, match='held-out fraction'):
-    evaluation.linear_probe(xtr, ytr, xte, yte, 10, holdout=0.0)
+    probes.linear_probe(xtr, ytr, xte, yte, 10, holdout=0.0)
 
 
 def test_lowshot_indices():
   labels = np.repeat(np.arange(4), [100, 200, 300, 400])
-  idx = evaluation.lowshot_indices(labels, per_class=5)
+  idx = probes.lowshot_indices(labels, per_class=5)
   assert np.bincount(labels[idx]).tolist() == [5, 5, 5, 5]
   assert len(set(idx.tolist())) == 20
-  idx = evaluation.lowshot_indices(labels, fraction=0.01)
+  idx = probes.lowshot_indices(labels, fraction=0.01)
   assert np.bincount(labels[idx]).tolist() == [1, 2, 3, 4]
-  np.testing.assert_array_equal(idx, evaluation.lowshot_indices(labels, fraction=0.01))
+  np.testing.assert_array_equal(idx, probes.lowshot_indices(labels, fraction=0.01))
   # low-shot probe on planted features: 10 per class is plenty when the signal is strong
   xtr, ytr = planted(2000, 32, 10, 0, 5.0)
   xte, yte = planted(500, 32, 10, 1, 5.0)
-  acc = evaluation.lowshot_probe(xtr, ytr, xte, yte, 10,
-                                 evaluation.lowshot_indices(ytr, per_class=10),
+  acc = probes.lowshot_probe(xtr, ytr, xte, yte, 10,
+                                 probes.lowshot_indices(ytr, per_class=10),
                                  lr=0.1, l2=1e-4, steps=200)
   assert acc > 0.9
 
@@ -98,6 +98,7 @@ def folder_config(root, size=32):
   return c
 
 
+@pytest.mark.slow
 def test_evaluator_on_an_image_folder(tmp_path, monkeypatch):
   """Class folders with a planted signal (bright vs dark images) and one corrupt file: the
   labels follow the folders, the corrupt image is left out and named, the probes see it."""
@@ -113,7 +114,7 @@ def test_evaluator_on_an_image_folder(tmp_path, monkeypatch):
   config.evals.lowshot_per_class = (2,)
   mesh = sharding.make_mesh(-1, 1)
   from ijepa_jax.loading import model_for
-  from ijepa_jax.trainer import init_state
+  from ijepa_jax.state import init_state
   import flax.linen as nn
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
     model, shapes, boxed = model_for(config)
@@ -168,6 +169,7 @@ def run_tool(module, *args):
                         capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(fashion_mnist.missing_files(None), reason='dataset-fashion-mnist not installed')
 def test_tools_on_a_demo_run(tmp_path):
   """main.py with periodic and final evaluation, then evaluate / convert / embed on its

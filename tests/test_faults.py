@@ -17,8 +17,9 @@ import pytest
 from ijepa_jax import fashion_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-pytestmark = pytest.mark.skipif(fashion_mnist.missing_files(None),
-                                reason='dataset-fashion-mnist not installed')
+pytestmark = [pytest.mark.skipif(fashion_mnist.missing_files(None),
+                                 reason='dataset-fashion-mnist not installed'),
+              pytest.mark.slow]  # subprocess runs: the default suite, not the fast tier
 from bench.chaos_soak import TINY, data_files, final_state  # noqa: F401,E402
 from helpers import DAMAGE, assert_same_state, losses  # noqa: E402
 

@@ -8,7 +8,7 @@ import pytest
 from ijepa_jax import config as cfg_lib
 from ijepa_jax import flops
 from ijepa_jax import sharding
-from ijepa_jax import trainer
+from ijepa_jax import state
 from ijepa_jax.masks import MaskSampler
 from configs import demo, vitb16
 
@@ -43,6 +43,7 @@ def test_vitb16_forward_matches_the_published_cost():
   assert macs == pytest.approx(17.6e9, rel=0.015)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('width', [256])
 def test_step_count_matches_xla_cost_analysis(width):
   """XLA counts every op of the compiled step (elementwise ones and the optimizer too), so
@@ -53,7 +54,7 @@ def test_step_count_matches_xla_cost_analysis(width):
   c.model.pred_width = width // 2
   sampler = MaskSampler(cfg_lib.mask_config(c))
   mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
-  compiled, _ = trainer.compile_abstract_step(c, mesh)
+  compiled, _ = state.compile_abstract_step(c, mesh)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   analytic = flops.train_step_flops(c, sampler.context_len, sampler.target_len, sampler.num_targets)

@@ -14,7 +14,7 @@ from ijepa_jax.health import (CollapseAlarm, effective_rank, feature_std, health
                               masked_cosine)
 from ijepa_jax.loading import model_for
 from ijepa_jax.masks import MaskSampler
-from ijepa_jax.trainer import init_state
+from ijepa_jax.state import init_state
 from helpers import load
 
 ALARM = CollapseAlarm(std_floor=1e-3, rank_floor=2.0)  # the defaults (recipes.py)

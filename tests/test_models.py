@@ -165,6 +165,7 @@ def test_gelu_gradient_is_the_exact_derivative():
   np.testing.assert_allclose(np.asarray(gelu(jnp.asarray(x, F32))), x * cdf, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('remat', ['none', 'dots_saveable'])
 def test_scan_layers_same_tree_outputs_and_gradients(remat):
   """Unrolled blocks (scan_layers=False) take the scan's parameter tree unchanged and give its

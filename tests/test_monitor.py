@@ -29,6 +29,7 @@ def test_feature_steps():
   assert feature_steps(10, 1) == {10} and feature_steps(10, 0) == set()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(fashion_mnist.missing_files(None), reason='dataset-fashion-mnist not installed')
 def test_a_monitored_run(tmp_path):
   run = tmp_path / 'run'

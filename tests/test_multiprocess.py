@@ -22,8 +22,9 @@ from bench.chaos_soak import TINY, final_state
 from helpers import losses
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-pytestmark = pytest.mark.skipif(fashion_mnist.missing_files(None),
-                                reason='dataset-fashion-mnist not installed')
+pytestmark = [pytest.mark.skipif(fashion_mnist.missing_files(None),
+                                 reason='dataset-fashion-mnist not installed'),
+              pytest.mark.slow]  # subprocess runs: the default suite, not the fast tier
 STEPS = 4
 COMMON = [*TINY, '--config.batch_size=32', '--config.model.dtype=float32',
           '--config.checkpoint.every=2']

@@ -11,7 +11,7 @@ from configs.vitb16 import get_config as vitb16
 from ijepa_jax import config as cfg_lib
 from ijepa_jax import sharding
 from ijepa_jax.masks import MaskSampler
-from ijepa_jax.trainer import abstract_state, batch_shapes
+from ijepa_jax.state import abstract_state, batch_shapes
 
 
 def state_shardings(config, mesh):

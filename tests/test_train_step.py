@@ -10,7 +10,7 @@ import pytest
 from ijepa_jax import sharding
 from ijepa_jax.schedules import Schedules
 from ijepa_jax.train_step import (decay_mask, ema_update, make_optimizer, train_step)
-from ijepa_jax.trainer import global_batch, init_state, make_step_fn
+from ijepa_jax.state import global_batch, init_state, make_step_fn
 from helpers import B, MEAN, STD, batch_for, float_batch, shapes_of, tiny_model
 
 
@@ -73,6 +73,7 @@ def test_compiles_once_across_mask_draws():
   assert step_fn._cache_size() == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('strategy', ['random', 'block', 'rasterized'])
 def test_each_mask_strategy_trains(strategy):
   """The masking ablation's strategies (M = 1, 1, 3 target sets) feed the same step (one
@@ -84,6 +85,7 @@ def test_each_mask_strategy_trains(strategy):
   assert np.isfinite(losses).all() and losses[-1] < 0.8 * losses[0], losses
 
 
+@pytest.mark.slow
 def test_state_and_metrics():
   model = tiny_model()
   state, losses, _ = run(model, jax.devices()[:1], 2)
@@ -114,6 +116,7 @@ def test_usable_inside_user_jit():
   assert np.isfinite(float(m['loss'])) and int(state.step) == 1
 
 
+@pytest.mark.slow
 def test_guarded_step_leaves_the_state_alone_on_nan():
   from ijepa_jax import create_train_state
   from ijepa_jax.train_step import guarded_train_step
@@ -135,6 +138,7 @@ def test_guarded_step_leaves_the_state_alone_on_nan():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)  # a finite step is train_step's
 
 
+@pytest.mark.slow
 def test_fsdp_mesh_equals_one_device_and_shards_params():
   """Only the mesh changes for FSDP: a 4x2 data x fsdp mesh gives the 1-device result."""
   model = tiny_model()
@@ -160,13 +164,14 @@ def test_fsdp_mesh_equals_one_device_and_shards_params():
   assert mu.sharding == qkv.sharding
 
 
+@pytest.mark.slow
 def test_program_size_flat_in_depth():
   """Under nn.scan the step's program does not grow with depth: ViT-L/16 (24 blocks) lowers
   to exactly as many ops as ViT-B/16 (12 blocks), which is what keeps its compile time flat
   (timed by bench/bench_memory.py, docs/PERFORMANCE.md); unrolled, it grows with the blocks."""
   from configs.vitb16 import get_config as vitb16
   from configs.vitl16 import get_config as vitl16
-  from ijepa_jax.trainer import lower_abstract_step
+  from ijepa_jax.state import lower_abstract_step
   mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
 
   def ops(get, scan):
@@ -241,6 +246,7 @@ def test_pixel_targets_match_a_hand_computation():
   assert losses[-1] < 0.995 * losses[0] and all(np.diff(losses) < 0), losses
 
 
+@pytest.mark.slow
 def test_anti_collapse_terms_enter_the_loss_and_its_gradient():
   import dataclasses
   from ijepa_jax import create_train_state

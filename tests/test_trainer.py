@@ -42,7 +42,7 @@ def test_stop_agreement_uses_the_gathered_flags_only(monkeypatch):
   import numpy as np
   from jax.experimental import multihost_utils
 
-  from ijepa_jax.trainer import StopRequest
+  from ijepa_jax.stop import StopRequest
 
   monkeypatch.setattr(jax, 'process_count', lambda: 2)
   stop = StopRequest(check_every=5)
@@ -76,7 +76,7 @@ def test_stop_deadline_dumps_stacks_and_exits_3(tmp_path):
   import time
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   script = ('import os, signal, time\n'
-            'from ijepa_jax.trainer import StopRequest\n'
+            'from ijepa_jax.stop import StopRequest\n'
             'with StopRequest(deadline=1.0) as stop:\n'
             '  os.kill(os.getpid(), signal.SIGTERM)\n'
             '  assert stop.requested(1)\n'
@@ -84,7 +84,7 @@ def test_stop_deadline_dumps_stacks_and_exits_3(tmp_path):
   t0 = time.time()
   proc = subprocess.run([sys.executable, '-c', script], cwd=root, capture_output=True, text=True,
                         timeout=120, env=dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS='cpu'))
-  from ijepa_jax.trainer import StopRequest
+  from ijepa_jax.stop import StopRequest
   assert proc.returncode == StopRequest.DEADLINE_EXIT == 3, proc.stderr[-2000:]
   assert time.time() - t0 < 30
   assert 'still running 1s after SIGTERM (checkpoint.stop_deadline)' in proc.stderr

@@ -1,0 +1,67 @@
+"""The package's structure (docs/ARCHITECTURE.md): no import cycles between its modules, and
+nothing but the entry point imports the training loop. Read from the source, every import
+counted (also those inside functions)."""
+
+import ast
+import os
+
+from helpers import ROOT
+
+PACKAGE = os.path.join(ROOT, 'ijepa_jax')
+
+
+def imports_of(path: str, modules: set[str]) -> set[str]:
+  """The package modules that the file at `path` imports, anywhere in it."""
+  deps = set()
+  for node in ast.walk(ast.parse(open(path).read())):
+    if isinstance(node, ast.ImportFrom) and node.module:
+      if node.module == 'ijepa_jax':
+        deps |= {a.name for a in node.names if a.name in modules}
+      elif node.module.startswith('ijepa_jax.'):
+        deps.add(node.module.split('.')[1])
+    elif isinstance(node, ast.Import):
+      deps |= {a.name.split('.')[1] for a in node.names if a.name.startswith('ijepa_jax.')}
+  return deps
+
+
+def graph() -> dict[str, set[str]]:
+  modules = {f[:-3] for f in os.listdir(PACKAGE) if f.endswith('.py')}
+  return {m: imports_of(os.path.join(PACKAGE, f'{m}.py'), modules) - {m} for m in modules}
+
+
+def cycle_through(g: dict[str, set[str]], start: str) -> list[str] | None:
+  """A path start -> ... -> start, or None."""
+  stack, seen = [(start, [start])], set()
+  while stack:
+    node, path = stack.pop()
+    for nxt in sorted(g[node]):
+      if nxt == start:
+        return path + [start]
+      if nxt not in seen:
+        seen.add(nxt)
+        stack.append((nxt, path + [nxt]))
+  return None
+
+
+def test_no_import_cycles():
+  g = graph()
+  assert len(g) > 30  # every module was read
+  cycles = {m: c for m in g if (c := cycle_through(g, m))}
+  assert not cycles, cycles
+
+
+def test_cycle_detection_finds_a_planted_cycle():
+  g = {'a': {'b'}, 'b': {'c'}, 'c': {'a'}, 'd': {'a'}}
+  assert cycle_through(g, 'a') == ['a', 'b', 'c', 'a']
+  assert cycle_through(g, 'd') is None
+
+
+def test_only_the_entry_point_imports_the_trainer():
+  g = graph()
+  assert not {m for m, deps in g.items() if 'trainer' in deps}
+  modules = set(g)
+  bench = os.path.join(ROOT, 'bench')
+  users = [f for f in os.listdir(bench) if f.endswith('.py')
+           and 'trainer' in imports_of(os.path.join(bench, f), modules)]
+  assert not users
+  assert 'trainer' in imports_of(os.path.join(ROOT, 'main.py'), modules)
