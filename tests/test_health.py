@@ -15,6 +15,7 @@ from ijepa_jax.health import (CollapseAlarm, effective_rank, feature_std, health
 from ijepa_jax.loading import model_for
 from ijepa_jax.masks import MaskSampler
 from ijepa_jax.state import init_state
+from ijepa_jax.train_step import predictions_and_targets
 from helpers import load
 
 ALARM = CollapseAlarm(std_floor=1e-3, rank_floor=2.0)  # the defaults (recipes.py)
@@ -77,11 +78,17 @@ def test_health_of_the_model_at_init_and_collapsed():
     state, _ = init_state(model, mesh, shapes, 0, boxed)
     fn = jax.jit(lambda p, t, b: health_metrics(model, p, t, b))
     healthy = {k: float(v) for k, v in fn(state.params, state.target_params, batch).items()}
+    pred, tgt, _ = jax.jit(lambda p, t, b: predictions_and_targets(model, p, t, b))(
+        state.params, state.target_params, batch)
     # the final LayerNorm's scale at 0: every token is its bias, every image the same
     target = dict(state.target_params, norm={'scale': jnp.zeros(64), 'bias': state.target_params['norm']['bias']})
     collapsed = {k: float(v) for k, v in fn(state.params, target, batch).items()}
   assert healthy['feature_std_mean'] > 1e-2 and healthy['effective_rank'] > 3
-  assert -1 <= healthy['pred_cosine'] <= 1
+  # the prediction-target cosine, in numpy over the real (unpadded) target positions
+  pred, tgt = np.asarray(pred, np.float64), np.asarray(tgt, np.float64)
+  cos = (pred * tgt).sum(-1) / (np.linalg.norm(pred, axis=-1) * np.linalg.norm(tgt, axis=-1))
+  real = np.arange(pred.shape[2])[None, None] < np.asarray(batch['tgt_len'])[..., None]
+  assert healthy['pred_cosine'] == pytest.approx(cos[real].mean(), abs=1e-5)
   assert ALARM.check(healthy) is None
   assert collapsed['feature_std_mean'] < 1e-6 and collapsed['effective_rank'] == pytest.approx(1, abs=1e-3)
   assert ALARM.check(collapsed) is not None
