@@ -125,7 +125,7 @@ def test_evaluator_on_an_image_folder(tmp_path, monkeypatch):
     assert sorted(np.bincount(ev.train.labels).tolist()) == [40, 40]  # broken.jpg left out
     assert ev.skipped() and 'broken.jpg' in ev.skipped()[0] and res['skipped_images'] == 1
     assert res['knn_top1'] == 1.0 and res['linear_top1'] == 1.0  # brightness is easy
-    assert 0.0 <= res['lowshot_2shot_top1'] <= 1.0
+    assert res['lowshot_2shot_top1'] == 1.0  # two images of each class are enough here too
     # features: batches over 8 devices, padded tail, same as one unpadded call
     f = ev.extract(state.target_params, next(iter(ev.test.chunks()))[:11])
     g = ev.extract(state.target_params, next(iter(ev.test.chunks()))[:16])[:11]
