@@ -10,9 +10,8 @@ import os
 import jax.numpy as jnp
 import ml_collections
 
-from ijepa_jax.features import ENCODERS
+from ijepa_jax.features import ENCODERS, OUTPUTS as POOLS
 from ijepa_jax.probes import PROBES
-from ijepa_jax.features import OUTPUTS as POOLS
 from ijepa_jax.masks import MaskConfig, MaskSampler, MODES
 from ijepa_jax.models import (PATCH_INITS, REMAT_POLICIES, VARIANTS, Predictor, VisionTransformer,
                               attention_implementation, cudnn_flash_fits)

@@ -81,7 +81,7 @@ def make_batches(config: ml_collections.ConfigDict, source: data_lib.Source,
                  jax.process_index(), jax.process_count(), workers)
 
 
-# -- (2)-(3) model, mesh, state ----------------------------------------------
+# -- (2)-(3) resume or initialise (the state builders are in state.py) --------
 
 def config_changes(saved: dict, current: dict, prefix: str = '') -> list[str]:
   """`field: saved -> current` for every config field that differs (nested dicts walked)."""
