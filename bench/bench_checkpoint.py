@@ -33,17 +33,13 @@ def random_state(config):
   import flax.linen as nn
   import jax
 
-  from ijepa_jax import config as cfg_lib
   from ijepa_jax import sharding
-  from ijepa_jax.masks import MaskSampler
-  from ijepa_jax.state import abstract_state, batch_shapes
+  from ijepa_jax.spec import resolve_here
+  from ijepa_jax.state import abstract_state, run_shapes
 
-  config = cfg_lib.with_dataset_size(config, 1281167)
-  model = cfg_lib.build_model(config)
-  masks = MaskSampler(cfg_lib.mask_config(config))
-  shapes = batch_shapes(config, masks)
-  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
-  boxed = abstract_state(model, shapes)
+  run = resolve_here(config)
+  mesh = sharding.make_mesh(*run.mesh)
+  boxed = abstract_state(run.model, run_shapes(run))
   abstract = nn.unbox(boxed)
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
     sh = sharding.logical_shardings(boxed, mesh)

@@ -24,7 +24,7 @@ from ijepa_jax import fashion_mnist  # noqa: E402
 from ijepa_jax.data import FolderSource  # noqa: E402
 from ijepa_jax.input_pipeline import Batches, TransformConfig  # noqa: E402
 from ijepa_jax.masks import MaskConfig, MaskSampler  # noqa: E402
-from ijepa_jax.recipes import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from ijepa_jax.pixels import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 
 def make_jpegs(root: str, n: int, size: int) -> None:

@@ -37,6 +37,7 @@ def main(argv):
   import jax
 
   from ijepa_jax import sharding
+  from ijepa_jax.spec import resolve_here
   from ijepa_jax.state import compile_abstract_step
 
   print(f'{jax.device_count()} simulated {jax.devices()[0].platform} devices, '
@@ -51,7 +52,7 @@ def main(argv):
         c = importlib.import_module(f'configs.{name}').get_config()
         c.batch_size = FLAGS.per_device_batch * jax.device_count()
         c.model.remat_policy = remat
-        compiled, seconds = compile_abstract_step(c, sharding.make_mesh(data, fsdp))
+        compiled, seconds = compile_abstract_step(resolve_here(c), sharding.make_mesh(data, fsdp))
         m = compiled.memory_analysis()
         total = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
                  - m.alias_size_in_bytes) / 2**30

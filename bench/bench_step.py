@@ -26,8 +26,9 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
+  from ijepa_jax.spec import resolve_here  # pylint: disable=import-outside-toplevel
   config = FLAGS.config
-  r = time_step(config, FLAGS.steps)
+  r = time_step(resolve_here(config), FLAGS.steps)
   print(f'device: {r["device"]}')
   print(f'config: batch {config.batch_size}, image {config.data.image_size}, patch '
         f'{config.model.patch_size}, dtype {config.model.dtype}, masks {config.masks.mode} '

@@ -32,9 +32,11 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
+  from ijepa_jax.spec import resolve_here  # pylint: disable=import-outside-toplevel
   config = FLAGS.config
-  ours = time_step(config, FLAGS.steps)
-  ref = run_torch(config, ours.pop('masks'), FLAGS.device, FLAGS.torch_python)
+  run = resolve_here(config)
+  ours = time_step(run, FLAGS.steps)
+  ref = run_torch(run, ours.pop('masks'), FLAGS.device, FLAGS.torch_python)
   print(f'config: {config.model.variant} (width {config.model.width}), image '
         f'{config.data.image_size}/{config.model.patch_size}, batch {config.batch_size}, '
         f'dtype {config.model.dtype}, masks {config.masks.mode}, scan_layers '

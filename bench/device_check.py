@@ -66,11 +66,13 @@ def model_configs(smoke: bool) -> dict:
 
 def torch_reference(configs: dict, steps: int, device: str) -> list[dict]:
   """Part 1: the PyTorch step on our masks, cut as the official collator cuts them."""
+  from ijepa_jax.spec import resolve_here
   rows = []
   for label, config in configs.items():
     row = {'part': 'torch', 'model': label, 'batch': config.batch_size}
     try:
-      row.update(run_torch(config, step_masks(config, steps + 1, config.batch_size), device))
+      run = resolve_here(config)
+      row.update(run_torch(run, step_masks(run, steps + 1, config.batch_size), device))
     except Exception as e:  # noqa: BLE001  (a missing torch, an OOM: recorded, not fatal)
       row['error'] = f'{type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}'
     rows.append(row)
@@ -138,6 +140,8 @@ def step_grid(configs: dict, steps: int, deadline: float, smoke: bool,
   (`only`: just these attention implementations)."""
   import jax
 
+  from ijepa_jax.spec import resolve_here
+
   gpu = jax.default_backend() in ('gpu', 'cuda')
   attentions = tuple(a for a in (('cudnn', 'xla') if gpu else ('xla',)) if not only or a in only)
   if not attentions:  # e.g. --attention cudnn on a CPU
@@ -169,7 +173,7 @@ def step_grid(configs: dict, steps: int, deadline: float, smoke: bool,
         config.model.scan_layers, config.model.remat_policy = scan, remat
         config.model.attention = attention
         try:
-          r = time_step(config, steps)
+          r = time_step(resolve_here(config), steps)
           r.pop('masks')
           rows.append(dict(row, batch=batch, **r))
           break

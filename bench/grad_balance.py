@@ -30,27 +30,26 @@ def main(argv):
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
-  from ijepa_jax import config as cfg_lib, create_train_state  # pylint: disable=import-outside-toplevel
+  from ijepa_jax import create_train_state  # pylint: disable=import-outside-toplevel
   from ijepa_jax.data import eval_transform, open_source  # pylint: disable=import-outside-toplevel
-  from ijepa_jax.masks import MaskSampler  # pylint: disable=import-outside-toplevel
+  from ijepa_jax.spec import resolve_here  # pylint: disable=import-outside-toplevel
   from ijepa_jax.train_step import loss_terms  # pylint: disable=import-outside-toplevel
 
-  config = FLAGS.config
-  cfg_lib.validate(config, jax.device_count())
-  model = cfg_lib.build_model(config)
+  run = resolve_here(FLAGS.config)
+  model = run.model
   ac = model.anti_collapse
   model = dataclasses.replace(model, anti_collapse=dataclasses.replace(
       ac, var_weight=ac.var_weight or 1.0, cov_weight=ac.cov_weight or 1.0,
       sigreg_weight=ac.sigreg_weight or 1.0))
-  d, b = config.data, config.batch_size
+  d, b = run.data, run.batch_size
   source = open_source(d.dataset, d.split, d.data_dir)
   images = np.stack([eval_transform(source.load(i), d.image_size, d.channels, 1.0)
                      for i in range(b)])  # the first b training images, whole
   images = (images.astype(np.float32) / 255.0 - np.asarray(d.mean)) / np.asarray(d.std)
   batch = {'images': images.astype(np.float32),
-           **MaskSampler(cfg_lib.mask_config(config))(b, config.seed, 0)._asdict()}
-  state = nn.unbox(create_train_state(model, jax.random.key(config.seed), batch))
-  print(f'{config.model.variant} width {cfg_lib.encoder_dims(config)[0]}, batch {b}, '
+           **run.sampler()(b, run.seed, 0)._asdict()}
+  state = nn.unbox(create_train_state(model, jax.random.key(run.seed), batch))
+  print(f'{run.arch.variant} width {run.arch.width}, batch {b}, '
         f'anti_collapse.embeddings={ac.embeddings}, {ac.sigreg_directions} SIGReg directions')
   print(f'{"term":10s} {"value":>10s} {"|grad| (context encoder)":>26s}')
   for name in ('jepa_loss', 'var_loss', 'cov_loss', 'sigreg'):

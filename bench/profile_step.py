@@ -61,9 +61,9 @@ def main(argv):
   import jax
 
   from bench.stepping import compiled_step
+  from ijepa_jax.spec import resolve_here
 
-  config = FLAGS.config
-  step, state, batches, _ = compiled_step(config, FLAGS.steps + 1)
+  step, state, batches, _ = compiled_step(resolve_here(FLAGS.config), FLAGS.steps + 1)
   state, m = step(state, batches[0])
   jax.block_until_ready(m)
   with tempfile.TemporaryDirectory() as tmp:

@@ -15,45 +15,41 @@ from typing import Any
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def step_masks(config, num_steps: int, batch_size: int) -> dict:
-  """The config's masks for steps 0 .. num_steps - 1 (host numpy; seed 0), stacked:
-  ctx_idx [steps, B, Kc], ctx_len [steps, B], tgt_idx [steps, B, M, Kt], tgt_len [steps, B, M]."""
+def step_masks(run, num_steps: int, batch_size: int) -> dict:
+  """The run's masks for steps 0 .. num_steps - 1 (host numpy; seed 0), stacked:
+  ctx_idx [steps, B, Kc], ctx_len [steps, B], tgt_idx [steps, B, M, Kt], tgt_len [steps, B, M].
+  `run`: a `spec.Run` (`spec.resolve_here(config)`), as for every function here."""
   import numpy as np
 
-  from ijepa_jax import config as cfg_lib
-  from ijepa_jax.masks import MaskSampler
-  sampler = MaskSampler(cfg_lib.mask_config(config))
+  sampler = run.sampler()
   steps = [sampler(batch_size, 0, s)._asdict() for s in range(num_steps)]
   return {k: np.stack([m[k] for m in steps]) for k in steps[0]}
 
 
-def compiled_step(config, num_batches: int) -> tuple[Any, Any, list[dict], dict]:
-  """The config's compiled train step (validated for this backend), its initial state,
-  `num_batches` device batches (synthetic uint8 images, the config's masks) and facts:
-  compile seconds, memory, the masks' fixed lengths and host copies."""
+def compiled_step(run, num_batches: int) -> tuple[Any, Any, list[dict], dict]:
+  """The run's compiled train step, its initial state, `num_batches` device batches
+  (synthetic uint8 images, the run's masks) and facts: compile seconds, memory, the masks'
+  fixed lengths and host copies."""
   import flax.linen as nn
   import jax
   import numpy as np
 
-  from ijepa_jax import config as cfg_lib
   from ijepa_jax import sharding
   from ijepa_jax.state import device_memory, global_batch, init_state, make_step_fn
 
-  cfg_lib.validate(config, jax.device_count(), jax.process_count(), jax.default_backend())
-  model = cfg_lib.build_model(config)
-  local = config.batch_size // jax.process_count()
-  size, ch = config.data.image_size, config.data.channels
+  local = run.batch_size // jax.process_count()
+  size, ch = run.arch.image_size, run.arch.channels
   images = np.random.default_rng(0).integers(0, 256, size=(local, size, size, ch), dtype=np.uint8)
-  masks = step_masks(config, num_batches, local)
+  masks = step_masks(run, num_batches, local)
   per_step = [{k: v[s] for k, v in masks.items()} for s in range(num_batches)]
-  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+  mesh = sharding.make_mesh(*run.mesh)
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-    shapes = {k: jax.ShapeDtypeStruct((config.batch_size,) + v.shape[1:], v.dtype)
+    shapes = {k: jax.ShapeDtypeStruct((run.batch_size,) + v.shape[1:], v.dtype)
               for k, v in {'images': images, **per_step[0]}.items()}
-    state, sh = init_state(model, mesh, shapes, 0)
+    state, sh = init_state(run.model, mesh, shapes, 0)
     t0 = time.perf_counter()
-    step = make_step_fn(model, sh, mesh, tuple(config.data.mean),
-                        tuple(config.data.std)).lower(state, shapes).compile()
+    step = make_step_fn(run.model, sh, mesh, run.data.mean,
+                        run.data.std).lower(state, shapes).compile()
     compile_s = time.perf_counter() - t0
     batches = [global_batch({'images': images, **m}, mesh) for m in per_step]
   facts = {'compile_s': compile_s, 'memory': device_memory(step),
@@ -63,16 +59,16 @@ def compiled_step(config, num_batches: int) -> tuple[Any, Any, list[dict], dict]
   return step, state, batches, facts
 
 
-def time_step(config, steps: int) -> dict:
-  """Compile the config's train step and time `steps` steps after one warm-up step.
+def time_step(run, steps: int) -> dict:
+  """Compile the run's train step and time `steps` steps after one warm-up step.
 
   Returns the figures and the masks of every step (`masks`: a dict of [steps + 1, ...]
   arrays), so that another implementation can be timed on the same ones."""
   import jax
 
-  from ijepa_jax.flops import peak_flops, train_step_flops
+  from ijepa_jax.flops import peak_flops
 
-  step, state, device_batches, facts = compiled_step(config, steps + 1)
+  step, state, device_batches, facts = compiled_step(run, steps + 1)
   state, m = step(state, device_batches[0])
   jax.block_until_ready(m)
   t0 = time.perf_counter()
@@ -80,15 +76,15 @@ def time_step(config, steps: int) -> dict:
     state, m = step(state, b)
   jax.block_until_ready(m)
   step_s = (time.perf_counter() - t0) / steps
-  flops = train_step_flops(config, facts['context_len'], facts['target_len'], facts['num_targets'])
+  flops = run.arch.step_flops(run.batch_size, run.sampler())
   dev = jax.devices()[0]
   peak = peak_flops(dev.device_kind)
   per_dev = flops / step_s / jax.device_count()
   return {
       'device': f'{jax.device_count()} x {dev.device_kind} ({dev.platform})',
       'compile_s': facts['compile_s'], 'memory': facts['memory'], 'step_ms': 1000 * step_s,
-      'images_per_sec': config.batch_size / step_s,
-      'images_per_sec_per_device': config.batch_size / step_s / jax.device_count(),
+      'images_per_sec': run.batch_size / step_s,
+      'images_per_sec_per_device': run.batch_size / step_s / jax.device_count(),
       'gflop_per_step': flops / 1e9, 'gflops_per_device': per_dev / 1e9,
       'mfu': per_dev / peak if peak else None, 'loss': float(m['loss']),
       'context_len': facts['context_len'], 'target_len': facts['target_len'],
@@ -96,23 +92,20 @@ def time_step(config, steps: int) -> dict:
   }
 
 
-def torch_job(config, masks: dict, path: str) -> None:
+def torch_job(run, masks: dict, path: str) -> None:
   """Write the PyTorch step's job: model sizes and every step's masks (`step_masks`)."""
   import numpy as np
 
-  from ijepa_jax import config as cfg_lib
-  width, depth, heads, hidden = cfg_lib.encoder_dims(config)
-  m = config.model
-  np.savez(path, image=config.data.image_size, patch=m.patch_size, channels=config.data.channels,
-           width=width, depth=depth, heads=heads, hidden=hidden, pred_width=m.pred_width,
-           pred_depth=m.pred_depth, pred_heads=heads if m.pred_heads == -1 else m.pred_heads,
-           **masks)
+  a = run.arch
+  np.savez(path, image=a.image_size, patch=a.patch_size, channels=a.channels, width=a.width,
+           depth=a.depth, heads=a.num_heads, hidden=a.mlp_dim, pred_width=a.pred_width,
+           pred_depth=a.pred_depth, pred_heads=a.pred_heads, **masks)
 
 
-def torch_cut(config) -> str:
+def torch_cut(run) -> str:
   """How the PyTorch step cuts our masks (bench/torch_step.py): as the official collator for
   the official sampler; not at all (the same padded work as ours) for the corrected one."""
-  return 'batch_min' if config.masks.mode == 'official' else 'none'
+  return 'batch_min' if run.masks.mode == 'official' else 'none'
 
 
 def torch_python(device: str, override: str = '') -> str:
@@ -122,16 +115,16 @@ def torch_python(device: str, override: str = '') -> str:
   return override or (venv if device == 'cpu' and os.path.exists(venv) else sys.executable)
 
 
-def run_torch(config, masks: dict, device: str, python: str = '') -> dict:
-  """bench/torch_step.py on `config`'s sizes and `masks`; its result dict (raises with its
+def run_torch(run, masks: dict, device: str, python: str = '') -> dict:
+  """bench/torch_step.py on `run`'s sizes and `masks`; its result dict (raises with its
   stderr). On a CPU it uses every core, as XLA does."""
   with tempfile.TemporaryDirectory() as tmp:
     job, out = os.path.join(tmp, 'job.npz'), os.path.join(tmp, 'torch.json')
-    torch_job(config, masks, job)
+    torch_job(run, masks, job)
     threads = 0 if device == 'cuda' else os.cpu_count() or 1
     cmd = [torch_python(device, python), os.path.join(ROOT, 'bench', 'torch_step.py'),
            '--job', job, '--out', out, '--device', device, '--threads', str(threads),
-           '--cut', torch_cut(config)]
+           '--cut', torch_cut(run)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
       raise RuntimeError(f'the PyTorch step failed ({" ".join(cmd)}):\n{proc.stderr[-3000:]}')

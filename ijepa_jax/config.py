@@ -146,12 +146,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   _require(d.dataset_size == -1 or d.dataset_size > 0,
            f'data.dataset_size={d.dataset_size} must be positive or -1 (the split\'s size)')
   if config.steps_per_epoch != -1 or d.dataset_size != -1:  # else known once the data is open
-    spe = steps_per_epoch(config)
-    _require(spe > 0, f'steps_per_epoch resolves to {spe}: data.dataset_size={d.dataset_size} is '
-             f'smaller than batch_size={config.batch_size}; lower batch_size or set steps_per_epoch')
-    _require(int(config.num_epochs * spe) > 0,
-             f'num_epochs={config.num_epochs} x {spe} steps per epoch is less than one step; '
-             'train more epochs or use a smaller batch_size')
+    validate_schedule(config)
   _require(config.max_steps == -1 or config.max_steps > 0,
            f'max_steps={config.max_steps} must be positive or -1 (run every step)')
   _require(o.warmup_epochs >= 0, f'optim.warmup_epochs={o.warmup_epochs} must be >= 0')
@@ -189,6 +184,18 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     raise ConfigError(str(e)) from None
   _validate_evals(config.evals, config.log_every)
   _validate_monitor(config.monitor)
+
+
+def validate_schedule(config: ml_collections.ConfigDict) -> None:
+  """The checks that need the steps per epoch (data.dataset_size or steps_per_epoch set):
+  `validate` runs them when it can; the trainer runs them once the data is open."""
+  spe = steps_per_epoch(config)
+  _require(spe > 0, f'steps_per_epoch resolves to {spe}: data.dataset_size='
+           f'{config.data.dataset_size} is smaller than batch_size={config.batch_size}; lower '
+           'batch_size or set steps_per_epoch')
+  _require(int(config.num_epochs * spe) > 0,
+           f'num_epochs={config.num_epochs} x {spe} steps per epoch is less than one step; '
+           'train more epochs or use a smaller batch_size')
 
 
 def _validate_anti_collapse(a: ml_collections.ConfigDict) -> None:

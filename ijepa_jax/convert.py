@@ -18,7 +18,6 @@ export: a run's checkpoint -> `--format`
         --workdir=workdir/demo --format=hf --out=workdir/demo_hf
 """
 
-import json
 import os
 import sys
 
@@ -47,22 +46,24 @@ def import_official(config, weights: str, workdir: str) -> str:
   from ijepa_jax import interop, sharding  # pylint: disable=import-outside-toplevel
   from ijepa_jax.checkpoint import Checkpoints  # pylint: disable=import-outside-toplevel
   from ijepa_jax.loading import check_architecture, model_for  # pylint: disable=import-outside-toplevel
+  from ijepa_jax.spec import resolve  # pylint: disable=import-outside-toplevel
   from ijepa_jax.state import init_state  # pylint: disable=import-outside-toplevel
 
+  run = resolve(config, jax.device_count(), jax.process_count(), jax.default_backend())
   directory = os.path.join(workdir, 'checkpoints')
   if os.path.isdir(directory) and os.listdir(directory):
     raise FileExistsError(f'{directory} already holds checkpoints; import into a new --workdir')
   loaded = interop.load_official(weights)
-  check_architecture(config, loaded['architecture'], weights)
-  grid = (config.data.image_size // config.model.patch_size,) * 2
+  check_architecture(run.arch, loaded['architecture'], weights)
+  grid = run.arch.grid
   if tuple(loaded['grid']) != grid:
     raise ValueError(f'{weights} was trained on a {loaded["grid"][0]}x{loaded["grid"][1]} patch '
                      f'grid; the config has {grid[0]}x{grid[1]} (data.image_size / '
                      'model.patch_size): set data.image_size to match')
-  model, shapes, boxed = model_for(config)
-  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+  model, shapes, boxed = model_for(run)
+  mesh = sharding.make_mesh(*run.mesh)
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-    fresh, shardings = init_state(model, mesh, shapes, config.seed, boxed)
+    fresh, shardings = init_state(model, mesh, shapes, run.seed, boxed)
 
     def put(tree, sh):
       return jax.tree.map(lambda a, s: jax.device_put(np.asarray(a), s), tree, sh)
@@ -74,12 +75,12 @@ def import_official(config, weights: str, workdir: str) -> str:
     ckpts = Checkpoints(directory, async_save=False)
     ckpts.save(0, state, {
         'step': 0, 'imported_from': os.path.abspath(weights), 'epoch': loaded['epoch'],
-        'data': {'seed': config.seed, 'dataset_size': -1, 'global_batch': config.batch_size,
+        'data': {'seed': run.seed, 'dataset_size': -1, 'global_batch': run.batch_size,
                  'next_step': 0},
-        'host_rng': {'seed': config.seed, 'step': 0},
+        'host_rng': {'seed': run.seed, 'step': 0},
         'accounting': {'train_seconds': 0.0, 'skipped_images': 0, 'nonfinite_steps': 0,
                        'starts': 0},
-        'config': json.loads(config.to_json_best_effort())})
+        'config': run.config_dict()})
     ckpts.wait()
     ckpts.close()
   return (f'imported {weights} (epoch {loaded["epoch"]}, {loaded["architecture"]}) into '
@@ -89,16 +90,18 @@ def import_official(config, weights: str, workdir: str) -> str:
 def export(config, workdir: str, step, fmt: str, which: str, out: str) -> str:
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from ijepa_jax import config as cfg_lib, interop, sharding  # pylint: disable=import-outside-toplevel
+  from ijepa_jax import interop, sharding  # pylint: disable=import-outside-toplevel
   from ijepa_jax.evaluation import encoder_params  # pylint: disable=import-outside-toplevel
   from ijepa_jax.loading import restore_state  # pylint: disable=import-outside-toplevel
+  from ijepa_jax.spec import resolve  # pylint: disable=import-outside-toplevel
 
-  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
-  state, step, _ = restore_state(config, workdir, mesh, step)
+  run = resolve(config, jax.device_count(), jax.process_count(), jax.default_backend())
+  mesh = sharding.make_mesh(*run.mesh)
+  state, step, _ = restore_state(run, workdir, mesh, step)
   host = lambda tree: jax.tree.map(np.asarray, jax.device_get(tree))  # noqa: E731
-  grid = (config.data.image_size // config.model.patch_size,) * 2
+  grid = run.arch.grid
   if fmt == 'official':
-    spe = max(cfg_lib.steps_per_epoch(config), 0)
+    spe = run.steps_per_epoch or 0
     interop.write_torch(out, interop.official_checkpoint(
         host(state.params['encoder']), host(state.target_params), host(state.params['predictor']),
         grid, epoch=step // spe if spe else 0, step=int(step)))
@@ -106,8 +109,7 @@ def export(config, workdir: str, step, fmt: str, which: str, out: str) -> str:
     interop.write_safetensors(out, interop.encoder_to_official(
         host(encoder_params(state, which)), grid), {'format': 'pt', 'step': str(step)})
   else:
-    _, _, heads, _ = cfg_lib.encoder_dims(config)
-    interop.write_hf(out, host(encoder_params(state, which)), grid, heads)
+    interop.write_hf(out, host(encoder_params(state, which)), grid, run.arch.num_heads)
   return f'exported step {step} of {workdir} as {fmt} to {out}'
 
 

@@ -15,7 +15,7 @@ Transforms follow the official recipe (torchvision on Pillow images):
 RandomResizedCrop with scale (0.3, 1.0), ratio (3/4, 4/3), bilinear; optional
 horizontal flip; evaluation resizes the short side to size / 0.875 and takes
 the centre crop. Images leave the host as uint8 (4x less traffic than float32);
-`normalize` (mean/std) runs on the device inside the jitted step.
+`pixels.normalize` (mean/std) runs on the device inside the jitted step.
 """
 
 import io
@@ -23,7 +23,6 @@ import math
 import os
 from typing import Protocol, Sequence
 
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
@@ -315,6 +314,24 @@ def open_source(dataset: str, split: str, data_dir: str) -> Source:
   return TfdsSource(dataset, split, root)
 
 
+class Sources:
+  """`sources(dataset, split, data_dir)`: each source opened once and handed out again, so
+  that one start opens a split once however many parts of the run read it (the training
+  data, the evaluation splits, the monitor's pictures; on an ImageNet folder each open lists
+  1.28M files). `opened` counts the opens."""
+
+  def __init__(self):
+    self._open: dict[tuple[str, str, str], Source] = {}
+    self.opened = 0
+
+  def __call__(self, dataset: str, split: str, data_dir: str) -> Source:
+    key = (dataset, split, data_dir)
+    if key not in self._open:
+      self._open[key] = open_source(dataset, split, data_dir)
+      self.opened += 1
+    return self._open[key]
+
+
 # -- transforms ---------------------------------------------------------------
 
 def random_resized_crop_box(rng: np.random.Generator, height: int, width: int,
@@ -382,9 +399,3 @@ def eval_transform(img: Image.Image, size: int, channels: int,
   left, top = (nw - size) // 2, (nh - size) // 2
   return _to_array(img.crop((left, top, left + size, top + size)), channels)
 
-
-def normalize(images: jnp.ndarray, mean: Sequence[float], std: Sequence[float]) -> jnp.ndarray:
-  """uint8 [..., C] in 0..255 -> float32 (x / 255 - mean) / std, per channel (on the device)."""
-  mean = jnp.asarray(mean, jnp.float32)
-  std = jnp.asarray(std, jnp.float32)
-  return (images.astype(jnp.float32) / 255.0 - mean) / std

@@ -35,6 +35,7 @@ def main(argv):
   from ijepa_jax import data as data_lib  # pylint: disable=import-outside-toplevel
   from ijepa_jax.monitor import mask_sections, picture_images  # pylint: disable=import-outside-toplevel
   from ijepa_jax.pictures import mask_picture, save_png  # pylint: disable=import-outside-toplevel
+  from ijepa_jax.spec import data_spec  # pylint: disable=import-outside-toplevel
 
   config = FLAGS.config
   if FLAGS.num_images < 1:
@@ -46,13 +47,15 @@ def main(argv):
           f'{config.model.patch_size}', file=sys.stderr)
     sys.exit(2)
   try:
-    images = picture_images(config, FLAGS.num_images)
+    source = data_lib.open_source(d.dataset, d.split, d.data_dir)
+    images = picture_images(source, data_spec(config), config.evals.crop_fraction,
+                            FLAGS.num_images)
     where = f'{d.dataset}/{d.split}'
   except (data_lib.DataMissingError, OSError, ValueError) as e:
     images = np.full((FLAGS.num_images, d.image_size, d.image_size, d.channels), 160, np.uint8)
     where = f'grey squares ({d.dataset} is not readable here: {str(e).splitlines()[0][:120]})'
   seed = config.seed if FLAGS.seed is None else FLAGS.seed
-  sections = mask_sections(config, len(images), seed, FLAGS.step)
+  sections = mask_sections(cfg_lib.mask_config(config), len(images), seed, FLAGS.step)
   if not any(isinstance(m, dict) for _, m in sections):
     print('error: neither sampler mode can sample this config:\n  '
           + '\n  '.join(m for _, m in sections), file=sys.stderr)

@@ -70,46 +70,48 @@ def main(argv):
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from ijepa_jax import config as cfg_lib, sharding  # pylint: disable=import-outside-toplevel
+  from ijepa_jax import sharding  # pylint: disable=import-outside-toplevel
+  from ijepa_jax.config import ConfigError  # pylint: disable=import-outside-toplevel
   from ijepa_jax.data import open_source  # pylint: disable=import-outside-toplevel
   from ijepa_jax.evaluation import FeatureExtractor, LabelledSplit, subset_indices  # pylint: disable=import-outside-toplevel
   from ijepa_jax.interop import InteropError  # pylint: disable=import-outside-toplevel
   from ijepa_jax.loading import encoder_from  # pylint: disable=import-outside-toplevel
   from ijepa_jax.reporting import log  # pylint: disable=import-outside-toplevel
+  from ijepa_jax.spec import resolve  # pylint: disable=import-outside-toplevel
 
-  config = FLAGS.config
   try:
     if bool(FLAGS.images) == bool(FLAGS.split):
       raise ValueError('give exactly one of --images=<folder> and --split=<split>')
-    cfg_lib.validate(config, jax.device_count(), jax.process_count(), jax.default_backend())
-    ev, d = config.evals, config.data
-    if FLAGS.images:
-      source = FolderImages(FLAGS.images)
-    else:
-      source = open_source(ev.dataset or d.dataset, FLAGS.split, ev.data_dir or d.data_dir)
-      if getattr(source, 'num_classes', None) is None:  # unlabelled: names only
-        source.label = lambda index: -1
-    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
-    params, what, _ = encoder_from(config, mesh, workdir=FLAGS.workdir, weights=FLAGS.weights,
+    run = resolve(FLAGS.config, jax.device_count(), jax.process_count(), jax.default_backend())
+    ev, d = run.evals, run.data
+    source = (FolderImages(FLAGS.images) if FLAGS.images
+              else open_source(ev.dataset, FLAGS.split, ev.data_dir))
+    mesh = sharding.make_mesh(*run.mesh)
+    params, what, _ = encoder_from(run, mesh, workdir=FLAGS.workdir, weights=FLAGS.weights,
                                 step=FLAGS.step, which=ev.encoder)
     indices = subset_indices(len(source), FLAGS.limit) if FLAGS.limit > 0 else np.arange(len(source))
-    split = LabelledSplit(source, indices, d.image_size, d.channels, ev.crop_fraction,
-                          (os.cpu_count() or 1) if d.workers == -1 else d.workers, False,
-                          FLAGS.images or FLAGS.split)
-    extract = FeatureExtractor.for_config(config, mesh, FLAGS.output)
+    split = LabelledSplit(source, indices, d.image_size, d.channels, ev.crop_fraction, d.workers,
+                          False, FLAGS.images or FLAGS.split,
+                          labelled=bool(getattr(source, 'num_classes', None)))  # else names only
+    extract = FeatureExtractor.for_run(run, mesh, FLAGS.output)
     log(f'embedding {len(indices):,} images of {split.name} with the {what}')
+    emb, labels, kept, skipped = [], [], [], []
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-      emb = np.concatenate([extract(params, images) for images in split.chunks()])
-  except (cfg_lib.ConfigError, FileNotFoundError, InteropError, ValueError) as e:
+      for chunk in split.chunks():
+        emb.append(extract(params, chunk.images))
+        labels.append(chunk.labels)
+        kept.append(chunk.indices)
+        skipped += chunk.skipped
+    emb = np.concatenate(emb)
+  except (ConfigError, FileNotFoundError, InteropError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
-  for name in split.skipped:
+  for name in skipped:
     print(f'skipped an unreadable image: {name}', file=sys.stderr)
-  skipped = {s.split(':', 1)[0] for s in split.skipped}
-  names = [source.name(int(i)) for i in indices if source.name(int(i)) not in skipped]
+  names = [source.name(int(i)) for i in np.concatenate(kept)]
   if jax.process_index() == 0:
     tmp = FLAGS.out + '.tmp.npz'
-    np.savez(tmp, embeddings=emb, names=np.asarray(names), labels=split.labels)
+    np.savez(tmp, embeddings=emb, names=np.asarray(names), labels=np.concatenate(labels))
     os.replace(tmp, FLAGS.out)
     log(f'wrote {emb.shape} embeddings to {FLAGS.out}')
 

@@ -46,22 +46,23 @@ def main(argv):
   from ijepa_jax.interop import InteropError  # pylint: disable=import-outside-toplevel
   from ijepa_jax.loading import encoder_from, random_encoder  # pylint: disable=import-outside-toplevel
   from ijepa_jax.reporting import log  # pylint: disable=import-outside-toplevel
+  from ijepa_jax.spec import resolve  # pylint: disable=import-outside-toplevel
 
   config = FLAGS.config
   try:
-    cfg_lib.validate(config, jax.device_count(), jax.process_count(), jax.default_backend())
-    ev = config.evals
-    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
-    params, what, meta = encoder_from(config, mesh, workdir=FLAGS.workdir, weights=FLAGS.weights,
+    run = resolve(config, jax.device_count(), jax.process_count(), jax.default_backend())
+    ev = run.evals
+    mesh = sharding.make_mesh(*run.mesh)
+    params, what, meta = encoder_from(run, mesh, workdir=FLAGS.workdir, weights=FLAGS.weights,
                                       step=FLAGS.step, which=ev.encoder)
     # the baseline is the run's own architecture drawn with its seed + 1, as at its end
-    seed = meta.get('config', {}).get('seed', config.seed)
+    seed = meta.get('config', {}).get('seed', run.seed)
     log(f'evaluating the {what}')
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-      evaluator = Evaluator(config, mesh, ev.final_train_examples, ev.final_test_examples,
+      evaluator = Evaluator(run, mesh, ev.final_train_examples, ev.final_test_examples,
                             ev.final_probes, cache=FLAGS.baseline)
       log(f'data: {evaluator.describe()}')
-      baseline = random_encoder(config, mesh, seed + 1, ev.encoder) if FLAGS.baseline else None
+      baseline = random_encoder(run, mesh, seed + 1, ev.encoder) if FLAGS.baseline else None
       results = {'evaluated': what, 'config': json.loads(config.to_json_best_effort())}
       results.update(with_baseline(evaluator, 'eval', params, baseline, log))
   except (cfg_lib.ConfigError, FileNotFoundError, InteropError, ValueError) as e:

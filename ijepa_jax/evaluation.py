@@ -12,31 +12,37 @@ import concurrent.futures
 import dataclasses
 import functools
 import math
-import os
 import time
-from typing import Any, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from ijepa_jax import config as cfg_lib
 from ijepa_jax import sharding
-from ijepa_jax.data import (CorruptImageError, DataMissingError, Source, eval_transform,
-                            open_source)
+from ijepa_jax.data import CorruptImageError, DataMissingError, Source, Sources, eval_transform
 from ijepa_jax.features import ENCODERS, OUTPUTS, encode
 from ijepa_jax.probes import SUBSET_STREAM, run_probes
+from ijepa_jax.spec import DataSpec, EvalSpec, Run
 
 # -- labelled images and features -----------------------------------------------------------
 
 CHUNK = 4096  # images decoded at a time when they are not kept
 
 
+class Chunk(NamedTuple):
+  """Decoded images of a split and what goes with them, in the split's order."""
+  images: np.ndarray   # uint8 [n, size, size, channels]: the images that decoded
+  labels: np.ndarray   # int32 [n] (-1 for a source without labels)
+  indices: np.ndarray  # [n] their indices in the source
+  skipped: list[str]   # the ones that did not decode, as '<name>: <reason>'
+
+
 @dataclasses.dataclass
 class LabelledSplit:
-  """A fixed labelled subset of one split: decoded on demand in chunks (and kept in memory
-  when `cache`: the periodic evaluation's small subsets)."""
+  """A fixed subset of one split, decoded on demand in `Chunk`s of images with their labels
+  (and kept in memory when `cache`: the periodic evaluation's small subsets). `labelled=False`
+  (a source without labels, or none wanted): every label is -1 and the source is not asked."""
   source: Source
   indices: np.ndarray
   size: int
@@ -45,48 +51,44 @@ class LabelledSplit:
   workers: int
   cache: bool
   name: str
-  _images: list | None = None
-  labels: np.ndarray | None = None  # of the images decoded so far (corrupt ones left out)
-  skipped: list[str] = dataclasses.field(default_factory=list)
+  labelled: bool = True
+  _chunks: list[Chunk] | None = None
 
-  def chunks(self):
-    """Yields uint8 image chunks [n, size, size, channels]; fills `labels` and `skipped`."""
-    if self._images is not None:
-      yield from self._images
+  def chunks(self) -> Iterator[Chunk]:
+    if self._chunks is not None:
+      yield from self._chunks
       return
-    kept, labels, skipped = [], [], []
+    kept, decoded, bad = [], 0, []
     with concurrent.futures.ThreadPoolExecutor(max(1, self.workers), 'ijepa-eval') as pool:
       for start in range(0, len(self.indices), CHUNK):
-        images, y, bad = _decode(pool, self.source, self.indices[start:start + CHUNK],
-                                 self.size, self.channels, self.crop_fraction)
-        labels.append(y)
-        skipped += bad
+        chunk = self._decode(pool, self.indices[start:start + CHUNK])
+        decoded += len(chunk.indices)
+        bad += chunk.skipped[:1]
         if self.cache:
-          kept.append(images)
-        yield images
-    self.labels = np.concatenate(labels)
-    self.skipped = skipped
-    if not len(self.labels):
+          kept.append(chunk)
+        yield chunk
+    if not decoded:
       raise CorruptImageError(f'none of the {len(self.indices)} {self.name} evaluation images '
-                              f'could be decoded (first: {skipped[0] if skipped else "-"})')
+                              f'could be decoded (first: {bad[0] if bad else "-"})')
     if self.cache:
-      self._images = kept
+      self._chunks = kept
 
+  def _decode(self, pool, indices: np.ndarray) -> Chunk:
+    def one(i):
+      try:
+        image = eval_transform(self.source.load(int(i)), self.size, self.channels,
+                               self.crop_fraction)
+      except CorruptImageError as e:
+        return None, str(e)
+      return image, self.source.label(int(i)) if self.labelled else -1
 
-def _decode(pool, source: Source, indices: np.ndarray, size: int, channels: int,
-            crop_fraction: float) -> tuple[np.ndarray, np.ndarray, list[str]]:
-  def one(i):
-    try:
-      return eval_transform(source.load(int(i)), size, channels, crop_fraction), source.label(int(i))
-    except CorruptImageError as e:
-      return None, str(e)
-
-  results = list(pool.map(one, indices))
-  kept = [r for r in results if r[0] is not None]
-  images = (np.stack([r[0] for r in kept]) if kept
-            else np.zeros((0, size, size, channels), np.uint8))
-  return (images, np.asarray([r[1] for r in kept], np.int32),
-          [r[1] for r in results if r[0] is None])
+    results = list(pool.map(one, indices))
+    ok = [r[0] is not None for r in results]
+    images = (np.stack([r[0] for r, good in zip(results, ok) if good]) if any(ok)
+              else np.zeros((0, self.size, self.size, self.channels), np.uint8))
+    return Chunk(images, np.asarray([r[1] for r, good in zip(results, ok) if good], np.int32),
+                 np.asarray(indices)[np.asarray(ok, bool)],
+                 [r[1] for r, good in zip(results, ok) if not good])
 
 
 CACHE_BYTES = 4 * 2**30  # decoded images kept between evaluations, per split, at most
@@ -99,28 +101,29 @@ def subset_indices(n: int, count: int) -> np.ndarray:
   return np.sort(np.random.default_rng([SUBSET_STREAM, n]).permutation(n)[:count])
 
 
-def eval_splits(config: ml_collections.ConfigDict, train_examples: int, test_examples: int,
-                cache: bool) -> tuple[LabelledSplit, LabelledSplit, int]:
-  """The labelled train / test subsets `config.evals` names (its dataset, else the run's), and
-  the number of classes. Nothing is decoded yet."""
-  ev, d = config.evals, config.data
-  dataset, data_dir = ev.dataset or d.dataset, ev.data_dir or d.data_dir
-  workers = (os.cpu_count() or 1) if d.workers == -1 else d.workers
+def eval_splits(evals: EvalSpec, data: DataSpec, train_examples: int, test_examples: int,
+                cache: bool, sources: Sources | None = None
+                ) -> tuple[LabelledSplit, LabelledSplit, int]:
+  """The labelled train / test subsets of the evaluation data, and the number of classes.
+  Nothing is decoded yet; `sources` hands out splits the run has opened already."""
+  sources = sources or Sources()
   splits, num_classes = [], 0
-  for split, count in ((ev.train_split, train_examples), (ev.test_split, test_examples)):
+  for split, count in ((evals.train_split, train_examples), (evals.test_split, test_examples)):
     try:
-      source = open_source(dataset, split, data_dir)
+      source = sources(evals.dataset, split, evals.data_dir)
     except DataMissingError as e:
-      raise DataMissingError(f'evaluation data (evals.dataset={ev.dataset!r}, evals.data_dir='
-                             f'{ev.data_dir!r}; empty means data.*): {e}') from None
+      raise DataMissingError(f'evaluation data (evals.dataset={evals.configured_dataset!r}, '
+                             f'evals.data_dir={evals.configured_data_dir!r}; empty means '
+                             f'data.*): {e}') from None
     if getattr(source, 'num_classes', None) is None:
-      raise DataMissingError(f'{dataset}/{split} has no class labels: evaluation needs a '
+      raise DataMissingError(f'{evals.dataset}/{split} has no class labels: evaluation needs a '
                              'labelled dataset (set evals.dataset / evals.data_dir)')
     indices = subset_indices(len(source), count)
     # kept only while it is small: a whole ImageNet split would be ~190 GB of pixels
-    keep = cache and len(indices) * d.image_size ** 2 * d.channels <= CACHE_BYTES
-    splits.append(LabelledSplit(source, indices, d.image_size, d.channels, ev.crop_fraction,
-                                workers, keep, f'{dataset}/{split}'))
+    keep = cache and len(indices) * data.image_size ** 2 * data.channels <= CACHE_BYTES
+    splits.append(LabelledSplit(source, indices, data.image_size, data.channels,
+                                evals.crop_fraction, data.workers, keep,
+                                f'{evals.dataset}/{split}'))
     num_classes = max(num_classes, source.num_classes)
   return splits[0], splits[1], num_classes
 
@@ -143,15 +146,12 @@ class FeatureExtractor:
         std=tuple(std), attention=attention), out_shardings=sharding.replicated(mesh))
 
   @classmethod
-  def for_config(cls, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                 output: str) -> 'FeatureExtractor':
+  def for_run(cls, run: Run, mesh: jax.sharding.Mesh, output: str) -> 'FeatureExtractor':
     """The run's encoder (heads, compute dtype, attention backend), data statistics and
     evals.batch_size."""
-    _, _, heads, _ = cfg_lib.encoder_dims(config)
-    return cls(mesh, num_heads=heads, output=output, batch_size=config.evals.batch_size,
-               mean=config.data.mean, std=config.data.std,
-               dtype=cfg_lib.DTYPES[config.model.dtype],
-               attention=cfg_lib.attention_backends(config, jax.default_backend())['encoder'])
+    return cls(mesh, num_heads=run.arch.num_heads, output=output,
+               batch_size=run.evals.batch_size, mean=run.data.mean, std=run.data.std,
+               dtype=run.arch.compute_dtype, attention=run.arch.attention_backends['encoder'])
 
   def __call__(self, params: Any, images: np.ndarray) -> np.ndarray:
     out = []
@@ -188,36 +188,40 @@ class Evaluator:
   `cache` keeps the decoded images between calls (the periodic evaluation's
   small subsets; the final one's when a baseline follows) if a split's pixels fit in
   `CACHE_BYTES`; otherwise they are decoded chunk by chunk at every call and only the
-  features are kept (a whole ImageNet split fits that way).
+  features are kept (a whole ImageNet split fits that way). `sources`: the run's opened
+  data (`data.Sources`), so that no split is opened twice.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-               train_examples: int, test_examples: int, probes: Sequence[str],
-               cache: bool = True):
-    ev = config.evals
-    self.config, self.probes = config, tuple(probes)
-    self.train, self.test, self.num_classes = eval_splits(config, train_examples, test_examples,
-                                                          cache)
-    self.extract = FeatureExtractor.for_config(config, mesh, ev.pool)
+  def __init__(self, run: Run, mesh: jax.sharding.Mesh, train_examples: int,
+               test_examples: int, probes: Sequence[str], cache: bool = True,
+               sources: Sources | None = None):
+    self.run, self.evals, self.probes = run, run.evals, tuple(probes)
+    self.train, self.test, self.num_classes = eval_splits(
+        run.evals, run.data, train_examples, test_examples, cache, sources)
+    self.extract = FeatureExtractor.for_run(run, mesh, run.evals.pool)
+    self.skipped: list[str] = []  # the images the last call could not decode
 
-  def split_features(self, params: Any, split: LabelledSplit) -> np.ndarray:
-    """[N, D] features of a split for the probes (evals.pool=tokens: [N, T·D], raster order)."""
-    feats = np.concatenate([self.extract(params, images) for images in split.chunks()])
-    return feats.reshape(len(feats), -1)
-
-  def features(self, params: Any) -> tuple[np.ndarray, np.ndarray]:
-    return self.split_features(params, self.train), self.split_features(params, self.test)
+  def split_features(self, params: Any, split: LabelledSplit) -> tuple[np.ndarray, np.ndarray]:
+    """([N, D] features, [N] labels) of a split for the probes (evals.pool=tokens: [N, T·D],
+    raster order); the corrupt images left out of both."""
+    feats, labels = [], []
+    for chunk in split.chunks():
+      feats.append(self.extract(params, chunk.images))
+      labels.append(chunk.labels)
+      self.skipped += chunk.skipped
+    feats = np.concatenate(feats)
+    return feats.reshape(len(feats), -1), np.concatenate(labels)
 
   def __call__(self, params: Any) -> dict[str, float]:
     t0 = time.time()
-    ftr, fte = self.features(params)
+    self.skipped = []
+    (ftr, ytr), (fte, yte) = (self.split_features(params, s) for s in (self.train, self.test))
     t1 = time.time()
-    out = run_probes(ftr, self.train.labels, fte, self.test.labels, self.num_classes,
-                     self.config.evals, self.probes)
+    out = run_probes(ftr, ytr, fte, yte, self.num_classes, self.evals.probe, self.probes)
     out['extract_seconds'] = t1 - t0
     out['eval_seconds'] = time.time() - t0
-    if self.skipped():
-      out['skipped_images'] = len(self.skipped())  # corrupt ones, left out
+    if self.skipped:
+      out['skipped_images'] = len(self.skipped)  # corrupt ones, left out
     return out
 
   def pixels(self) -> dict[str, float]:
@@ -225,23 +229,21 @@ class Evaluator:
     features must beat to have learned anything a linear map or a neighbour search could not
     find in its input."""
     t0 = time.time()
-    d, m = self.config.data, self.config.model
-    ftr, fte = (np.concatenate([pixel_features(images, d.mean, d.std, m.patch_size)
-                                for images in split.chunks()]) for split in (self.train, self.test))
-    out = run_probes(ftr, self.train.labels, fte, self.test.labels, self.num_classes,
-                     self.config.evals, self.probes)
+    d = self.run.data
+    (ftr, ytr), (fte, yte) = (
+        (np.concatenate([pixel_features(c.images, d.mean, d.std, self.run.arch.patch_size)
+                         for c in chunks]), np.concatenate([c.labels for c in chunks]))
+        for chunks in (list(s.chunks()) for s in (self.train, self.test)))
+    out = run_probes(ftr, ytr, fte, yte, self.num_classes, self.evals.probe, self.probes)
     out['eval_seconds'] = time.time() - t0
     out['pixel_values'] = ftr.shape[1]
     return out
 
   def describe(self) -> str:
-    ev = self.config.evals
+    ev = self.evals
     return (f'{len(self.train.indices):,} {self.train.name} / {len(self.test.indices):,} '
             f'{self.test.name} images, {self.num_classes} classes, {ev.encoder} encoder, '
             f'{ev.pool} pooling, probes {", ".join(self.probes)}')
-
-  def skipped(self) -> list[str]:
-    return self.train.skipped + self.test.skipped
 
 
 def summary(res: dict[str, float]) -> str:
@@ -260,7 +262,7 @@ def with_baseline(evaluator: 'Evaluator', name: str, params: Any, baseline: Any 
   for prefix, what, p in runs:
     res = evaluator(p)
     results.update({f'{prefix}_{k}': v for k, v in res.items()})
-    log(f'{prefix} ({what} {evaluator.config.evals.encoder} encoder): {summary(res)} '
+    log(f'{prefix} ({what} {evaluator.evals.encoder} encoder): {summary(res)} '
         f'[{res["eval_seconds"]:.0f}s]')
   if baseline is not None:
     res = evaluator.pixels()

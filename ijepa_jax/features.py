@@ -22,14 +22,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ijepa_jax.data import normalize
 from ijepa_jax.models import LN_EPS, VARIANTS, Block, PatchEmbed, VisionTransformer
+from ijepa_jax.pixels import IMAGENET_MEAN, IMAGENET_STD, normalize
 from ijepa_jax.pos_embed import sincos_2d
 
 OUTPUTS = ('mean', 'last4', 'tokens')
 ENCODERS = ('target', 'context')  # which of a run's encoders to evaluate: the EMA or the trained one
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _HEADS_BY_WIDTH = {width: heads for width, _, heads, _ in VARIANTS.values()}
 
 

@@ -7,10 +7,6 @@ tokens, forward and backward (backward = 2x forward). Elementwise work is
 left out, as is usual for MFU.
 """
 
-import ml_collections
-
-from ijepa_jax import config as cfg_lib
-
 # Dense bf16 peak FLOP/s per chip, keyed by a substring of `device.device_kind`.
 PEAK_FLOPS = {
     'TPU v4': 275e12,
@@ -40,20 +36,20 @@ def transformer_flops(tokens: int, width: int, depth: int, hidden: int) -> float
   return depth * (dense + attention)
 
 
-def train_step_flops(config: ml_collections.ConfigDict, context_len: int, target_len: int,
-                     num_targets: int | None = None) -> float:
-  """FLOPs of one train step on the global batch (forward + backward); `num_targets`
-  defaults to masks.num_targets (the multi-block sampler's M)."""
-  width, depth, _, mlp_dim = cfg_lib.encoder_dims(config)
-  m = config.model
-  n = (config.data.image_size // m.patch_size) ** 2
-  patch = 2 * n * m.patch_size ** 2 * config.data.channels * width  # the whole image, both encoders
-  k = config.masks.num_targets if num_targets is None else num_targets
-  out = cfg_lib.predictor_out_dim(config) or width  # predictor_proj's outputs
+def train_step_flops(*, batch_size: int, image_size: int, patch_size: int, channels: int,
+                     width: int, depth: int, mlp_dim: int, pred_width: int, pred_depth: int,
+                     pred_out: int, context_len: int, target_len: int, num_targets: int) -> float:
+  """FLOPs of one train step on the global batch (forward + backward): an encoder of
+  `width` x `depth` (MLP `mlp_dim`), a predictor of `pred_width` x `pred_depth` (MLP 4x,
+  `pred_out` outputs per token), contexts of `context_len` tokens and `num_targets` target
+  blocks of `target_len` (the mask sampler's padded shapes). `spec.Arch.step_flops` fills
+  these in from a run."""
+  n = (image_size // patch_size) ** 2
+  patch = 2 * n * patch_size ** 2 * channels * width  # the whole image, both encoders
   target = patch + transformer_flops(n, width, depth, mlp_dim)
   context = patch + transformer_flops(context_len, width, depth, mlp_dim)
-  predictor = (2 * context_len * width * m.pred_width  # predictor_embed
-               + k * transformer_flops(context_len + target_len, m.pred_width, m.pred_depth,
-                                       4 * m.pred_width)
-               + 2 * k * target_len * m.pred_width * out)  # predictor_proj
-  return config.batch_size * (target + 3 * (context + predictor))
+  predictor = (2 * context_len * width * pred_width  # predictor_embed
+               + num_targets * transformer_flops(context_len + target_len, pred_width,
+                                                 pred_depth, 4 * pred_width)
+               + 2 * num_targets * target_len * pred_width * pred_out)  # predictor_proj
+  return batch_size * (target + 3 * (context + predictor))

@@ -7,28 +7,24 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import ml_collections
 import numpy as np
 
-from ijepa_jax import config as cfg_lib
 from ijepa_jax import interop, sharding
 from ijepa_jax.checkpoint import Checkpoints, find_checkpoint, restore_target
+from ijepa_jax.config import ConfigError
 from ijepa_jax.evaluation import encoder_params
-from ijepa_jax.masks import MaskSampler
-from ijepa_jax.state import abstract_state, batch_shapes, init_state
+from ijepa_jax.spec import Arch, Run
+from ijepa_jax.state import abstract_state, init_state, run_shapes
 from ijepa_jax.train_step import IJepa, TrainState
 
 
-def model_for(config: ml_collections.ConfigDict) -> tuple[IJepa, dict, TrainState]:
-  """(model, batch shapes, boxed abstract state) of `config` (no data needed)."""
-  if config.data.dataset_size == -1 and config.steps_per_epoch == -1:
-    config = cfg_lib.with_dataset_size(config, config.batch_size)  # schedules only, unused here
-  model = cfg_lib.build_model(config)
-  shapes = batch_shapes(config, MaskSampler(cfg_lib.mask_config(config)))
-  return model, shapes, abstract_state(model, shapes)
+def model_for(run: Run) -> tuple[IJepa, dict, TrainState]:
+  """(model, batch shapes, boxed abstract state) of `run` (no data needed)."""
+  shapes = run_shapes(run)
+  return run.model, shapes, abstract_state(run.model, shapes)
 
 
-def restore_state(config: ml_collections.ConfigDict, path: str, mesh: jax.sharding.Mesh,
+def restore_state(run: Run, path: str, mesh: jax.sharding.Mesh,
                   step: int | None = None) -> tuple[TrainState, int, dict]:
   """(state, step, meta) of a run's checkpoint: `path` is its workdir, its checkpoints/ folder
   or one checkpoints/<step> folder; `step` picks another saved step."""
@@ -37,7 +33,7 @@ def restore_state(config: ml_collections.ConfigDict, path: str, mesh: jax.shardi
   step = latest if step is None else step
   if step not in ckpts.all_steps():
     raise FileNotFoundError(f'{directory} has no checkpoint {step} (it has {ckpts.all_steps()})')
-  _, _, boxed = model_for(config)
+  _, _, boxed = model_for(run)
   abstract = nn.unbox(boxed)
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
     target = restore_target(abstract, sharding.logical_shardings(boxed, mesh))
@@ -46,19 +42,18 @@ def restore_state(config: ml_collections.ConfigDict, path: str, mesh: jax.shardi
   return state, step, meta
 
 
-def check_architecture(config: ml_collections.ConfigDict, arch: dict[str, int], what: str) -> None:
-  """A ConfigError naming the config fields to change when `arch` (sizes of weights) differs."""
-  width, depth, heads, mlp = cfg_lib.encoder_dims(config)
-  ours = {'width': width, 'depth': depth, 'patch_size': config.model.patch_size, 'mlp_dim': mlp,
-          'channels': config.data.channels}
-  if 'pred_width' in arch:
-    ours.update(pred_width=config.model.pred_width, pred_depth=config.model.pred_depth)
+def check_architecture(ours: Arch, arch: dict[str, int], what: str) -> None:
+  """A ConfigError naming the config fields to change when `arch` (sizes of weights) differs
+  from the run's (`ours`)."""
+  names = ('width', 'depth', 'patch_size', 'mlp_dim', 'channels')
+  names += ('pred_width', 'pred_depth') if 'pred_width' in arch else ()
+  ours = {k: getattr(ours, k) for k in names}
   diff = {k: (arch[k], ours[k]) for k in ours if k in arch and arch[k] != ours[k]}
   if diff:
     fields = {'width': 'model.width', 'depth': 'model.depth', 'patch_size': 'model.patch_size',
               'mlp_dim': 'model.mlp_dim', 'channels': 'data.channels',
               'pred_width': 'model.pred_width', 'pred_depth': 'model.pred_depth'}
-    raise cfg_lib.ConfigError(
+    raise ConfigError(
         f'{what} does not fit the config: ' + ', '.join(
             f'{k} {theirs} in the weights vs {mine} in the config ({fields[k]})'
             for k, (theirs, mine) in diff.items())
@@ -66,7 +61,7 @@ def check_architecture(config: ml_collections.ConfigDict, arch: dict[str, int], 
         'released ones) or set those fields')
 
 
-def encoder_from(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
+def encoder_from(run: Run, mesh: jax.sharding.Mesh, *,
                  workdir: str | None = None, weights: str | None = None, step: int | None = None,
                  which: str = 'target') -> tuple[Any, str, dict]:
   """(encoder params on `mesh`, a description, the checkpoint's metadata or {}) from a run (`workdir`, its latest or `step`
@@ -75,18 +70,18 @@ def encoder_from(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
   if bool(workdir) == bool(weights):
     raise ValueError('give exactly one of --workdir (a run) and --weights (a weights file)')
   if workdir:
-    state, step, meta = restore_state(config, workdir, mesh, step)
+    state, step, meta = restore_state(run, workdir, mesh, step)
     return encoder_params(state, which), f'{which} encoder of {workdir} at step {step}', meta
   part = 'target_encoder' if which == 'target' else 'encoder'
   params, grid = interop.load_encoder_weights(weights, part)
-  check_architecture(config, interop.architecture(params), weights)
+  check_architecture(run.arch, interop.architecture(params), weights)
   params = jax.device_put(jax.tree.map(np.asarray, params), sharding.replicated(mesh))
   return params, f'{part} of {weights} (trained at a {grid[0]}x{grid[1]} patch grid)', {}
 
 
-def random_encoder(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, seed: int,
+def random_encoder(run: Run, mesh: jax.sharding.Mesh, seed: int,
                    which: str = 'target') -> Any:
-  """The encoder of `config` at random initialisation (the official init) with `seed`, on
+  """The encoder of `run` at random initialisation (the official init) with `seed`, on
   `mesh`: the baseline that pretraining is measured against."""
-  model, shapes, boxed = model_for(config)
+  model, shapes, boxed = model_for(run)
   return encoder_params(init_state(model, mesh, shapes, seed, boxed)[0], which)

@@ -4,18 +4,19 @@ training curves at the end), each a PNG in `<workdir>/pictures/` and an image in
 TensorBoard.
 """
 
+import dataclasses
 from typing import Any, Callable
 
 import jax
-import ml_collections
 import numpy as np
 
-from ijepa_jax import config as cfg_lib
 from ijepa_jax import data as data_lib
 from ijepa_jax import pictures, sharding
 from ijepa_jax.evaluation import FeatureExtractor
 from ijepa_jax.health import CollapseAlarm, health_metrics
-from ijepa_jax.masks import MODES, MaskSampler
+from ijepa_jax.masks import MODES, MaskConfig, MaskSampler
+from ijepa_jax.pixels import normalize
+from ijepa_jax.spec import DataSpec, Run
 from ijepa_jax.train_step import IJepa
 
 
@@ -24,7 +25,7 @@ def strategy_name(sampler: MaskSampler) -> str:
   return '' if sampler.strategy == 'multiblock' else f'{sampler.strategy} strategy, '
 
 
-def mask_sections(config: ml_collections.ConfigDict, num_images: int, seed: int, step: int,
+def mask_sections(config: MaskConfig, num_images: int, seed: int, step: int,
                   first: dict | None = None) -> list[tuple[str, dict | str]]:
   """`pictures.mask_picture` sections for both sampler modes, this config's mode first (one
   section for the random, block and rasterized strategies).
@@ -35,19 +36,17 @@ def mask_sections(config: ml_collections.ConfigDict, num_images: int, seed: int,
   """
   sections = []
   # the other strategies have no official mode: only this config's section
-  modes = MODES if config.masks.strategy == 'multiblock' else (config.masks.mode,)
-  for mode in sorted(modes, key=lambda m: m != config.masks.mode):
-    c = ml_collections.ConfigDict(config.to_dict())
-    c.masks.mode = mode
+  modes = MODES if config.strategy == 'multiblock' else (config.mode,)
+  for mode in sorted(modes, key=lambda m: m != config.mode):
     try:
-      sampler = MaskSampler(cfg_lib.mask_config(c))
+      sampler = MaskSampler(dataclasses.replace(config, mode=mode))
     except ValueError as e:
       sections.append((f'{mode} mode: cannot sample this config', str(e)[:160]))
       continue
-    masks = first if (first is not None and mode == config.masks.mode) else (
+    masks = first if (first is not None and mode == config.mode) else (
         sampler(num_images, seed, step)._asdict())
     masks = {k: np.asarray(v)[:num_images] for k, v in masks.items()}
-    mine = ' (this config)' if mode == config.masks.mode else ''
+    mine = ' (this config)' if mode == config.mode else ''
     sections.append((
         f'{strategy_name(sampler)}{mode} mode{mine}: context ({masks["ctx_len"].mean():.0f} of '
         f'{sampler.num_patches} patches on average, cut to {sampler.context_len}) | {sampler.num_targets} '
@@ -55,16 +54,15 @@ def mask_sections(config: ml_collections.ConfigDict, num_images: int, seed: int,
   return sections
 
 
-def picture_images(config: ml_collections.ConfigDict, num_images: int) -> np.ndarray:
+def picture_images(source: data_lib.Source, d: DataSpec, crop_fraction: float,
+                   num_images: int) -> np.ndarray:
   """The first `num_images` images of the training split through the evaluation transform
   [K, S, S, C] uint8: the same for every run of a dataset (corrupt ones are left out)."""
-  d = config.data
-  source = data_lib.open_source(d.dataset, d.split, d.data_dir)
   out = []
   for i in range(len(source)):
     try:
       out.append(data_lib.eval_transform(source.load(i), d.image_size, d.channels,
-                                         config.evals.crop_fraction))
+                                         crop_fraction))
     except data_lib.CorruptImageError:
       continue
     if len(out) == num_images:
@@ -85,7 +83,7 @@ def make_health_fn(model: IJepa, state_shardings: Any, mesh: jax.sharding.Mesh,
                    mean: tuple[float, ...], std: tuple[float, ...]) -> Callable:
   """`fn(state, batch) -> health metrics` on uint8 images, jitted over the mesh."""
   def fn(state, batch):
-    batch = dict(batch, images=data_lib.normalize(batch['images'], mean, std))
+    batch = dict(batch, images=normalize(batch['images'], mean, std))
     return health_metrics(model, state.params, state.target_params, batch)
 
   return jax.jit(fn, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
@@ -96,20 +94,20 @@ class Monitor:
   """Called by the trainer's loop: `begin` before the first step, `after_step` after each,
   `end` after the last."""
 
-  def __init__(self, config: ml_collections.ConfigDict, model: IJepa, mesh: jax.sharding.Mesh,
-               state_shardings: Any, run_log: Any, total: int, log: Callable[[str], None]):
-    m = config.monitor
-    self.config, self.run_log, self.total, self.log = config, run_log, total, log
+  def __init__(self, run: Run, mesh: jax.sharding.Mesh, state_shardings: Any, run_log: Any,
+               log: Callable[[str], None], source: data_lib.Source):
+    m = run.monitor
+    self.run, self.run_log, self.total, self.log = run, run_log, run.total_steps, log
     self.every = m.health_every
     self.alarm = CollapseAlarm(m.collapse_std_floor, m.collapse_rank_floor)
     self.warnings = 0
-    self.health_fn = (make_health_fn(model, state_shardings, mesh, tuple(config.data.mean),
-                                     tuple(config.data.std)) if self.every > 0 else None)
+    self.health_fn = (make_health_fn(run.model, state_shardings, mesh, run.data.mean,
+                                     run.data.std) if self.every > 0 else None)
     self.pictures = m.pictures
-    self.feature_at = feature_steps(total, m.feature_maps) if m.pictures else set()
-    self.images = picture_images(config, m.feature_images) if self.feature_at else None
-    self.extract = (FeatureExtractor.for_config(config, mesh, 'tokens')
-                    if self.feature_at else None)
+    self.feature_at = feature_steps(self.total, m.feature_maps) if m.pictures else set()
+    self.images = (picture_images(source, run.data, run.evals.crop_fraction, m.feature_images)
+                   if self.feature_at else None)
+    self.extract = FeatureExtractor.for_run(run, mesh, 'tokens') if self.feature_at else None
 
   # -- pictures ----------------------------------------------------------------
 
@@ -118,12 +116,11 @@ class Monitor:
     other mode drawn for the same images) and the start's feature map when due."""
     if not self.pictures:
       return
-    k = min(self.config.monitor.mask_images, len(first_batch['images']))
+    k = min(self.run.monitor.mask_images, len(first_batch['images']))
     masks = {key: first_batch[key][:k] for key in ('ctx_idx', 'ctx_len', 'tgt_idx', 'tgt_len')}
     # training step start + 1 takes global batch `start` (the sampler's step argument)
-    sections = mask_sections(self.config, k, self.config.seed, start, masks)
-    image = pictures.mask_picture(first_batch['images'][:k], sections,
-                                  self.config.model.patch_size)
+    sections = mask_sections(self.run.masks, k, self.run.seed, start, masks)
+    image = pictures.mask_picture(first_batch['images'][:k], sections, self.run.arch.patch_size)
     path = self.run_log.picture('masks', image, start + 1)
     self.log(f'pictures: masks of training step {start + 1} in {path}; patch-feature maps at steps '
              f'{sorted(self.feature_at)}; training curves at the end')
@@ -132,7 +129,7 @@ class Monitor:
 
   def feature_map(self, state: Any, step: int) -> None:
     tokens = self.extract(state.target_params, self.images)
-    grid = cfg_lib.grid(self.config)
+    grid = self.run.arch.grid
     image = pictures.feature_picture(
         self.images, tokens, grid,
         f'step {step}: the first 3 principal components of the target encoder\'s patch '

@@ -18,17 +18,32 @@ linear probe, k-NN and low-shot probes.
 Where the features come from (images, encoders, splits) is `evaluation.py`'s job.
 """
 
+import dataclasses
 import functools
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
 PROBES = ('linear', 'knn', 'lowshot')
 SUBSET_STREAM = 0x6576616C  # the evaluation subsets do not depend on the run's seed
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeSettings:
+  """The probes' hyper-parameters: the config's evals.* fields of the same names (their
+  defaults and meaning: `recipes.base_config`)."""
+  knn_k: int
+  knn_temperature: float
+  probe_lrs: tuple[float, ...]
+  probe_l2s: tuple[float, ...]
+  holdout: float
+  probe_steps: int
+  probe_batch: int
+  lowshot_per_class: tuple[int, ...]
+  lowshot_fraction: float
 
 
 def standardize(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
@@ -151,7 +166,7 @@ def lowshot_probe(train_x, train_y, test_x, test_y, num_classes: int, indices: n
 
 
 def run_probes(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
-               num_classes: int, ev: ml_collections.ConfigDict,
+               num_classes: int, ev: ProbeSettings,
                probes: Sequence[str]) -> dict[str, float]:
   """The probes named in `probes` on extracted features, as metrics (`<probe>_top1`, ...)."""
   out: dict[str, float] = {}

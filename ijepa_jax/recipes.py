@@ -6,8 +6,7 @@ I-JEPA values; `paper_recipe(...)` fills in one of the paper's models.
 
 import ml_collections
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ijepa_jax.pixels import IMAGENET_MEAN, IMAGENET_STD
 
 
 def base_config() -> ml_collections.ConfigDict:

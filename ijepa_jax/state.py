@@ -1,7 +1,7 @@
 """The train state and the compiled step, built from shapes: what the trainer, the tools,
 the benchmarks and the tests share (nothing here reads data or writes files).
 
-`batch_shapes` gives the global batch a config's step takes; `abstract_state` the state's
+`batch_shapes` gives the global batch a run's step takes; `abstract_state` the state's
 shapes (no compute); `init_state` the sharded state; `make_step_fn` the jitted, donated
 step on uint8 images; `global_batch` a host batch as global arrays;
 `lower_abstract_step` / `compile_abstract_step` the step from shapes alone (memory and
@@ -15,14 +15,13 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from ijepa_jax import config as cfg_lib
 from ijepa_jax import sharding
 from ijepa_jax.checkpoint import restore_target
-from ijepa_jax.data import normalize
 from ijepa_jax.masks import MaskSampler
+from ijepa_jax.pixels import normalize
+from ijepa_jax.spec import Run
 from ijepa_jax.train_step import IJepa, TrainState, create_train_state, guarded_train_step
 
 
@@ -45,9 +44,14 @@ def make_step_fn(model: IJepa, state_shardings: Any, mesh: jax.sharding.Mesh,
       donate_argnums=(0,))
 
 
-def batch_shapes(config: ml_collections.ConfigDict, masks: MaskSampler) -> dict:
+def run_shapes(run: Run) -> dict:
+  """The global batch `run`'s step takes (`batch_shapes`)."""
+  return batch_shapes(run.batch_size, run.arch.image_size, run.arch.channels, run.sampler())
+
+
+def batch_shapes(batch_size: int, image_size: int, channels: int, masks: MaskSampler) -> dict:
   """The global batch the step takes: uint8 images and the fixed-shape mask arrays."""
-  b, size, ch, m = config.batch_size, config.data.image_size, config.data.channels, masks
+  b, size, ch, m = batch_size, image_size, channels, masks
   return {
       'images': jax.ShapeDtypeStruct((b, size, size, ch), jnp.uint8),
       'ctx_idx': jax.ShapeDtypeStruct((b, m.context_len), jnp.int32),
@@ -78,25 +82,24 @@ def init_state(model: IJepa, mesh: jax.sharding.Mesh, shapes: dict, seed: int,
   return state, shardings
 
 
-def lower_abstract_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
-  """Lower the train step for `config` on `mesh` from shapes alone (nothing is allocated);
+def lower_abstract_step(run: Run, mesh: jax.sharding.Mesh):
+  """Lower the train step of `run` on `mesh` from shapes alone (nothing is allocated);
   returns (lowered, seconds to lower)."""
-  model = cfg_lib.build_model(config)
-  shapes = batch_shapes(config, MaskSampler(cfg_lib.mask_config(config)))
+  model, shapes = run.model, run_shapes(run)
   boxed = abstract_state(model, shapes)
   state_sh = sharding.logical_shardings(boxed, mesh)
   state = restore_target(nn.unbox(boxed), state_sh)  # abstract leaves that carry shardings
   t0 = time.perf_counter()
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-    step = make_step_fn(model, state_sh, mesh, tuple(config.data.mean), tuple(config.data.std))
+    step = make_step_fn(model, state_sh, mesh, run.data.mean, run.data.std)
     lowered = step.lower(state, shapes)
   return lowered, time.perf_counter() - t0
 
 
-def compile_abstract_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
-  """Compile the train step for `config` on `mesh` from shapes alone (nothing is allocated);
+def compile_abstract_step(run: Run, mesh: jax.sharding.Mesh):
+  """Compile the train step of `run` on `mesh` from shapes alone (nothing is allocated);
   returns (compiled, seconds to lower and compile). For memory and compile-time figures."""
-  lowered, seconds = lower_abstract_step(config, mesh)
+  lowered, seconds = lower_abstract_step(run, mesh)
   t0 = time.perf_counter()
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
     compiled = lowered.compile()

@@ -31,16 +31,17 @@ from ijepa_jax import config as cfg_lib
 from ijepa_jax import data as data_lib
 from ijepa_jax import sharding
 from ijepa_jax.checkpoint import CheckpointError, Checkpoints, find_checkpoint, restore_target
-from ijepa_jax.flops import peak_flops, train_step_flops
-from ijepa_jax.input_pipeline import Batches, TransformConfig, prefetch
-from ijepa_jax.masks import MaskSampler
 from ijepa_jax.evaluation import Evaluator, encoder_params, eval_splits, summary, with_baseline
+from ijepa_jax.flops import peak_flops
+from ijepa_jax.input_pipeline import Batches, prefetch
 from ijepa_jax.loading import random_encoder
+from ijepa_jax.masks import MaskSampler
 from ijepa_jax.monitor import Monitor
 from ijepa_jax.reporting import Progress, RunLog, fmt_time, log, parameter_overview
+from ijepa_jax.spec import Run, describe_arch, resolve
+from ijepa_jax.state import (abstract_state, device_memory, global_batch, init_state,
+                             make_step_fn, param_count, run_shapes)
 from ijepa_jax.stop import StopRequest
-from ijepa_jax.state import (abstract_state, batch_shapes, device_memory, global_batch, init_state,
-                             make_step_fn, param_count)
 from ijepa_jax.train_step import TrainState
 
 DataMissingError = data_lib.DataMissingError
@@ -71,14 +72,9 @@ def check_writable(workdir: str) -> None:
                           f'pass a directory this process can write{hint}') from None
 
 
-def make_batches(config: ml_collections.ConfigDict, source: data_lib.Source,
-                 masks: MaskSampler) -> Batches:
-  d = config.data
-  transform = TransformConfig(d.image_size, d.channels, tuple(d.crop_scale), tuple(d.crop_ratio),
-                              bool(d.flip))
-  workers = (os.cpu_count() or 1) if d.workers == -1 else d.workers
-  return Batches(source, config.batch_size, config.seed, masks, transform,
-                 jax.process_index(), jax.process_count(), workers)
+def make_batches(run: Run, source: data_lib.Source, masks: MaskSampler) -> Batches:
+  return Batches(source, run.batch_size, run.seed, masks, run.data.transform,
+                 jax.process_index(), jax.process_count(), run.data.workers)
 
 
 # -- (2)-(3) resume or initialise (the state builders are in state.py) --------
@@ -100,7 +96,7 @@ def _fresh_accounting() -> dict:
           'damaged_checkpoints': 0}
 
 
-def restore_or_init(config, ckpts, model, mesh, shapes, boxed, target, data_meta):
+def restore_or_init(run: Run, ckpts, mesh, shapes, boxed, target, data_meta):
   """(state, accounting, how): the latest checkpoint of this workdir, else `init_from`,
   else a fresh init."""
   state, meta, latest, damaged = ckpts.restore_intact(target, log)
@@ -111,22 +107,22 @@ def restore_or_init(config, ckpts, model, mesh, shapes, boxed, target, data_meta
       if meta['data'].get(key) != data_meta[key]:
         log(f'warning: checkpoint {latest} was written with data {key}={meta["data"].get(key)}, '
             f'this run has {data_meta[key]}: the data order from here differs from that run\'s')
-    changes = config_changes(meta.get('config', {}), json.loads(config.to_json_best_effort()))
+    changes = config_changes(meta.get('config', {}), run.config_dict())
     if changes:
       log(f'note: the config differs from the one checkpoint {latest} was written with (this '
           f'run\'s values apply from here): ' + '; '.join(changes))
     return state, meta['accounting'], f'resumed from checkpoint {latest} in {ckpts.directory}'
-  if config.init_from:
-    directory, step = find_checkpoint(config.init_from)
+  if run.init_from:
+    directory, step = find_checkpoint(run.init_from)
     loaded, _ = Checkpoints(directory, read_only=True).restore(step, target)
-    if config.init_from_mode == 'full':
+    if run.init_from_mode == 'full':
       state = loaded
     else:
-      fresh, _ = init_state(model, mesh, shapes, config.seed, boxed)
+      fresh, _ = init_state(run.model, mesh, shapes, run.seed, boxed)
       state = fresh.replace(params=loaded.params, target_params=loaded.target_params)
     return state, _fresh_accounting(), (f'initialised from {directory}/{step} '
-                                        f'({config.init_from_mode})')
-  state, _ = init_state(model, mesh, shapes, config.seed, boxed)
+                                        f'({run.init_from_mode})')
+  state, _ = init_state(run.model, mesh, shapes, run.seed, boxed)
   return state, _fresh_accounting(), 'fresh initialisation'
 
 
@@ -139,47 +135,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   t_start = time.time()
   n_dev, n_proc = jax.device_count(), jax.process_count()
   platform = jax.default_backend()
-  cfg_lib.validate(config, n_dev, n_proc, platform)
+  cfg_lib.validate(config, n_dev, n_proc, platform)  # all but the checks on the data's size
   check_writable(workdir)
-  source = data_lib.open_source(config.data.dataset, config.data.split, config.data.data_dir)
-  config = cfg_lib.with_dataset_size(config, len(source))
-  if config.evals.every > 0 or config.evals.at_end:
-    eval_splits(config, 1, 1, cache=False)  # the labelled evaluation data is there: fail early
-  cfg_lib.validate(config, n_dev, n_proc, platform)  # the schedule checks need its size
-  model = cfg_lib.build_model(config)
-  masks = MaskSampler(cfg_lib.mask_config(config))
-  size = config.data.image_size
-  shapes = batch_shapes(config, masks)
-  boxed = abstract_state(model, shapes)
+  sources = data_lib.Sources()  # every split opened once in this start, then handed on
+  d = config.data
+  source = sources(d.dataset, d.split, d.data_dir)
+  run = resolve(config, n_dev, n_proc, platform, dataset_size=len(source), validated=True)
+  if run.evals.every > 0 or run.evals.at_end:  # the labelled evaluation data is there: fail early
+    eval_splits(run.evals, run.data, 1, 1, cache=False, sources=sources)
+  masks = run.sampler()
+  shapes = run_shapes(run)
+  boxed = abstract_state(run.model, shapes)
   abstract = nn.unbox(boxed)
-  width, depth, heads, mlp_dim = cfg_lib.encoder_dims(config)
-  total = cfg_lib.total_steps(config)
-  log(f'model: ViT {config.model.variant} width {width} depth {depth} heads {heads} mlp {mlp_dim} '
-      f'patch {config.model.patch_size} @ {size}px | encoder '
+  total, a = run.total_steps, run.arch
+  log(f'model: {describe_arch(a)} | encoder '
       f'{param_count(abstract.params["encoder"]):,} params, predictor '
-      f'{param_count(abstract.params["predictor"]):,} params | {config.model.dtype} compute, '
-      f'remat {config.model.remat_policy}, attention '
-      + ', '.join(f'{k} {v}' for k, v in cfg_lib.attention_backends(config, platform).items()))
+      f'{param_count(abstract.params["predictor"]):,} params | {a.dtype} compute, '
+      f'remat {a.remat_policy}, attention '
+      + ', '.join(f'{k} {v}' for k, v in a.attention_backends.items()))
   plural = 's' if masks.num_targets != 1 else ''
-  log(f'masks: {config.masks.strategy} strategy, {config.masks.mode} mode, grid '
+  log(f'masks: {run.masks.strategy} strategy, {run.masks.mode} mode, grid '
       f'{masks.height}x{masks.width}, context len {masks.context_len}, {masks.num_targets} '
       f'target{plural} x len {masks.target_len}')
-  log(f'data: {config.data.dataset}/{config.data.split}, {len(source):,} images | schedule: '
-      f'{total} steps, global batch {config.batch_size}, {cfg_lib.steps_per_epoch(config)} '
-      'steps/epoch')
+  log(f'data: {d.dataset}/{d.split}, {len(source):,} images | schedule: '
+      f'{total} steps, global batch {run.batch_size}, {run.steps_per_epoch} steps/epoch')
 
-  batches = make_batches(config, source, masks)
-  k = config.checkpoint
+  batches = make_batches(run, source, masks)
+  k = run.checkpoint
   ckpts = Checkpoints(os.path.join(workdir, 'checkpoints'), k.keep, k.keep_every, k.async_save)
-  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+  mesh = sharding.make_mesh(*run.mesh)
   log(f'mesh: {dict(mesh.shape)} over {n_dev} {jax.devices()[0].platform} device(s), '
       f'{n_proc} process(es)')
-  data_meta = {'seed': config.seed, 'dataset_size': len(source), 'global_batch': config.batch_size}
+  data_meta = {'seed': run.seed, 'dataset_size': len(source), 'global_batch': run.batch_size}
   in_flight = None
   try:
     with StopRequest(k.stop_check_every, k.stop_deadline) as stop, jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
       state_sh = sharding.logical_shardings(boxed, mesh)
-      state, acct, how = restore_or_init(config, ckpts, model, mesh, shapes, boxed,
+      state, acct, how = restore_or_init(run, ckpts, mesh, shapes, boxed,
                                          restore_target(abstract, state_sh), data_meta)
       start = int(state.step)
       acct['starts'] += 1
@@ -192,29 +184,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       overview = parameter_overview(abstract, state_sh)
       log(overview)
       t0 = time.time()
-      compiled = make_step_fn(model, state_sh, mesh, tuple(config.data.mean),
-                              tuple(config.data.std)).lower(state, shapes).compile()
-      flops = train_step_flops(config, masks.context_len, masks.target_len, masks.num_targets)
+      compiled = make_step_fn(run.model, state_sh, mesh, run.data.mean,
+                              run.data.std).lower(state, shapes).compile()
+      flops = a.step_flops(run.batch_size, masks)
       log(f'compiled the train step in {time.time() - t0:.1f}s | {flops / 1e9:,.1f} GFLOP/step | '
           f'{device_memory(compiled)}')
-      ev = config.evals
+      ev = run.evals
       periodic = None
       if ev.every > 0 and start < total:
-        periodic = Evaluator(config, mesh, ev.train_examples, ev.test_examples,
-                             ev.periodic_probes)
+        periodic = Evaluator(run, mesh, ev.train_examples, ev.test_examples,
+                             ev.periodic_probes, sources=sources)
         log(f'evaluation every {ev.every} steps: {periodic.describe()}')
-      run_log = RunLog(workdir, start, config.monitor.tensorboard)
+      run_log = RunLog(workdir, start, run.monitor.tensorboard)
       try:
         run_log.tb.text('config', '```\n' + str(config) + '\n```')
         run_log.tb.text('parameters', '```\n' + overview + '\n```')
-        monitor = Monitor(config, model, mesh, state_sh, run_log, total, log)
-        loop = _Loop(config, compiled, mesh, ckpts, stop, run_log, acct, flops, total,
+        monitor = Monitor(run, mesh, state_sh, run_log, log, source)
+        loop = _Loop(run, compiled, mesh, ckpts, stop, run_log, acct, flops,
                      dict(data_meta, process_count=n_proc), t_start, periodic, monitor)
         state, last = loop.run(state, start, batches)
         if last.get('preempted'):
           return last
         if ev.at_end:
-          last.update(final_evaluation(config, mesh, state))
+          last.update(final_evaluation(run, mesh, state, sources))
           run_log.write({'step': int(state.step), **{
               k: v for k, v in last.items() if k.startswith(('final_', 'baseline_', 'pixels_'))}})
         if monitor.warnings:
@@ -248,26 +240,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 class _Loop:
   """The training loop's state between steps: logging, checkpoints, faults."""
 
-  def __init__(self, config, compiled, mesh, ckpts, stop, run_log, acct, flops, total,
+  def __init__(self, run: Run, compiled, mesh, ckpts, stop, run_log, acct, flops,
                data_meta, t_start, evaluator=None, monitor=None):
-    self.config, self.compiled, self.mesh, self.ckpts = config, compiled, mesh, ckpts
+    self.spec, self.compiled, self.mesh, self.ckpts = run, compiled, mesh, ckpts
     self.evaluator, self.monitor = evaluator, monitor
     self.stop, self.run_log, self.acct, self.flops = stop, run_log, acct, flops
-    self.progress = Progress(total, config.batch_size) if config.monitor.progress else None
-    self.total, self.data_meta, self.t_start = total, data_meta, t_start
+    self.total = run.total_steps
+    self.progress = Progress(self.total, run.batch_size) if run.monitor.progress else None
+    self.data_meta, self.t_start = data_meta, t_start
     self.last: dict[str, float] = {}
     self.peak = peak_flops(jax.devices()[0].device_kind)  # None on a CPU
 
   def run(self, state: TrainState, start: int, batches: Batches) -> tuple[TrainState, dict]:
-    cfg = self.config
     self.t_log, self.n_log = time.time(), 0
     self.train_seconds0, self.t_train = self.acct['train_seconds'], time.time()
     self.eval_seconds0 = self.acct.get('eval_seconds', 0.0)
-    with contextlib.closing(prefetch(batches, start, self.total, cfg.data.prefetch)) as stream:
+    with contextlib.closing(prefetch(batches, start, self.total, self.spec.data.prefetch)) as stream:
       return self._steps(state, start, stream)
 
   def _steps(self, state: TrainState, start: int, stream) -> tuple[TrainState, dict]:
-    cfg = self.config
+    run = self.spec
     pending = None
     for step, local in enumerate(stream, start=start + 1):
       skipped = local.pop('skipped')
@@ -287,12 +279,12 @@ class _Loop:
       preempted = self.stop.requested(step)
       if preempted:
         log(f'{self.stop.name} received: saving a checkpoint at step {step}')
-      if self.evaluator and step % cfg.evals.every == 0 and not preempted and not (
-          step == self.total and cfg.evals.at_end):
+      if self.evaluator and step % run.evals.every == 0 and not preempted and not (
+          step == self.total and run.evals.at_end):
         self._resolve(*pending)
         pending = None
         self._evaluate(step, state)
-      if step % cfg.checkpoint.every == 0 or step == self.total or preempted:
+      if step % run.checkpoint.every == 0 or step == self.total or preempted:
         if pending is not None:
           self._resolve(*pending)
           pending = None
@@ -316,7 +308,7 @@ class _Loop:
 
   def _evaluate(self, step: int, state: TrainState) -> None:
     t0 = time.time()
-    res = self.evaluator(encoder_params(state, self.config.evals.encoder))
+    res = self.evaluator(encoder_params(state, self.spec.evals.encoder))
     dt = time.time() - t0
     self.acct['eval_seconds'] = self.acct.get('eval_seconds', 0.0) + dt
     self.t_log += dt  # throughput figures leave the evaluation out
@@ -329,27 +321,27 @@ class _Loop:
 
   def _save(self, step: int, state: TrainState) -> None:
     acct = dict(self.acct, train_seconds=self._train_seconds(),
-                images_seen=step * self.config.batch_size)
+                images_seen=step * self.spec.batch_size)
     meta = {
         'step': step,
         'data': dict(self.data_meta, next_step=step),
         # the host RNG is counter-based: numpy Generators seeded with (stream, seed, step,
         # position or process), so (seed, step) is its whole state
-        'host_rng': {'seed': self.config.seed, 'step': step},
+        'host_rng': {'seed': self.spec.seed, 'step': step},
         'accounting': acct,
-        'config': json.loads(self.config.to_json_best_effort()),
+        'config': self.spec.config_dict(),
     }
     blocked = self.ckpts.save(step, state, meta)
     self.run_log.flush()  # a bucket's log is rewritten with each checkpoint
     log(f'checkpoint {step}: training blocked {blocked:.2f}s, writing in the background')
 
   def _resolve(self, step: int, metrics: dict) -> None:
-    cfg = self.config
+    run = self.spec
     m = {k: float(v) for k, v in jax.device_get(metrics).items()}
     self.n_log += 1  # steps finished since the last log line
     if m['finite'] < 1.0:
       self.acct['nonfinite_steps'] += 1
-      if cfg.nonfinite == 'stop':
+      if run.nonfinite == 'stop':
         raise NonFiniteError(
             f'step {step}: loss {m["loss"]} / gradient norm {m["grad_norm"]} is not finite; the '
             f'update was not applied and the run stopped (latest complete checkpoint: '
@@ -359,12 +351,12 @@ class _Loop:
           f'({self.acct["nonfinite_steps"]} so far)')
     if self.progress:
       self.progress.step(step, m['loss'])
-    if step % cfg.log_every and step != self.total:
+    if step % run.log_every and step != self.total:
       return
     dt = time.time() - self.t_log
     n_dev = jax.device_count()
-    m.update(step=step, images_per_sec=self.n_log * cfg.batch_size / dt,
-             images_per_sec_per_device=self.n_log * cfg.batch_size / dt / n_dev,
+    m.update(step=step, images_per_sec=self.n_log * run.batch_size / dt,
+             images_per_sec_per_device=self.n_log * run.batch_size / dt / n_dev,
              flops_per_sec=self.n_log * self.flops / dt, time=time.time() - self.t_start,
              skipped_images=self.acct['skipped_images'],
              nonfinite_steps=self.acct['nonfinite_steps'],
@@ -382,13 +374,13 @@ class _Loop:
     self.t_log, self.n_log = time.time(), 0
 
 
-def final_evaluation(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                     state: TrainState) -> dict[str, float]:
+def final_evaluation(run: Run, mesh: jax.sharding.Mesh, state: TrainState,
+                     sources: data_lib.Sources | None = None) -> dict[str, float]:
   """The full evaluation (`evals.final_*`) of the trained encoder and, with
   `evals.baseline`, of the same network at random initialisation (seed + 1)."""
-  ev = config.evals
-  evaluator = Evaluator(config, mesh, ev.final_train_examples, ev.final_test_examples,
-                        ev.final_probes, cache=ev.baseline)  # decoded once for both
+  ev = run.evals
+  evaluator = Evaluator(run, mesh, ev.final_train_examples, ev.final_test_examples,
+                        ev.final_probes, cache=ev.baseline, sources=sources)  # decoded once for both
   log(f'final evaluation: {evaluator.describe()}')
-  baseline = random_encoder(config, mesh, config.seed + 1, ev.encoder) if ev.baseline else None
+  baseline = random_encoder(run, mesh, run.seed + 1, ev.encoder) if ev.baseline else None
   return with_baseline(evaluator, 'final', encoder_params(state, ev.encoder), baseline, log)

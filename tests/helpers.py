@@ -14,6 +14,7 @@ from bench.chaos_soak import DAMAGE_KINDS, damage
 from ijepa_jax.masks import MaskConfig, MaskSampler
 from ijepa_jax.models import Predictor, VisionTransformer
 from ijepa_jax.pictures import GAP, TITLE, panel_layout
+from ijepa_jax.recipes import base_config
 from ijepa_jax.schedules import Schedules
 from ijepa_jax.train_step import IJepa, make_optimizer
 
@@ -104,3 +105,32 @@ def assert_same_state(a, b):
 
 # a checkpoint directory damaged each way the chaos soak damages one
 DAMAGE = {how: (lambda ck, how=how: damage(str(ck), how)) for how in DAMAGE_KINDS}
+
+
+# ------------------------------------------------------------------ an image-folder dataset
+
+def folder_config(root, size=32):
+  """A tiny model on the image folder at `root` (<split>/<class>/*.png; val is the test split)."""
+  c = base_config()
+  c.model.variant = 'custom'
+  c.model.width, c.model.depth, c.model.num_heads, c.model.patch_size = 32, 2, 4, 4
+  c.masks.mode, c.masks.min_keep = 'corrected', 2
+  c.model.dtype = 'float32'
+  c.data.dataset, c.data.data_dir, c.data.image_size = 'image_folder', str(root), size
+  c.data.workers = 2
+  c.evals.test_split = 'val'
+  c.evals.crop_fraction = 1.0
+  c.evals.batch_size = 16
+  return c
+
+
+def brightness_folder(root, sizes=(('train', 40), ('val', 20)), seed=0):
+  """Two classes told apart by brightness ('bright' ~200, 'dark' ~40), 16x16 RGB PNGs."""
+  from PIL import Image
+  rng = np.random.default_rng(seed)
+  for split, n in sizes:
+    for cls, level in (('bright', 200), ('dark', 40)):
+      os.makedirs(os.path.join(root, split, cls))
+      for i in range(n):
+        img = np.clip(level + rng.normal(0, 20, (16, 16, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(os.path.join(root, split, cls, f'{i}.png'))

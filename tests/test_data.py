@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ijepa_jax import data
+from ijepa_jax import data, pixels
 from ijepa_jax.input_pipeline import Batches, TransformConfig
 from ijepa_jax.masks import MaskConfig, MaskSampler
 
@@ -191,5 +191,5 @@ def test_eval_transform_resizes_short_side_and_centre_crops():
 
 def test_normalize_on_device():
   x = np.array([[[0, 255, 51]]], np.uint8)
-  out = np.asarray(data.normalize(x, (0.0, 0.5, 0.2), (1.0, 0.5, 0.1)))
+  out = np.asarray(pixels.normalize(x, (0.0, 0.5, 0.2), (1.0, 0.5, 0.1)))
   np.testing.assert_allclose(out[0, 0], [0.0, 1.0, 0.0], atol=1e-6)

@@ -9,10 +9,11 @@ import sys
 import jax
 import numpy as np
 import pytest
-from PIL import Image
 
 from ijepa_jax import evaluation, fashion_mnist, probes, sharding
 from ijepa_jax.recipes import base_config
+from ijepa_jax.spec import resolve
+from helpers import brightness_folder, folder_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -84,31 +85,11 @@ def test_lowshot_indices():
   assert acc > 0.9
 
 
-def folder_config(root, size=32):
-  c = base_config()
-  c.model.variant = 'custom'
-  c.model.width, c.model.depth, c.model.num_heads, c.model.patch_size = 32, 2, 4, 4
-  c.masks.mode, c.masks.min_keep = 'corrected', 2
-  c.model.dtype = 'float32'
-  c.data.dataset, c.data.data_dir, c.data.image_size = 'image_folder', str(root), size
-  c.data.workers = 2
-  c.evals.test_split = 'val'
-  c.evals.crop_fraction = 1.0
-  c.evals.batch_size = 16
-  return c
-
-
 @pytest.mark.slow
 def test_evaluator_on_an_image_folder(tmp_path, monkeypatch):
   """Class folders with a planted signal (bright vs dark images) and one corrupt file: the
   labels follow the folders, the corrupt image is left out and named, the probes see it."""
-  rng = np.random.default_rng(0)
-  for split, n in (('train', 40), ('val', 20)):
-    for cls, level in (('bright', 200), ('dark', 40)):
-      os.makedirs(tmp_path / split / cls)
-      for i in range(n):
-        img = np.clip(level + rng.normal(0, 20, (16, 16, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(img).save(tmp_path / split / cls / f'{i}.png')
+  brightness_folder(str(tmp_path))
   (tmp_path / 'train' / 'dark' / 'broken.jpg').write_bytes(b'not an image')
   config = folder_config(tmp_path)
   config.evals.lowshot_per_class = (2,)
@@ -117,25 +98,27 @@ def test_evaluator_on_an_image_folder(tmp_path, monkeypatch):
   from ijepa_jax.state import init_state
   import flax.linen as nn
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-    model, shapes, boxed = model_for(config)
+    run = resolve(config, 8)
+    model, shapes, boxed = model_for(run)
     state, _ = init_state(model, mesh, shapes, 0, boxed)
-    ev = evaluation.Evaluator(config, mesh, -1, -1, ('linear', 'knn', 'lowshot'))
+    ev = evaluation.Evaluator(run, mesh, -1, -1, ('linear', 'knn', 'lowshot'))
     res = ev(state.target_params)
     assert ev.num_classes == 2
-    assert sorted(np.bincount(ev.train.labels).tolist()) == [40, 40]  # broken.jpg left out
-    assert ev.skipped() and 'broken.jpg' in ev.skipped()[0] and res['skipped_images'] == 1
+    _, labels = ev.split_features(state.target_params, ev.train)
+    assert np.bincount(labels).tolist() == [40, 40]  # broken.jpg left out
+    assert len(ev.skipped) == 1 and 'broken.jpg' in ev.skipped[0] and res['skipped_images'] == 1
     assert res['knn_top1'] == 1.0 and res['linear_top1'] == 1.0  # brightness is easy
     assert res['lowshot_2shot_top1'] == 1.0  # two images of each class are enough here too
     # features: batches over 8 devices, padded tail, same as one unpadded call
-    f = ev.extract(state.target_params, next(iter(ev.test.chunks()))[:11])
-    g = ev.extract(state.target_params, next(iter(ev.test.chunks()))[:16])[:11]
+    f = ev.extract(state.target_params, next(iter(ev.test.chunks())).images[:11])
+    g = ev.extract(state.target_params, next(iter(ev.test.chunks())).images[:16])[:11]
     np.testing.assert_allclose(f, g, rtol=1e-5, atol=1e-5)
     # evals.pool=tokens: every output token, flattened in raster order, over 8 devices
     from ijepa_jax.features import encode
     config.evals.pool = 'tokens'
-    ev_tokens = evaluation.Evaluator(config, mesh, -1, -1, ('knn',))
-    t = ev_tokens.split_features(state.target_params, ev_tokens.test)
-    images = np.concatenate(list(ev_tokens.test.chunks()))
+    ev_tokens = evaluation.Evaluator(resolve(config, 8), mesh, -1, -1, ('knn',))
+    t, _ = ev_tokens.split_features(state.target_params, ev_tokens.test)
+    images = np.concatenate([c.images for c in ev_tokens.test.chunks()])
     ref = np.asarray(encode(state.target_params, images, output='tokens', num_heads=4,
                             mean=config.data.mean, std=config.data.std))
     assert ref.shape == (40, 64, 32) and t.shape == (40, 64 * 32)
@@ -145,7 +128,7 @@ def test_evaluator_on_an_image_folder(tmp_path, monkeypatch):
   # (train: 81 images of 32 x 32 x 3 = 248,832 bytes; val: 40 = 122,880)
   for limit, kept in ((10**6, (True, True)), (200_000, (False, True)), (100_000, (False, False))):
     monkeypatch.setattr(evaluation, 'CACHE_BYTES', limit)
-    train, val, _ = evaluation.eval_splits(config, -1, -1, cache=True)
+    train, val, _ = evaluation.eval_splits(run.evals, run.data, -1, -1, cache=True)
     assert (train.cache, val.cache) == kept, limit
 
 
@@ -200,8 +183,26 @@ def test_tools_on_a_demo_run(tmp_path):
   final = json.load(open(run / 'final.json'))
   for key in ('final_linear_top1', 'final_knn_top1', 'final_lowshot_1shot_top1',
               'final_lowshot_1pct_top1', 'baseline_linear_top1', 'baseline_knn_top1'):
-    assert 0.0 <= final[key] <= 1.0, key
+    hits = final[key] * 300  # a top-1 over the 300 test images: a whole number of them
+    assert abs(hits - round(hits)) < 1e-6 and hits >= 15, (key, hits)
   assert final['periodic_eval_seconds'] > 0
+  # the final k-NN again, in numpy, on the embeddings of the same subsets (embed --limit
+  # takes the evaluation's fixed subset): cosine, the 20 nearest, votes exp(sim / 0.07)
+  feats = {}
+  for split, n in (('train', 1000), ('test', 300)):
+    proc = run_tool('ijepa_jax.embed', '--config=configs/demo.py', f'--workdir={run}',
+                    f'--split={split}', f'--limit={n}', f'--out={tmp_path / split}.npz')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    e = np.load(tmp_path / f'{split}.npz')
+    x = e['embeddings'].astype(np.float64)
+    feats[split] = (x / np.linalg.norm(x, axis=1, keepdims=True), e['labels'])
+  (xtr, ytr), (xte, yte) = feats['train'], feats['test']
+  sim = xte @ xtr.T
+  near = np.argsort(-sim, axis=1)[:, :20]
+  votes = np.zeros((300, 10))
+  for i in range(300):
+    np.add.at(votes[i], ytr[near[i]], np.exp(sim[i, near[i]] / 0.07))
+  assert np.mean(votes.argmax(1) == yte) == pytest.approx(final['final_knn_top1'], abs=1.01 / 300)
 
   proc = run_tool('ijepa_jax.evaluate', '--config=configs/demo.py', f'--workdir={run}', *small,
                   "--config.evals.final_probes=('knn','linear')", '--baseline')

@@ -5,11 +5,10 @@ cost of a ViT-B/16 forward pass, and XLA's own count of a compiled train step.""
 import jax
 import pytest
 
-from ijepa_jax import config as cfg_lib
 from ijepa_jax import flops
 from ijepa_jax import sharding
 from ijepa_jax import state
-from ijepa_jax.masks import MaskSampler
+from ijepa_jax.spec import resolve
 from configs import demo, vitb16
 
 
@@ -27,17 +26,24 @@ def test_vitb16_step_equals_a_hand_count():
   predictor_fwd = kc * d * dp + m * lp * block(kc + kt, dp, hp) + m * kt * dp * d
   macs = target_fwd + 3 * (context_fwd + predictor_fwd)  # target: forward only; backward = 2x
   hand = 2 * b * macs
-  assert flops.train_step_flops(c, kc, kt, m) == hand
   assert hand == 331_025_913_741_312  # 162 GFLOP per image
-  assert flops.train_step_flops(c, kc, kt) == hand  # M defaults to masks.num_targets (4)
+  a = resolve(c, 8).arch  # the config's sizes, resolved as a run resolves them
+  assert (a.width, a.depth, a.mlp_dim, a.patch_size, a.image_size, a.channels) == (
+      d, depth, hidden, p, 224, ch)
+  assert (a.pred_width, a.pred_depth, a.pred_out) == (dp, lp, d)
+  assert flops.train_step_flops(
+      batch_size=c.batch_size, image_size=a.image_size, patch_size=a.patch_size,
+      channels=a.channels, width=a.width, depth=a.depth, mlp_dim=a.mlp_dim,
+      pred_width=a.pred_width, pred_depth=a.pred_depth, pred_out=a.pred_out, context_len=kc,
+      target_len=kt, num_targets=m) == hand
 
 
 def test_vitb16_forward_matches_the_published_cost():
   # DeiT-B / ViT-B/16 at 224 is 17.6 G multiply-adds per image (Touvron et al. 2021, Table 1:
   # "17.6 FLOPs", counted as multiply-adds, over 197 tokens with the class token and head).
   # One target-encoder forward here has 196 tokens and neither, so it must come just under.
-  c = vitb16.get_config()
-  width, depth, _, hidden = cfg_lib.encoder_dims(c)
+  a = resolve(vitb16.get_config(), 8).arch
+  width, depth, hidden = a.width, a.depth, a.mlp_dim
   macs = (flops.transformer_flops(196, width, depth, hidden) + 2 * 196 * 16 * 16 * 3 * width) / 2
   assert 17.3e9 < macs < 17.6e9
   assert macs == pytest.approx(17.6e9, rel=0.015)
@@ -52,12 +58,12 @@ def test_step_count_matches_xla_cost_analysis(width):
   c.batch_size = 8
   c.model.width = width
   c.model.pred_width = width // 2
-  sampler = MaskSampler(cfg_lib.mask_config(c))
+  run = resolve(c, 8)
   mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
-  compiled, _ = state.compile_abstract_step(c, mesh)
+  compiled, _ = state.compile_abstract_step(run, mesh)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
-  analytic = flops.train_step_flops(c, sampler.context_len, sampler.target_len, sampler.num_targets)
+  analytic = run.arch.step_flops(c.batch_size, run.sampler())
   assert 1.0 < cost['flops'] / analytic < 1.04
 
 

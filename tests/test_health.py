@@ -9,11 +9,12 @@ import pytest
 
 from ijepa_jax import config as cfg_lib
 from ijepa_jax import sharding
-from ijepa_jax.data import normalize
+from ijepa_jax.pixels import normalize
 from ijepa_jax.health import (CollapseAlarm, effective_rank, feature_std, health_metrics,
                               masked_cosine)
 from ijepa_jax.loading import model_for
 from ijepa_jax.masks import MaskSampler
+from ijepa_jax.spec import resolve
 from ijepa_jax.state import init_state
 from ijepa_jax.train_step import predictions_and_targets
 from helpers import load
@@ -68,7 +69,7 @@ def test_alarm_on_constant_features_not_on_healthy_ones():
 
 def test_health_of_the_model_at_init_and_collapsed():
   config = load('demo')
-  model, shapes, boxed = model_for(config)
+  model, shapes, boxed = model_for(resolve(config, 1))
   mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
   masks = MaskSampler(cfg_lib.mask_config(config))(16, seed=0, step=1)._asdict()
   images = jax.random.uniform(jax.random.key(1), (16, 28, 28, 1), minval=0, maxval=255)

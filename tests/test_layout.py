@@ -65,3 +65,18 @@ def test_only_the_entry_point_imports_the_trainer():
            and 'trainer' in imports_of(os.path.join(bench, f), modules)]
   assert not users
   assert 'trainer' in imports_of(os.path.join(ROOT, 'main.py'), modules)
+
+
+CORE = {'pos_embed', 'pixels', 'models', 'masks', 'objective', 'schedules', 'train_step',
+        'health', 'features', 'probes', 'flops'}  # docs/ARCHITECTURE.md, layer (a)
+
+
+def test_the_core_imports_only_the_core():
+  g = graph()
+  assert CORE <= set(g)
+  outside = {m: sorted(g[m] - CORE) for m in CORE if g[m] - CORE}
+  assert not outside, outside
+  # and reads no config: no module of the core names ml_collections
+  readers = [m for m in CORE
+             if 'ml_collections' in open(os.path.join(PACKAGE, f'{m}.py')).read()]
+  assert not readers, readers

@@ -44,7 +44,7 @@ def test_mask_picture_of_each_strategy(strategy, m):
   from ijepa_jax.monitor import mask_sections
   config = load('vitb16')
   config.masks.mode, config.masks.strategy = 'corrected', strategy
-  sections = mask_sections(config, 3, seed=5, step=7)
+  sections = mask_sections(cfg_lib.mask_config(config), 3, seed=5, step=7)
   assert [t.split(':')[0] for t, _ in sections] == [f'{strategy} strategy, corrected mode (this config)']
   masks = MaskSampler(cfg_lib.mask_config(config))(3, seed=5, step=7)._asdict()
   for k, v in masks.items():

@@ -11,6 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from ijepa_jax import sharding
 from ijepa_jax.loading import model_for
+from ijepa_jax.spec import resolve
 from ijepa_jax.reporting import (Console, MetricsLog, Progress, RunLog, TensorBoard,
                                  parameter_overview, tag_for)
 from helpers import load
@@ -116,7 +117,7 @@ def test_console_live_line_only_in_a_terminal(monkeypatch):
 
 def test_parameter_overview_counts_and_bytes_per_device():
   config = load('demo')
-  _, _, boxed = model_for(config)
+  _, _, boxed = model_for(resolve(config, 1))
   import flax.linen as nn
   abstract = nn.unbox(boxed)
   text = parameter_overview(abstract, sharding.logical_shardings(boxed, sharding.make_mesh(1, 1, jax.devices()[:1])))

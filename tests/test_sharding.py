@@ -8,15 +8,14 @@ import jax
 import pytest
 
 from configs.vitb16 import get_config as vitb16
-from ijepa_jax import config as cfg_lib
 from ijepa_jax import sharding
-from ijepa_jax.masks import MaskSampler
-from ijepa_jax.state import abstract_state, batch_shapes
+from ijepa_jax.spec import resolve
+from ijepa_jax.state import abstract_state, run_shapes
 
 
 def state_shardings(config, mesh):
-  model = cfg_lib.build_model(config)
-  boxed = abstract_state(model, batch_shapes(config, MaskSampler(cfg_lib.mask_config(config))))
+  run = resolve(config, mesh.size)
+  boxed = abstract_state(run.model, run_shapes(run))
   return sharding.logical_shardings(boxed, mesh), nn.unbox(boxed)
 
 

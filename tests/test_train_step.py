@@ -171,6 +171,7 @@ def test_program_size_flat_in_depth():
   (timed by bench/bench_memory.py, docs/PERFORMANCE.md); unrolled, it grows with the blocks."""
   from configs.vitb16 import get_config as vitb16
   from configs.vitl16 import get_config as vitl16
+  from ijepa_jax.spec import resolve
   from ijepa_jax.state import lower_abstract_step
   mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
 
@@ -178,7 +179,7 @@ def test_program_size_flat_in_depth():
     c = get()
     c.batch_size = 8
     c.model.scan_layers = scan
-    text = lower_abstract_step(c, mesh)[0].as_text()
+    text = lower_abstract_step(resolve(c, 1), mesh)[0].as_text()
     return text.count('\n'), text.count('stablehlo.dot_general')
 
   base, large = ops(vitb16, True), ops(vitl16, True)
