@@ -14,7 +14,8 @@ The pure building blocks, usable inside your own `jax.jit`:
 
 Evaluation: `ijepa_jax.probes` (linear probe, k-NN, low-shot on feature arrays) and
 `ijepa_jax.evaluation` (features of labelled images, the evaluator); weights in and out:
-`ijepa_jax.interop` (official / timm / HuggingFace layouts, torch and safetensors files).
+`ijepa_jax.layouts` (official / timm / HuggingFace names) and `ijepa_jax.formats` (torch and
+safetensors files).
 
 Host side: `ijepa_jax.data` (image sources, the official train/eval transforms),
 `ijepa_jax.input_pipeline.Batches`, `ijepa_jax.checkpoint.Checkpoints`.

@@ -43,7 +43,7 @@ def import_official(config, weights: str, workdir: str) -> str:
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from ijepa_jax import interop, sharding  # pylint: disable=import-outside-toplevel
+  from ijepa_jax import layouts, sharding  # pylint: disable=import-outside-toplevel
   from ijepa_jax.checkpoint import Checkpoints  # pylint: disable=import-outside-toplevel
   from ijepa_jax.loading import check_architecture, model_for  # pylint: disable=import-outside-toplevel
   from ijepa_jax.spec import resolve  # pylint: disable=import-outside-toplevel
@@ -53,7 +53,7 @@ def import_official(config, weights: str, workdir: str) -> str:
   directory = os.path.join(workdir, 'checkpoints')
   if os.path.isdir(directory) and os.listdir(directory):
     raise FileExistsError(f'{directory} already holds checkpoints; import into a new --workdir')
-  loaded = interop.load_official(weights)
+  loaded = layouts.load_official(weights)
   check_architecture(run.arch, loaded['architecture'], weights)
   grid = run.arch.grid
   if tuple(loaded['grid']) != grid:
@@ -90,7 +90,7 @@ def import_official(config, weights: str, workdir: str) -> str:
 def export(config, workdir: str, step, fmt: str, which: str, out: str) -> str:
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from ijepa_jax import interop, sharding  # pylint: disable=import-outside-toplevel
+  from ijepa_jax import formats, layouts, sharding  # pylint: disable=import-outside-toplevel
   from ijepa_jax.evaluation import encoder_params  # pylint: disable=import-outside-toplevel
   from ijepa_jax.loading import restore_state  # pylint: disable=import-outside-toplevel
   from ijepa_jax.spec import resolve  # pylint: disable=import-outside-toplevel
@@ -102,14 +102,14 @@ def export(config, workdir: str, step, fmt: str, which: str, out: str) -> str:
   grid = run.arch.grid
   if fmt == 'official':
     spe = run.steps_per_epoch or 0
-    interop.write_torch(out, interop.official_checkpoint(
+    formats.write_torch(out, layouts.official_checkpoint(
         host(state.params['encoder']), host(state.target_params), host(state.params['predictor']),
         grid, epoch=step // spe if spe else 0, step=int(step)))
   elif fmt == 'timm':
-    interop.write_safetensors(out, interop.encoder_to_official(
+    formats.write_safetensors(out, layouts.encoder_to_official(
         host(encoder_params(state, which)), grid), {'format': 'pt', 'step': str(step)})
   else:
-    interop.write_hf(out, host(encoder_params(state, which)), grid, run.arch.num_heads)
+    layouts.write_hf(out, host(encoder_params(state, which)), grid, run.arch.num_heads)
   return f'exported step {step} of {workdir} as {fmt} to {out}'
 
 
@@ -118,7 +118,7 @@ def main(argv):
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.ERROR)  # orbax warns about every read-only open
   from ijepa_jax.config import ConfigError  # pylint: disable=import-outside-toplevel
-  from ijepa_jax.interop import InteropError  # pylint: disable=import-outside-toplevel
+  from ijepa_jax.formats import InteropError  # pylint: disable=import-outside-toplevel
   try:
     if FLAGS.mode == 'import':
       if not FLAGS.weights:

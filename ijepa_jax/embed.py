@@ -74,7 +74,7 @@ def main(argv):
   from ijepa_jax.config import ConfigError  # pylint: disable=import-outside-toplevel
   from ijepa_jax.data import open_source  # pylint: disable=import-outside-toplevel
   from ijepa_jax.evaluation import FeatureExtractor, LabelledSplit, subset_indices  # pylint: disable=import-outside-toplevel
-  from ijepa_jax.interop import InteropError  # pylint: disable=import-outside-toplevel
+  from ijepa_jax.formats import InteropError  # pylint: disable=import-outside-toplevel
   from ijepa_jax.loading import encoder_from  # pylint: disable=import-outside-toplevel
   from ijepa_jax.reporting import log  # pylint: disable=import-outside-toplevel
   from ijepa_jax.spec import resolve  # pylint: disable=import-outside-toplevel

@@ -43,7 +43,7 @@ def main(argv):
   from ijepa_jax import config as cfg_lib, sharding  # pylint: disable=import-outside-toplevel
   from ijepa_jax.checkpoint import CheckpointError  # pylint: disable=import-outside-toplevel
   from ijepa_jax.evaluation import Evaluator, with_baseline  # pylint: disable=import-outside-toplevel
-  from ijepa_jax.interop import InteropError  # pylint: disable=import-outside-toplevel
+  from ijepa_jax.formats import InteropError  # pylint: disable=import-outside-toplevel
   from ijepa_jax.loading import encoder_from, random_encoder  # pylint: disable=import-outside-toplevel
   from ijepa_jax.reporting import log  # pylint: disable=import-outside-toplevel
   from ijepa_jax.spec import resolve  # pylint: disable=import-outside-toplevel

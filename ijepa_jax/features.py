@@ -2,7 +2,7 @@
 
 `encode(params, images)` runs the I-JEPA encoder (our `VisionTransformer`)
 whose parameters are `params` (a `{'patch_embed', 'blocks', 'norm'}` tree:
-ours, or one imported from the official checkpoints by `ijepa_jax.interop`)
+ours, or one imported from the official checkpoints by `ijepa_jax.layouts`)
 and returns pooled features or tokens. It is pure and jittable; everything
 about the architecture but the number of heads is read off the parameter
 shapes, and the heads default to the variant of that width (all the released

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from ijepa_jax import interop, sharding
+from ijepa_jax import layouts, sharding
 from ijepa_jax.checkpoint import Checkpoints, find_checkpoint, restore_target
 from ijepa_jax.config import ConfigError
 from ijepa_jax.evaluation import encoder_params
@@ -73,8 +73,8 @@ def encoder_from(run: Run, mesh: jax.sharding.Mesh, *,
     state, step, meta = restore_state(run, workdir, mesh, step)
     return encoder_params(state, which), f'{which} encoder of {workdir} at step {step}', meta
   part = 'target_encoder' if which == 'target' else 'encoder'
-  params, grid = interop.load_encoder_weights(weights, part)
-  check_architecture(run.arch, interop.architecture(params), weights)
+  params, grid = layouts.load_encoder_weights(weights, part)
+  check_architecture(run.arch, layouts.architecture(params), weights)
   params = jax.device_put(jax.tree.map(np.asarray, params), sharding.replicated(mesh))
   return params, f'{part} of {weights} (trained at a {grid[0]}x{grid[1]} patch grid)', {}
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ijepa_jax import interop
+from ijepa_jax import formats, layouts
 from ijepa_jax.config import build_model
 from ijepa_jax.features import encode
 from ijepa_jax.models import Predictor, VisionTransformer
@@ -69,8 +69,8 @@ def test_torch_format_round_trip(tmp_path):
   obj = {'a': np.arange(6, dtype=np.float32).reshape(2, 3), 'b': [1, 2.5, None, True, 'x'],
          'c': (np.int64(2 ** 40), -3), 'd': collections.OrderedDict(w=np.ones((0, 4), np.int64)),
          'e': np.asarray([1.5, -2], jnp.bfloat16), 'f': np.float32(7)[()], 'g': {}}
-  interop.write_torch(str(tmp_path / 'x.pt'), obj)
-  back = interop.read_torch(str(tmp_path / 'x.pt'))
+  formats.write_torch(str(tmp_path / 'x.pt'), obj)
+  back = formats.read_torch(str(tmp_path / 'x.pt'))
   assert back['b'] == [1, 2.5, None, True, 'x'] and back['c'] == (2 ** 40, -3)
   assert isinstance(back['d'], collections.OrderedDict) and back['d']['w'].shape == (0, 4)
   np.testing.assert_array_equal(back['a'], obj['a'])
@@ -81,8 +81,8 @@ def test_torch_format_round_trip(tmp_path):
 def test_safetensors_round_trip(tmp_path):
   t = {'x': np.arange(5, dtype=np.float16), 'y.z': np.ones((2, 3), np.float32),
        'b': np.asarray([3, 4], jnp.bfloat16)}
-  interop.write_safetensors(str(tmp_path / 'a.safetensors'), t, {'format': 'pt'})
-  back, meta = interop.read_safetensors(str(tmp_path / 'a.safetensors'))
+  formats.write_safetensors(str(tmp_path / 'a.safetensors'), t, {'format': 'pt'})
+  back, meta = formats.read_safetensors(str(tmp_path / 'a.safetensors'))
   assert meta == {'format': 'pt'} and sorted(back) == sorted(t)
   for k in t:
     assert back[k].dtype == t[k].dtype
@@ -90,13 +90,19 @@ def test_safetensors_round_trip(tmp_path):
   with open(tmp_path / 'a.safetensors', 'rb') as f:
     n = int.from_bytes(f.read(8), 'little')
   assert (8 + n) % 8 == 0  # data aligned, as the format recommends
+  data = (tmp_path / 'a.safetensors').read_bytes()
+  (tmp_path / 'cut.safetensors').write_bytes(data[:-4])  # a truncated download
+  with pytest.raises(formats.InteropError, match='not a readable safetensors file'):
+    formats.read_safetensors(str(tmp_path / 'cut.safetensors'))
+  with pytest.raises(formats.InteropError, match='does not exist'):
+    formats.read_safetensors(str(tmp_path / 'none.safetensors'))
 
 
 def test_official_layout_round_trip(small, tmp_path):
   path = str(tmp_path / 'ck.pth.tar')
-  interop.write_torch(path, interop.official_checkpoint(small['ep'], small['tp'], small['pp'],
+  formats.write_torch(path, layouts.official_checkpoint(small['ep'], small['tp'], small['pp'],
                                                         GRID, epoch=4))
-  back = interop.load_official(path)
+  back = layouts.load_official(path)
   assert back['grid'] == GRID and back['epoch'] == 4
   assert back['architecture'] == dict(width=WIDTH, channels=3, patch_size=PATCH, depth=DEPTH,
                                       mlp_dim=4 * WIDTH, pred_width=16, pred_depth=2)
@@ -111,31 +117,31 @@ def test_official_layout_round_trip(small, tmp_path):
 # -- bad files ------------------------------------------------------------------------------
 
 def test_bad_files_give_clear_errors(small, tmp_path):
-  with pytest.raises(interop.InteropError, match='does not exist'):
-    interop.read_torch(str(tmp_path / 'nope.pth.tar'))
+  with pytest.raises(formats.InteropError, match='does not exist'):
+    formats.read_torch(str(tmp_path / 'nope.pth.tar'))
   junk = tmp_path / 'junk.pth.tar'
   junk.write_bytes(b'hello, not a checkpoint')
-  with pytest.raises(interop.InteropError, match='not a PyTorch zip checkpoint'):
-    interop.read_torch(str(junk))
+  with pytest.raises(formats.InteropError, match='not a PyTorch zip checkpoint'):
+    formats.read_torch(str(junk))
   legacy = tmp_path / 'legacy.pth'
   legacy.write_bytes(pickle.dumps({'a': 1}, protocol=2))
-  with pytest.raises(interop.InteropError, match='legacy'):
-    interop.read_torch(str(legacy))
+  with pytest.raises(formats.InteropError, match='legacy'):
+    formats.read_torch(str(legacy))
 
   good = str(tmp_path / 'good.pth.tar')
-  interop.write_torch(good, interop.official_checkpoint(small['ep'], small['tp'], small['pp'], GRID))
+  formats.write_torch(good, layouts.official_checkpoint(small['ep'], small['tp'], small['pp'], GRID))
   data = open(good, 'rb').read()
   cut = tmp_path / 'cut.pth.tar'
   cut.write_bytes(data[:len(data) // 2])  # a truncated download
-  with pytest.raises(interop.InteropError, match='not a PyTorch zip checkpoint|damaged'):
-    interop.load_official(str(cut))
+  with pytest.raises(formats.InteropError, match='not a PyTorch zip checkpoint|damaged'):
+    layouts.load_official(str(cut))
   # a tensor's bytes lost inside an otherwise valid zip
   with zipfile.ZipFile(good) as zin, zipfile.ZipFile(tmp_path / 'hole.pth.tar', 'w') as zout:
     for item in zin.namelist():
       if item != 'archive/data/3':
         zout.writestr(item, zin.read(item))
-  with pytest.raises(interop.InteropError, match='damaged: tensor data 3 is missing'):
-    interop.load_official(str(tmp_path / 'hole.pth.tar'))
+  with pytest.raises(formats.InteropError, match='damaged: tensor data 3 is missing'):
+    layouts.load_official(str(tmp_path / 'hole.pth.tar'))
 
 
 def test_pickled_code_is_refused_not_run(tmp_path):
@@ -147,41 +153,41 @@ def test_pickled_code_is_refused_not_run(tmp_path):
 
   with zipfile.ZipFile(tmp_path / 'evil.pth.tar', 'w') as zf:
     zf.writestr('archive/data.pkl', pickle.dumps({'encoder': Evil()}, protocol=2))
-  with pytest.raises(interop.InteropError, match=r'pickled (posix|os)\.system'):
-    interop.read_torch(str(tmp_path / 'evil.pth.tar'))
+  with pytest.raises(formats.InteropError, match=r'pickled (posix|os)\.system'):
+    formats.read_torch(str(tmp_path / 'evil.pth.tar'))
   assert not marker.exists()
 
 
 def test_mismatched_checkpoints_give_clear_errors(small, tmp_path):
-  ck = interop.official_checkpoint(small['ep'], small['tp'], small['pp'], GRID)
+  ck = layouts.official_checkpoint(small['ep'], small['tp'], small['pp'], GRID)
 
   def write(c):
     path = str(tmp_path / 'c.pth.tar')
-    interop.write_torch(path, c)
+    formats.write_torch(path, c)
     return path
 
   bad = dict(ck)
   del bad['target_encoder']
-  with pytest.raises(interop.InteropError, match=r"lacks \['target_encoder'\]"):
-    interop.load_official(write(bad))
+  with pytest.raises(formats.InteropError, match=r"lacks \['target_encoder'\]"):
+    layouts.load_official(write(bad))
   bad = dict(ck, encoder=collections.OrderedDict(ck['encoder']))
   del bad['encoder']['module.blocks.1.mlp.fc2.bias']
-  with pytest.raises(interop.InteropError, match=r"encoder: missing keys \['blocks.1.mlp.fc2.bias'\]"):
-    interop.load_official(write(bad))
+  with pytest.raises(formats.InteropError, match=r"encoder: missing keys \['blocks.1.mlp.fc2.bias'\]"):
+    layouts.load_official(write(bad))
   bad = dict(ck, predictor=collections.OrderedDict(ck['predictor'], **{'module.extra.w': np.ones(2)}))
-  with pytest.raises(interop.InteropError, match=r"predictor: unexpected keys \['extra.w'\]"):
-    interop.load_official(write(bad))
+  with pytest.raises(formats.InteropError, match=r"predictor: unexpected keys \['extra.w'\]"):
+    layouts.load_official(write(bad))
   bad = dict(ck, target_encoder=collections.OrderedDict(ck['target_encoder']))
   bad['target_encoder']['module.blocks.0.attn.proj.weight'] = np.ones((WIDTH, WIDTH + 1), np.float32)
-  with pytest.raises(interop.InteropError, match=r'shape mismatch at blocks.0.attn.proj.weight: '
+  with pytest.raises(formats.InteropError, match=r'shape mismatch at blocks.0.attn.proj.weight: '
                      r'\(32, 33\) \(expected \(32, 32\)\)'):
-    interop.load_official(write(bad))
+    layouts.load_official(write(bad))
   bad = dict(ck, encoder=collections.OrderedDict(ck['encoder']))
   bad['encoder']['module.pos_embed'] = np.zeros_like(bad['encoder']['module.pos_embed'])
-  with pytest.raises(interop.InteropError, match='not the fixed 2-D sin-cos table'):
-    interop.load_official(write(bad))
-  with pytest.raises(interop.InteropError, match='not an I-JEPA ViT encoder'):
-    interop.official_to_encoder({'fc.weight': np.ones((2, 2))})
+  with pytest.raises(formats.InteropError, match='not the fixed 2-D sin-cos table'):
+    layouts.load_official(write(bad))
+  with pytest.raises(formats.InteropError, match='not an I-JEPA ViT encoder'):
+    layouts.official_to_encoder({'fc.weight': np.ones((2, 2))})
 
 
 # -- encode ---------------------------------------------------------------------------------
@@ -224,11 +230,11 @@ def test_export_matches_hf_and_timm_and_torch_load(small, tmp_path):
   torch.load(weights_only=True), give our encoder's tokens (max abs diff <= 1e-4, fp32)."""
   ep, x = small['ep'], small['x']
   np.save(tmp_path / 'x.npy', x)
-  interop.write_hf(str(tmp_path / 'hf'), ep, GRID, HEADS)
-  interop.write_safetensors(str(tmp_path / 'timm.safetensors'),
-                            interop.encoder_to_official(ep, GRID), {'format': 'pt'})
-  interop.write_torch(str(tmp_path / 'ck.pth.tar'),
-                      interop.official_checkpoint(small['tp'], ep, small['pp'], GRID, epoch=2))
+  layouts.write_hf(str(tmp_path / 'hf'), ep, GRID, HEADS)
+  formats.write_safetensors(str(tmp_path / 'timm.safetensors'),
+                            layouts.encoder_to_official(ep, GRID), {'format': 'pt'})
+  formats.write_torch(str(tmp_path / 'ck.pth.tar'),
+                      layouts.official_checkpoint(small['tp'], ep, small['pp'], GRID, epoch=2))
   kw = dict(img_size=SIZE, patch_size=PATCH, embed_dim=WIDTH, depth=DEPTH, num_heads=HEADS)
   img = str(tmp_path / 'x.npy')
   torch_job(tmp_path,
@@ -243,13 +249,13 @@ def test_export_matches_hf_and_timm_and_torch_load(small, tmp_path):
     assert theirs.shape == small['tokens'].shape
     assert np.abs(theirs - small['tokens']).max() <= 1e-4, name
   loaded = np.load(tmp_path / 'ck.npz')
-  sd = interop.encoder_to_official(small['tp'], GRID)
+  sd = layouts.encoder_to_official(small['tp'], GRID)
   for k, v in sd.items():
     np.testing.assert_array_equal(loaded[f'encoder/module.{k}'], v)
   meta = json.loads((tmp_path / 'ck.npz.json').read_text())
   assert meta['scalars']['epoch'] == 2 and meta['types']['encoder'] == 'OrderedDict'
   # and back: HF's and timm's files import to the same weights
-  again, grid = interop.load_encoder_weights(str(tmp_path / 'timm.safetensors'))
+  again, grid = layouts.load_encoder_weights(str(tmp_path / 'timm.safetensors'))
   assert grid == GRID
   assert_trees_equal(again, jax.tree.map(np.asarray, ep))
 
@@ -260,19 +266,19 @@ def test_reads_what_torch_saves(small, tmp_path):
   a bf16 and a non-contiguous tensor) imports to exactly the weights it was made from."""
   arrays = {}
   for part, tree in (('encoder', small['ep']), ('target_encoder', small['tp'])):
-    for k, v in interop.encoder_to_official(tree, GRID).items():
+    for k, v in layouts.encoder_to_official(tree, GRID).items():
       arrays[f'{part}/{k}'] = v
-  for k, v in interop.predictor_to_official(small['pp'], GRID).items():
+  for k, v in layouts.predictor_to_official(small['pp'], GRID).items():
     arrays[f'predictor/{k}'] = v
   np.savez(tmp_path / 'sd.npz', **arrays)
   path = str(tmp_path / 'torch.pth.tar')
   torch_job(tmp_path, dict(kind='save', npz=str(tmp_path / 'sd.npz'), path=path))
-  back = interop.load_official(path)
+  back = layouts.load_official(path)
   assert back['epoch'] == 7 and back['grid'] == GRID
   assert_trees_equal(back['encoder'], jax.tree.map(np.asarray, small['ep']))
   assert_trees_equal(back['target_encoder'], jax.tree.map(np.asarray, small['tp']))
   assert_trees_equal(back['predictor'], jax.tree.map(np.asarray, small['pp']))
-  raw = interop.read_torch(path)
+  raw = formats.read_torch(path)
   np.testing.assert_array_equal(raw['extra_view'], np.arange(12.0).reshape(3, 4).T)
   assert raw['extra_bf16'].dtype == jnp.bfloat16
   np.testing.assert_array_equal(raw['extra_bf16'].astype(np.float32), np.arange(6).reshape(2, 3))
@@ -292,8 +298,8 @@ def test_released_model_layouts_match_hf_and_timm(config_name, tmp_path):
   shapes = jax.eval_shape(lambda: nn.unbox(model.encoder.init(
       jax.random.key(0), jnp.zeros((1, size, size, 3)))['params']))
   stand_in = jax.tree.map(lambda s: np.broadcast_to(np.float32(0), s.shape), shapes)  # no memory
-  hf_config, hf_sd = interop.encoder_to_hf(stand_in, grid, model.encoder.num_heads)
-  official = interop.encoder_to_official(stand_in, grid)
+  hf_config, hf_sd = layouts.encoder_to_hf(stand_in, grid, model.encoder.num_heads)
+  official = layouts.encoder_to_official(stand_in, grid)
   (tmp_path / 'config.json').write_text(json.dumps(hf_config))
   torch_job(tmp_path, dict(kind='shapes', hf_config=str(tmp_path / 'config.json'),
                            timm_kwargs=dict(img_size=size, patch_size=patch,

@@ -7,7 +7,7 @@ import numpy as np
 
 from ijepa_jax.masks import MaskConfig, MaskSampler
 from ijepa_jax.models import Predictor, VisionTransformer
-from ijepa_jax import interop
+from ijepa_jax import layouts
 from tests.reference.official_vit import predictor_forward, sincos_pos_embed_2d, vit_forward
 from tests.reference.trees import randomize
 
@@ -32,7 +32,7 @@ def test_encoder_and_predictor_match_official():
   ep = randomize(nn.unbox(enc.init(jax.random.key(0), x))['params'], 1)
   z = enc.apply({'params': ep}, x, ctx_idx, ctx_len)
   full = enc.apply({'params': ep}, x)
-  sd = interop.encoder_to_official(ep, grid)
+  sd = layouts.encoder_to_official(ep, grid)
   # the reference builds its own position table: take ours out after checking it equals theirs
   np.testing.assert_allclose(sd.pop('pos_embed')[0], sincos_pos_embed_2d(width, grid[0]), atol=1e-6)
   x_nchw = x.transpose(0, 3, 1, 2)
@@ -44,7 +44,7 @@ def test_encoder_and_predictor_match_official():
   pp = randomize(nn.unbox(pred.init(jax.random.key(1), z, ctx_idx, ctx_len, tgt_idx,
                                     tgt_len))['params'], 2)
   out = pred.apply({'params': pp}, z, ctx_idx, ctx_len, tgt_idx, tgt_len)  # [B, M, Kt, D]
-  psd = interop.predictor_to_official(pp, grid)
+  psd = layouts.predictor_to_official(pp, grid)
   np.testing.assert_allclose(psd.pop('predictor_pos_embed')[0], sincos_pos_embed_2d(16, grid[0]),
                              atol=1e-6)
   ref = predictor_forward(psd, np.asarray(z, np.float64), [ctx_idx],
