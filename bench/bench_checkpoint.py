@@ -20,36 +20,14 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ijepa_jax import cli  # noqa: E402
+
+from bench.stepping import random_state  # noqa: E402
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'configs/*.py', lock_config=True)
 flags.DEFINE_integer('saves', 3, 'saves to time')
 flags.DEFINE_string('dir', '', 'where to write (default: a temporary directory)')
 flags.mark_flags_as_required(['config'])
-
-
-def random_state(config):
-  """The full train state of `config` on the devices, filled with random numbers (constant
-  arrays would compress to nothing and flatter the write)."""
-  import flax.linen as nn
-  import jax
-
-  from ijepa_jax import sharding
-  from ijepa_jax.spec import resolve_here
-  from ijepa_jax.state import abstract_state, run_shapes
-
-  run = resolve_here(config)
-  mesh = sharding.make_mesh(*run.mesh)
-  boxed = abstract_state(run.model, run_shapes(run))
-  abstract = nn.unbox(boxed)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-    sh = sharding.logical_shardings(boxed, mesh)
-    def fill(rng):
-      leaves, tree = jax.tree.flatten(abstract)
-      keys = jax.random.split(rng, len(leaves))
-      return jax.tree.unflatten(tree, [jax.random.normal(k, a.shape).astype(a.dtype)
-                                       for k, a in zip(keys, leaves)])
-    state = jax.jit(fill, out_shardings=sh)(jax.random.key(0))
-    return jax.block_until_ready(state)
 
 
 def main(argv):

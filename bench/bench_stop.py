@@ -30,7 +30,7 @@ sys.path.insert(0, ROOT)
 from absl import app, flags  # noqa: E402
 from ijepa_jax import cli  # noqa: E402
 
-from bench.chaos_soak import TINY  # noqa: E402
+from bench.faults import TINY  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer('steps', 150, 'Steps of each two-process run (21 to 187: the tiny schedule '
@@ -93,7 +93,7 @@ def vitl_child() -> None:
   """Hold a ViT-L/16-sized state; on SIGTERM save it as the loop does and exit 0."""
   import jax  # pylint: disable=import-outside-toplevel
 
-  from bench.bench_checkpoint import random_state  # pylint: disable=import-outside-toplevel
+  from bench.stepping import random_state  # pylint: disable=import-outside-toplevel
   from ijepa_jax.checkpoint import Checkpoints  # pylint: disable=import-outside-toplevel
   from ijepa_jax.stop import StopRequest  # pylint: disable=import-outside-toplevel
   config = cli.load_config_file(os.path.join(ROOT, 'configs', 'vitl16.py'))

@@ -1,7 +1,8 @@
 """The train step's measurement, as functions (no flags): compile a config's step on synthetic
 images with the config's real masks, time it, and run the official PyTorch step
 (bench/torch_step.py) on the same masks. Used by bench_step.py, bench_vs_torch.py,
-profile_step.py and device_check.py.
+profile_step.py and device_check.py; `random_state` (a full train state of random numbers)
+by bench_checkpoint.py and bench_stop.py.
 """
 
 import json
@@ -130,3 +131,28 @@ def run_torch(run, masks: dict, device: str, python: str = '') -> dict:
       raise RuntimeError(f'the PyTorch step failed ({" ".join(cmd)}):\n{proc.stderr[-3000:]}')
     with open(out) as f:
       return json.load(f)
+
+
+def random_state(config):
+  """The full train state of `config` on the devices, filled with random numbers (constant
+  arrays would compress to nothing and flatter the write)."""
+  import flax.linen as nn
+  import jax
+
+  from ijepa_jax import sharding
+  from ijepa_jax.spec import resolve_here
+  from ijepa_jax.state import abstract_state, run_shapes
+
+  run = resolve_here(config)
+  mesh = sharding.make_mesh(*run.mesh)
+  boxed = abstract_state(run.model, run_shapes(run))
+  abstract = nn.unbox(boxed)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    sh = sharding.logical_shardings(boxed, mesh)
+    def fill(rng):
+      leaves, tree = jax.tree.flatten(abstract)
+      keys = jax.random.split(rng, len(leaves))
+      return jax.tree.unflatten(tree, [jax.random.normal(k, a.shape).astype(a.dtype)
+                                       for k, a in zip(keys, leaves)])
+    state = jax.jit(fill, out_shardings=sh)(jax.random.key(0))
+    return jax.block_until_ready(state)

@@ -98,6 +98,34 @@ class ArraySource:
     return int(self.labels[index])
 
 
+class ImageFiles:
+  """Every image under `root` at any depth, in sorted path order: a source without labels
+  (`num_classes` None; `label` is -1), e.g. a loose folder to embed. `what` names the
+  setting in errors."""
+
+  def __init__(self, root: str, what: str = 'the image folder'):
+    if not os.path.isdir(root):
+      raise DataMissingError(f'{what}={root!r} is not a folder')
+    self.paths = sorted(os.path.join(d, f) for d, _, files in os.walk(root) for f in files
+                        if f.lower().endswith(IMAGE_EXTENSIONS))
+    if not self.paths:
+      raise DataMissingError(f'{what}={root!r} holds no {"/".join(IMAGE_EXTENSIONS)} images')
+    self.num_classes = None
+
+  def __len__(self) -> int:
+    return len(self.paths)
+
+  def load(self, index: int) -> Image.Image:
+    return read_image(self.paths[index])
+
+  def name(self, index: int) -> str:
+    return self.paths[index]
+
+  def label(self, index: int) -> int:
+    del index
+    return -1
+
+
 class FolderSource:
   """`root/<split>/<class>/<image>`: classes are the sorted sub-folder names."""
 

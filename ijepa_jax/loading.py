@@ -1,6 +1,6 @@
 """Encoders for the command-line tools: from a run's checkpoint or from a weights file.
 
-Shared by `ijepa_jax.evaluate`, `ijepa_jax.embed` and `ijepa_jax.convert`.
+Shared by `ijepa_jax.tools.evaluate`, `ijepa_jax.tools.embed` and `ijepa_jax.tools.convert`.
 """
 
 from typing import Any

@@ -178,7 +178,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       log(f'state: {how}, at step {start}')
       if start >= total:  # a finished run started again: leave its results as they are
         log(f'already trained: checkpoint {start} of {total} steps; nothing to do (evaluate it '
-            f'with python -m ijepa_jax.evaluate --config=... --workdir={workdir})')
+            f'with python -m ijepa_jax.tools.evaluate --config=... --workdir={workdir})')
         final = epath.Path(workdir) / 'final.json'
         return json.loads(final.read_text()) if final.exists() else {'step': float(start)}
       overview = parameter_overview(abstract, state_sh)

@@ -48,15 +48,15 @@ MEASUREMENT_PAGES = ('docs/RESULTS.md', 'docs/PERFORMANCE.md')
 SMOKE = {
     'main.py': ['--config.max_steps=6', '--config.evals.every=0', '--config.evals.at_end=False',
                 '--config.monitor.feature_maps=2'],
-    'ijepa_jax.evaluate': ['--config.evals.final_train_examples=2000',
+    'ijepa_jax.tools.evaluate': ['--config.evals.final_train_examples=2000',
                            '--config.evals.final_test_examples=500',
                            '--config.evals.probe_steps=100'],
-    'ijepa_jax.embed': ['--limit=64'],
+    'ijepa_jax.tools.embed': ['--limit=64'],
     'bench/bench_input.py': ['--images=64', '--batch=32'],
     'bench/bench_masks.py': ['--batches=2'],
     'bench/device_check.py': ['--smoke'],
 }
-ABSL_PROGRAMS = ('main.py', 'ijepa_jax.evaluate', 'ijepa_jax.embed', 'ijepa_jax.convert',
+ABSL_PROGRAMS = ('main.py', 'ijepa_jax.tools.evaluate', 'ijepa_jax.tools.embed', 'ijepa_jax.tools.convert',
                  'bench/bench_memory.py', 'bench/bench_checkpoint.py', 'bench/bench_step.py',
                  'bench/bench_vs_torch.py', 'bench/profile_step.py', 'bench/grad_balance.py',
                  'bench/chaos_soak.py', 'bench/bench_stop.py')

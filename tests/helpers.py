@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench.chaos_soak import DAMAGE_KINDS, damage
+from bench.faults import DAMAGE_KINDS, damage
 from ijepa_jax.masks import MaskConfig, MaskSampler
 from ijepa_jax.models import Predictor, VisionTransformer
 from ijepa_jax.pictures import GAP, TITLE, panel_layout

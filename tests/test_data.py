@@ -193,3 +193,22 @@ def test_normalize_on_device():
   x = np.array([[[0, 255, 51]]], np.uint8)
   out = np.asarray(pixels.normalize(x, (0.0, 0.5, 0.2), (1.0, 0.5, 0.1)))
   np.testing.assert_allclose(out[0, 0], [0.0, 1.0, 0.0], atol=1e-6)
+
+
+def test_image_files_take_every_image_under_a_folder(tmp_path):
+  for rel in ('b/2.png', 'a/deep/1.jpg', 'c.JPEG', 'notes.txt'):
+    os.makedirs(os.path.dirname(tmp_path / rel), exist_ok=True)
+    if rel.endswith('.txt'):
+      (tmp_path / rel).write_text('not an image')
+    else:
+      Image.fromarray(np.full((4, 5, 3), 7, np.uint8)).save(tmp_path / rel, format='PNG')
+  src = data.ImageFiles(str(tmp_path), '--images')
+  assert [os.path.relpath(src.name(i), tmp_path) for i in range(len(src))] == [
+      'a/deep/1.jpg', 'b/2.png', 'c.JPEG']  # sorted paths, any depth, case-blind extensions
+  assert src.num_classes is None and src.label(0) == -1
+  assert np.asarray(src.load(1)).shape == (4, 5, 3)
+  with pytest.raises(data.DataMissingError, match="--images='.*nope' is not a folder"):
+    data.ImageFiles(str(tmp_path / 'nope'), '--images')
+  os.makedirs(tmp_path / 'empty')
+  with pytest.raises(data.DataMissingError, match='holds no .jpg/.jpeg/.png images'):
+    data.ImageFiles(str(tmp_path / 'empty'))

@@ -190,7 +190,7 @@ def test_tools_on_a_demo_run(tmp_path):
   # takes the evaluation's fixed subset): cosine, the 20 nearest, votes exp(sim / 0.07)
   feats = {}
   for split, n in (('train', 1000), ('test', 300)):
-    proc = run_tool('ijepa_jax.embed', '--config=configs/demo.py', f'--workdir={run}',
+    proc = run_tool('ijepa_jax.tools.embed', '--config=configs/demo.py', f'--workdir={run}',
                     f'--split={split}', f'--limit={n}', f'--out={tmp_path / split}.npz')
     assert proc.returncode == 0, proc.stderr[-3000:]
     e = np.load(tmp_path / f'{split}.npz')
@@ -204,7 +204,7 @@ def test_tools_on_a_demo_run(tmp_path):
     np.add.at(votes[i], ytr[near[i]], np.exp(sim[i, near[i]] / 0.07))
   assert np.mean(votes.argmax(1) == yte) == pytest.approx(final['final_knn_top1'], abs=1.01 / 300)
 
-  proc = run_tool('ijepa_jax.evaluate', '--config=configs/demo.py', f'--workdir={run}', *small,
+  proc = run_tool('ijepa_jax.tools.evaluate', '--config=configs/demo.py', f'--workdir={run}', *small,
                   "--config.evals.final_probes=('knn','linear')", '--baseline')
   assert proc.returncode == 0, proc.stderr[-3000:]
   ours = json.load(open(run / 'eval_6.json'))
@@ -216,31 +216,31 @@ def test_tools_on_a_demo_run(tmp_path):
 
   ck = tmp_path / 'demo.pth.tar'
   for fmt, out in (('official', ck), ('timm', tmp_path / 't.safetensors'), ('hf', tmp_path / 'hf')):
-    proc = run_tool('ijepa_jax.convert', '--mode=export', '--config=configs/demo.py',
+    proc = run_tool('ijepa_jax.tools.convert', '--mode=export', '--config=configs/demo.py',
                     f'--workdir={run}', f'--format={fmt}', f'--out={out}')
     assert proc.returncode == 0, proc.stderr[-3000:]
   assert (tmp_path / 'hf' / 'config.json').exists() and (tmp_path / 'hf' / 'model.safetensors').exists()
-  proc = run_tool('ijepa_jax.convert', '--mode=import', '--config=configs/demo.py',
+  proc = run_tool('ijepa_jax.tools.convert', '--mode=import', '--config=configs/demo.py',
                   f'--weights={ck}', f'--workdir={tmp_path / "imported"}')
   assert proc.returncode == 0, proc.stderr[-3000:]
   for how in (f'--workdir={tmp_path / "imported"}', f'--weights={ck}',
               f'--weights={tmp_path / "t.safetensors"}'):
     out = tmp_path / 'e.json'
-    proc = run_tool('ijepa_jax.evaluate', '--config=configs/demo.py', how, *small,
+    proc = run_tool('ijepa_jax.tools.evaluate', '--config=configs/demo.py', how, *small,
                     "--config.evals.final_probes=('knn',)", f'--output={out}')
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.load(open(out))['eval_knn_top1'] == final['final_knn_top1'], how
-  proc = run_tool('ijepa_jax.embed', '--config=configs/demo.py', f'--workdir={run}',
+  proc = run_tool('ijepa_jax.tools.embed', '--config=configs/demo.py', f'--workdir={run}',
                   '--split=test', '--limit=50', f'--out={tmp_path / "e.npz"}')
   assert proc.returncode == 0, proc.stderr[-3000:]
   e = np.load(tmp_path / 'e.npz')
   assert e['embeddings'].shape == (50, 64) and e['labels'].shape == (50,)
   # errors: wrong model for the weights, no such run, both sources
-  proc = run_tool('ijepa_jax.evaluate', '--config=configs/vith14.py', f'--weights={ck}')
+  proc = run_tool('ijepa_jax.tools.evaluate', '--config=configs/vith14.py', f'--weights={ck}')
   assert proc.returncode == 2 and 'width 64 in the weights vs 1280 in the config' in proc.stderr
-  proc = run_tool('ijepa_jax.evaluate', '--config=configs/demo.py', f'--workdir={tmp_path / "no"}')
+  proc = run_tool('ijepa_jax.tools.evaluate', '--config=configs/demo.py', f'--workdir={tmp_path / "no"}')
   assert proc.returncode == 2 and 'does not exist' in proc.stderr
-  proc = run_tool('ijepa_jax.embed', '--config=configs/demo.py', f'--weights={ck}',
+  proc = run_tool('ijepa_jax.tools.embed', '--config=configs/demo.py', f'--weights={ck}',
                   f'--workdir={run}', '--split=test', f'--out={tmp_path / "x.npz"}')
   assert proc.returncode == 2 and 'exactly one' in proc.stderr
 

@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = [pytest.mark.skipif(fashion_mnist.missing_files(None),
                                  reason='dataset-fashion-mnist not installed'),
               pytest.mark.slow]  # subprocess runs: the default suite, not the fast tier
-from bench.chaos_soak import TINY, data_files, final_state  # noqa: F401,E402
+from bench.faults import TINY, data_files, final_state  # noqa: F401,E402
 from helpers import DAMAGE, assert_same_state, losses  # noqa: E402
 
 
@@ -241,7 +241,7 @@ def test_chaos_soak_short_ends_bitwise_identical(tmp_path):
   """bench/chaos_soak.py's driver, short: SIGKILLs (also while a checkpoint is being written),
   SIGTERMs and damaged checkpoints at random moments, then the run's end state against an
   uninterrupted run's, bit for bit."""
-  from bench.chaos_soak import command, compare_states, soak
+  from bench.faults import command, compare_states, soak
   ref = tmp_path / 'uninterrupted'
   proc = subprocess.run(command(str(ref), 16), cwd=ROOT, env=env(), capture_output=True,
                         text=True, timeout=600)

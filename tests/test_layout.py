@@ -1,6 +1,7 @@
-"""The package's structure (docs/ARCHITECTURE.md): no import cycles between its modules, and
-nothing but the entry point imports the training loop. Read from the source, every import
-counted (also those inside functions)."""
+"""The package's structure (docs/ARCHITECTURE.md): no import cycles between its modules,
+nothing but the entry point imports the training loop, the core imports only the core, and
+the command-line tools (ijepa_jax/tools/) are used by nothing in the library nor by each
+other. Read from the source, every import counted (also those inside functions)."""
 
 import ast
 import os
@@ -80,3 +81,43 @@ def test_the_core_imports_only_the_core():
   readers = [m for m in CORE
              if 'ml_collections' in open(os.path.join(PACKAGE, f'{m}.py')).read()]
   assert not readers, readers
+
+
+TOOLS = os.path.join(PACKAGE, 'tools')
+
+
+def test_the_tools_are_tools_only():
+  tools = sorted(f[:-3] for f in os.listdir(TOOLS) if f.endswith('.py') and f != '__init__.py')
+  assert tools == ['convert', 'draw_masks', 'embed', 'evaluate', 'plot']
+  users = {m for m, deps in graph().items() if 'tools' in deps}  # the library's modules
+  users |= {f for f in os.listdir(os.path.join(ROOT, 'bench')) if f.endswith('.py')
+            and 'tools' in imports_of(os.path.join(ROOT, 'bench', f), {'tools'})}
+  assert not users
+  for t in tools:
+    text = open(os.path.join(TOOLS, f'{t}.py')).read()
+    tree = ast.parse(text)
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not {i for i in imported if i.startswith('ijepa_jax.tools')}, t  # no other tool
+    assert "if __name__ == '__main__':" in text and 'app.run(main' in text, t
+
+
+def test_no_benchmark_is_both_a_program_and_a_library():
+  """A bench/ file with a `__main__` block is imported by no other file of bench/ or tests/;
+  shared code sits in the files without one (stepping.py, faults.py)."""
+  bench = os.path.join(ROOT, 'bench')
+  programs = {f[:-3] for f in os.listdir(bench) if f.endswith('.py')
+              and "if __name__ == '__main__':" in open(os.path.join(bench, f)).read()}
+  assert {'chaos_soak', 'bench_step', 'device_check'} <= programs
+  assert not {'stepping', 'faults'} & programs
+  users = []
+  for folder in (bench, os.path.join(ROOT, 'tests')):
+    for f in os.listdir(folder):
+      if not f.endswith('.py'):
+        continue
+      tree = ast.parse(open(os.path.join(folder, f)).read())
+      for n in ast.walk(tree):
+        mods = ([n.module] if isinstance(n, ast.ImportFrom) and n.module else
+                [a.name for a in n.names] if isinstance(n, ast.Import) else [])
+        users += [(f, m) for m in mods if m.startswith('bench.') and m.split('.')[1] in programs]
+  assert not users, users

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from ijepa_jax import fashion_mnist
-from bench.chaos_soak import TINY, final_state
+from bench.faults import TINY, final_state
 from helpers import losses
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

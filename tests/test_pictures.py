@@ -64,7 +64,7 @@ def test_draw_masks_command(tmp_path):
   env.pop('XLA_FLAGS', None)
   for name, size, patch, extra in (('demo', 28, 4, []), ('vitl16', 224, 16, ['--config.masks.num_targets=3'])):
     out = tmp_path / f'{name}.png'
-    proc = subprocess.run([sys.executable, '-m', 'ijepa_jax.draw_masks', f'--config=configs/{name}.py',
+    proc = subprocess.run([sys.executable, '-m', 'ijepa_jax.tools.draw_masks', f'--config=configs/{name}.py',
                            f'--out={out}', '--num_images=2', '--step=3', *extra],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -82,7 +82,7 @@ def test_draw_masks_command(tmp_path):
       check_section(picture, GAP + s * section, masks, 2, size, size // patch)
   assert 'grey squares' in proc.stdout  # ImageNet is not on this machine
   # an impossible setting is an error that names the fields, exit 2
-  proc = subprocess.run([sys.executable, '-m', 'ijepa_jax.draw_masks', '--config=configs/demo.py',
+  proc = subprocess.run([sys.executable, '-m', 'ijepa_jax.tools.draw_masks', '--config=configs/demo.py',
                          f'--out={tmp_path / "x.png"}', '--config.masks.min_keep=40'],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 2 and 'min_keep' in proc.stderr and not (tmp_path / 'x.png').exists()
@@ -123,12 +123,12 @@ def test_plot_command(tmp_path):
   with open(tmp_path / 'metrics.jsonl', 'w') as f:
     f.write(''.join(json.dumps(r) + '\n' for r in rows) + '{"step": 11, "lo')  # torn last line
   env = dict(os.environ, PYTHONPATH=ROOT)
-  proc = subprocess.run([sys.executable, '-m', 'ijepa_jax.plot', f'--workdir={tmp_path}'],
+  proc = subprocess.run([sys.executable, '-m', 'ijepa_jax.tools.plot', f'--workdir={tmp_path}'],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   picture = np.asarray(Image.open(tmp_path / 'pictures' / 'curves.png').convert('RGB'))
   assert picture.shape == (800, 1500, 3)
   assert (picture != 255).any(axis=-1).mean() > 0.02  # something is drawn
-  proc = subprocess.run([sys.executable, '-m', 'ijepa_jax.plot', f'--workdir={tmp_path / "no"}'],
+  proc = subprocess.run([sys.executable, '-m', 'ijepa_jax.tools.plot', f'--workdir={tmp_path / "no"}'],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 2 and 'metrics.jsonl does not exist' in proc.stderr

@@ -1,6 +1,6 @@
 """Training curves of a run from its metrics.jsonl, at any time (also while it trains).
 
-  python -m ijepa_jax.plot --workdir=workdir/demo [--out=curves.png]
+  python -m ijepa_jax.tools.plot --workdir=workdir/demo [--out=curves.png]
 
 Six panels against the step: the loss (log scale), the learning rate, the weight decay,
 the EMA momentum, the evaluation top-1 (periodic k-NN and linear probe as lines, the final

@@ -1,11 +1,11 @@
-"""Weights in and out: python -m ijepa_jax.convert --mode=import|export ...
+"""Weights in and out: python -m ijepa_jax.tools.convert --mode=import|export ...
 
 import: an official I-JEPA checkpoint (`*.pth.tar`, read without torch and
   without executing pickled code) -> a run directory whose checkpoint 0 holds
   its encoder, target encoder and predictor (fresh optimizer state):
   `--config.init_from=<that dir>` fine-tunes or continues from it, and
-  `ijepa_jax.evaluate` / `ijepa_jax.embed` take it as `--workdir`.
-    python -m ijepa_jax.convert --mode=import --config=configs/vith14.py \\
+  `ijepa_jax.tools.evaluate` / `ijepa_jax.tools.embed` take it as `--workdir`.
+    python -m ijepa_jax.tools.convert --mode=import --config=configs/vith14.py \\
         --weights=IN1K-vit.h.14-300e.pth.tar --workdir=runs/vith14_official
 
 export: a run's checkpoint -> `--format`
@@ -14,7 +14,7 @@ export: a run's checkpoint -> `--format`
   timm:     the (target or context) encoder as safetensors, loadable by timm's
             VisionTransformer(class_token=False, global_pool='avg', fc_norm=False);
   hf:       a folder that transformers' IJepaModel.from_pretrained loads.
-    python -m ijepa_jax.convert --mode=export --config=configs/demo.py \\
+    python -m ijepa_jax.tools.convert --mode=export --config=configs/demo.py \\
         --workdir=workdir/demo --format=hf --out=workdir/demo_hf
 """
 

@@ -1,6 +1,6 @@
 """Draw the mask sampler's blocks for any config, without training:
 
-  python -m ijepa_jax.draw_masks --config=configs/vitl16.py [--out=masks.png] \
+  python -m ijepa_jax.tools.draw_masks --config=configs/vitl16.py [--out=masks.png] \
       [--num_images=4] [--seed=0] [--step=0] [--config.masks.<field>=...]
 
 One section per sampler mode (this config's first; one section for the random, block and

@@ -1,4 +1,4 @@
-"""Embeddings to .npz: python -m ijepa_jax.embed --config=... (--workdir=... | --weights=...)
+"""Embeddings to .npz: python -m ijepa_jax.tools.embed --config=... (--workdir=... | --weights=...)
     (--images=<folder> | --split=<split>) --out=embeddings.npz
 
 The frozen encoder's features (`--output`: mean-pooled, last4 or tokens; the
@@ -34,34 +34,6 @@ flags.mark_flags_as_required(['config', 'out'])
 multihost.define_flags(flags)
 
 
-class FolderImages:
-  """Every image under a folder, as a source (label -1)."""
-
-  def __init__(self, root: str):
-    from ijepa_jax.data import IMAGE_EXTENSIONS  # pylint: disable=import-outside-toplevel
-    if not os.path.isdir(root):
-      raise FileNotFoundError(f'--images={root!r} is not a folder')
-    self.paths = sorted(os.path.join(d, f) for d, _, files in os.walk(root) for f in files
-                        if f.lower().endswith(IMAGE_EXTENSIONS))
-    if not self.paths:
-      raise FileNotFoundError(f'--images={root!r} holds no .jpg/.jpeg/.png images')
-    self.num_classes = 0
-
-  def __len__(self):
-    return len(self.paths)
-
-  def load(self, index):
-    from ijepa_jax.data import read_image  # pylint: disable=import-outside-toplevel
-    return read_image(self.paths[index])
-
-  def name(self, index):
-    return self.paths[index]
-
-  def label(self, index):
-    del index
-    return -1
-
-
 def main(argv):
   del argv
   if not FLAGS['verbosity'].present:
@@ -72,7 +44,7 @@ def main(argv):
   import numpy as np  # pylint: disable=import-outside-toplevel
   from ijepa_jax import sharding  # pylint: disable=import-outside-toplevel
   from ijepa_jax.config import ConfigError  # pylint: disable=import-outside-toplevel
-  from ijepa_jax.data import open_source  # pylint: disable=import-outside-toplevel
+  from ijepa_jax.data import ImageFiles, open_source  # pylint: disable=import-outside-toplevel
   from ijepa_jax.evaluation import FeatureExtractor, LabelledSplit, subset_indices  # pylint: disable=import-outside-toplevel
   from ijepa_jax.formats import InteropError  # pylint: disable=import-outside-toplevel
   from ijepa_jax.loading import encoder_from  # pylint: disable=import-outside-toplevel
@@ -84,7 +56,7 @@ def main(argv):
       raise ValueError('give exactly one of --images=<folder> and --split=<split>')
     run = resolve(FLAGS.config, jax.device_count(), jax.process_count(), jax.default_backend())
     ev, d = run.evals, run.data
-    source = (FolderImages(FLAGS.images) if FLAGS.images
+    source = (ImageFiles(FLAGS.images, '--images') if FLAGS.images
               else open_source(ev.dataset, FLAGS.split, ev.data_dir))
     mesh = sharding.make_mesh(*run.mesh)
     params, what, _ = encoder_from(run, mesh, workdir=FLAGS.workdir, weights=FLAGS.weights,
