@@ -201,21 +201,23 @@ class Evaluator:
     self.extract = FeatureExtractor.for_run(run, mesh, run.evals.pool)
     self.skipped: list[str] = []  # the images the last call could not decode
 
-  def split_features(self, params: Any, split: LabelledSplit) -> tuple[np.ndarray, np.ndarray]:
-    """([N, D] features, [N] labels) of a split for the probes (evals.pool=tokens: [N, T·D],
-    raster order); the corrupt images left out of both."""
-    feats, labels = [], []
+  def split_features(self, params: Any, split: LabelledSplit
+                     ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """([N, D] features, [N] labels, the images that did not decode) of a split for the
+    probes (evals.pool=tokens: [N, T·D], raster order); the corrupt images left out."""
+    feats, labels, skipped = [], [], []
     for chunk in split.chunks():
       feats.append(self.extract(params, chunk.images))
       labels.append(chunk.labels)
-      self.skipped += chunk.skipped
+      skipped += chunk.skipped
     feats = np.concatenate(feats)
-    return feats.reshape(len(feats), -1), np.concatenate(labels)
+    return feats.reshape(len(feats), -1), np.concatenate(labels), skipped
 
   def __call__(self, params: Any) -> dict[str, float]:
     t0 = time.time()
-    self.skipped = []
-    (ftr, ytr), (fte, yte) = (self.split_features(params, s) for s in (self.train, self.test))
+    (ftr, ytr, bad_tr), (fte, yte, bad_te) = (self.split_features(params, s)
+                                              for s in (self.train, self.test))
+    self.skipped = bad_tr + bad_te
     t1 = time.time()
     out = run_probes(ftr, ytr, fte, yte, self.num_classes, self.evals.probe, self.probes)
     out['extract_seconds'] = t1 - t0

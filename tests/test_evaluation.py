@@ -104,9 +104,9 @@ def test_evaluator_on_an_image_folder(tmp_path, monkeypatch):
     ev = evaluation.Evaluator(run, mesh, -1, -1, ('linear', 'knn', 'lowshot'))
     res = ev(state.target_params)
     assert ev.num_classes == 2
-    _, labels = ev.split_features(state.target_params, ev.train)
-    assert np.bincount(labels).tolist() == [40, 40]  # broken.jpg left out
     assert len(ev.skipped) == 1 and 'broken.jpg' in ev.skipped[0] and res['skipped_images'] == 1
+    _, labels, skipped = ev.split_features(state.target_params, ev.train)
+    assert np.bincount(labels).tolist() == [40, 40] and skipped == ev.skipped  # broken.jpg out
     assert res['knn_top1'] == 1.0 and res['linear_top1'] == 1.0  # brightness is easy
     assert res['lowshot_2shot_top1'] == 1.0  # two images of each class are enough here too
     # features: batches over 8 devices, padded tail, same as one unpadded call
@@ -117,7 +117,7 @@ def test_evaluator_on_an_image_folder(tmp_path, monkeypatch):
     from ijepa_jax.features import encode
     config.evals.pool = 'tokens'
     ev_tokens = evaluation.Evaluator(resolve(config, 8), mesh, -1, -1, ('knn',))
-    t, _ = ev_tokens.split_features(state.target_params, ev_tokens.test)
+    t, _, _ = ev_tokens.split_features(state.target_params, ev_tokens.test)
     images = np.concatenate([c.images for c in ev_tokens.test.chunks()])
     ref = np.asarray(encode(state.target_params, images, output='tokens', num_heads=4,
                             mean=config.data.mean, std=config.data.std))
