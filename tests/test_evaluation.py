@@ -184,7 +184,7 @@ def test_tools_on_a_demo_run(tmp_path):
   for key in ('final_linear_top1', 'final_knn_top1', 'final_lowshot_1shot_top1',
               'final_lowshot_1pct_top1', 'baseline_linear_top1', 'baseline_knn_top1'):
     hits = final[key] * 300  # a top-1 over the 300 test images: a whole number of them
-    assert abs(hits - round(hits)) < 1e-6 and hits >= 15, (key, hits)
+    assert abs(hits - round(hits)) < 1e-3 and hits >= 15, (key, hits)  # float32 means
   assert final['periodic_eval_seconds'] > 0
   # the final k-NN again, in numpy, on the embeddings of the same subsets (embed --limit
   # takes the evaluation's fixed subset): cosine, the 20 nearest, votes exp(sim / 0.07)
