@@ -48,6 +48,7 @@ def test_device_check_smoke(tmp_path):
   assert '| step | tiny (smoke) | scan off, remat none, xla | 4 |' in proc.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(TORCH_PY), reason='no .venv-torch (IJEPA_TORCH_REF=1)')
 def test_bench_vs_torch_prints_both_and_the_ratio():
   proc = run('bench/bench_vs_torch.py', '--config=configs/demo.py', '--config.batch_size=8',

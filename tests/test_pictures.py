@@ -56,6 +56,7 @@ def test_mask_picture_of_each_strategy(strategy, m):
   check_section(picture, GAP, masks, 3, 224, 14)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(fashion_mnist.missing_files(None), reason='dataset-fashion-mnist not installed')
 def test_draw_masks_command(tmp_path):
   """For the demo (Fashion-MNIST on the machine) and for ViT-L/16 (ImageNet absent: grey
@@ -114,6 +115,7 @@ def test_feature_picture_layout():
   assert (fmap[:16, :16] == fmap[0, 0]).all() and fmap.reshape(-1, 3).std(0).max() > 10
 
 
+@pytest.mark.slow
 def test_plot_command(tmp_path):
   rows = [{'step': s, 'loss': 1 / s, 'lr': 1e-3 * min(s, 5) / 5, 'weight_decay': 0.04 + s * 1e-3,
            'momentum': 0.996 + s * 1e-4} for s in range(1, 11)]
