@@ -38,7 +38,8 @@ def main(argv):
 
   from ijepa_jax.checkpoint import Checkpoints
 
-  state = random_state(FLAGS.config)
+  from ijepa_jax.spec import resolve_here  # pylint: disable=import-outside-toplevel
+  state = random_state(resolve_here(FLAGS.config))
   nbytes = sum(x.nbytes for x in jax.tree.leaves(state))
   root = FLAGS.dir or tempfile.mkdtemp(prefix='bench_ckpt_')
   ckpts = Checkpoints(os.path.join(root, 'checkpoints'), keep=2)

@@ -95,10 +95,11 @@ def vitl_child() -> None:
 
   from bench.stepping import random_state  # pylint: disable=import-outside-toplevel
   from ijepa_jax.checkpoint import Checkpoints  # pylint: disable=import-outside-toplevel
+  from ijepa_jax.spec import resolve_here  # pylint: disable=import-outside-toplevel
   from ijepa_jax.stop import StopRequest  # pylint: disable=import-outside-toplevel
   config = cli.load_config_file(os.path.join(ROOT, 'configs', 'vitl16.py'))
   config.batch_size = 8  # the batch does not enter the state; a small one builds it faster
-  state = random_state(config)
+  state = random_state(resolve_here(config))
   root = tempfile.mkdtemp(prefix='bench_stop_vitl_')
   ckpts = Checkpoints(os.path.join(root, 'checkpoints'), keep=1)
   with StopRequest(deadline=600) as stop:

@@ -133,17 +133,15 @@ def run_torch(run, masks: dict, device: str, python: str = '') -> dict:
       return json.load(f)
 
 
-def random_state(config):
-  """The full train state of `config` on the devices, filled with random numbers (constant
+def random_state(run):
+  """The full train state of `run` on the devices, filled with random numbers (constant
   arrays would compress to nothing and flatter the write)."""
   import flax.linen as nn
   import jax
 
   from ijepa_jax import sharding
-  from ijepa_jax.spec import resolve_here
   from ijepa_jax.state import abstract_state, run_shapes
 
-  run = resolve_here(config)
   mesh = sharding.make_mesh(*run.mesh)
   boxed = abstract_state(run.model, run_shapes(run))
   abstract = nn.unbox(boxed)

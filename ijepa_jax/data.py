@@ -346,17 +346,15 @@ class Sources:
   """`sources(dataset, split, data_dir)`: each source opened once and handed out again, so
   that one start opens a split once however many parts of the run read it (the training
   data, the evaluation splits, the monitor's pictures; on an ImageNet folder each open lists
-  1.28M files). `opened` counts the opens."""
+  1.28M files)."""
 
   def __init__(self):
     self._open: dict[tuple[str, str, str], Source] = {}
-    self.opened = 0
 
   def __call__(self, dataset: str, split: str, data_dir: str) -> Source:
     key = (dataset, split, data_dir)
     if key not in self._open:
       self._open[key] = open_source(dataset, split, data_dir)
-      self.opened += 1
     return self._open[key]
 
 

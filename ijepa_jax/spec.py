@@ -54,10 +54,6 @@ class Arch:
     return (n, n)
 
   @property
-  def num_patches(self) -> int:
-    return self.grid[0] * self.grid[1]
-
-  @property
   def compute_dtype(self) -> Any:
     return cfg_lib.DTYPES[self.dtype]
 
@@ -175,7 +171,7 @@ class Run:
     return json.loads(self.config_json)
 
 
-def _section(cls, section: ml_collections.ConfigDict, **resolved):
+def _section(cls, section: ml_collections.ConfigDict | dict, **resolved):
   """`cls` from one config section: its fields as they are, with `resolved` ones replaced
   and tuples kept as tuples. A field of the section that `cls` lacks raises TypeError."""
   values = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in section.items()}
@@ -246,12 +242,10 @@ def eval_spec(config: ml_collections.ConfigDict) -> EvalSpec:
   """config.evals, typed, its empty dataset and data_dir resolved to the training data's."""
   ev, d = config.evals, config.data
   probe_fields = {f.name for f in dataclasses.fields(ProbeSettings)}
-  probe = _section(ProbeSettings, ml_collections.ConfigDict(
-      {k: v for k, v in ev.items() if k in probe_fields}))
-  return _section(EvalSpec, ml_collections.ConfigDict(
-      {k: v for k, v in ev.items() if k not in probe_fields}),
-      dataset=ev.dataset or d.dataset, data_dir=ev.data_dir or d.data_dir, probe=probe,
-      configured_dataset=ev.dataset, configured_data_dir=ev.data_dir)
+  probe = _section(ProbeSettings, {k: v for k, v in ev.items() if k in probe_fields})
+  return _section(EvalSpec, {k: v for k, v in ev.items() if k not in probe_fields},
+                  dataset=ev.dataset or d.dataset, data_dir=ev.data_dir or d.data_dir,
+                  probe=probe, configured_dataset=ev.dataset, configured_data_dir=ev.data_dir)
 
 
 def describe_arch(arch: Arch) -> str:

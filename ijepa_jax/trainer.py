@@ -39,8 +39,8 @@ from ijepa_jax.masks import MaskSampler
 from ijepa_jax.monitor import Monitor
 from ijepa_jax.reporting import Progress, RunLog, fmt_time, log, parameter_overview
 from ijepa_jax.spec import Run, describe_arch, resolve
-from ijepa_jax.state import (abstract_state, device_memory, global_batch, init_state,
-                             make_step_fn, param_count, run_shapes)
+from ijepa_jax.state import (abstract_state, batch_shapes, device_memory, global_batch,
+                             init_state, make_step_fn, param_count)
 from ijepa_jax.stop import StopRequest
 from ijepa_jax.train_step import TrainState
 
@@ -144,7 +144,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if run.evals.every > 0 or run.evals.at_end:  # the labelled evaluation data is there: fail early
     eval_splits(run.evals, run.data, 1, 1, cache=False, sources=sources)
   masks = run.sampler()
-  shapes = run_shapes(run)
+  shapes = batch_shapes(run.batch_size, run.arch.image_size, run.arch.channels, masks)
   boxed = abstract_state(run.model, shapes)
   abstract = nn.unbox(boxed)
   total, a = run.total_steps, run.arch
