@@ -16,8 +16,11 @@ only waits while the arrays are copied off the devices; the writing happens
 in a background thread.
 """
 
+import logging
 import os
+import sys
 import time
+import traceback
 from typing import Any
 
 import jax
@@ -45,6 +48,58 @@ def _path_key(path) -> str:
 
 def _shapes(tree: Any) -> dict[str, tuple]:
   return {_path_key(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _late_callback_on_closed_loop(u) -> bool:
+  """Whether an unraisable exception is a tensorstore read finishing after orbax's event
+  loop closed: `call_soon_threadsafe` on the closed loop raising 'Event loop is closed'."""
+  return (u.exc_type is RuntimeError and str(u.exc_value) == 'Event loop is closed'
+          and any(f.name == 'call_soon_threadsafe'
+                  for f in traceback.extract_tb(u.exc_traceback)))
+
+
+class _UnretrievedReadsOf(logging.Filter):
+  """Drops asyncio's 'Task/Future exception was never retrieved' records whose exception
+  names a file under one of `directories`."""
+
+  def __init__(self):
+    super().__init__()
+    self.directories: set[str] = set()
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    unretrieved = str(record.msg).split('\n', 1)[0].endswith('exception was never retrieved')
+    return not (unretrieved and exc is not None
+                and any(d in str(exc) for d in self.directories))
+
+
+_unretrieved_reads = _UnretrievedReadsOf()
+
+
+def _quiet_failed_reads(directory: str) -> None:
+  """Keep stderr readable while the checkpoints in `directory` are checked for damage.
+
+  Orbax reads a checkpoint's arrays in one `asyncio.run(gather(...))`. When a damaged file
+  fails one read, the loop closes with the other reads still in flight, and each of them
+  echoes the failure: asyncio logs every other failed read as 'Task exception was never
+  retrieved', and each read that finishes later on tensorstore's threads prints an
+  unraisable 'Event loop is closed' traceback, hundreds in all, interleaved with our own
+  messages for seconds after. The damage is already reported once, by `restore_intact`; only
+  those two echoes are dropped (the first only for files under `directory`), everything else
+  still reaches the previous hook and asyncio's logger. Installed once per process."""
+  _unretrieved_reads.directories.add(directory)
+  logger = logging.getLogger('asyncio')
+  if _unretrieved_reads not in logger.filters:
+    logger.addFilter(_unretrieved_reads)
+  previous = sys.unraisablehook
+  if getattr(previous, '_ijepa_drops_closed_loop_callbacks', False):
+    return
+
+  def hook(u):
+    if not _late_callback_on_closed_loop(u):
+      previous(u)
+  hook._ijepa_drops_closed_loop_callbacks = True
+  sys.unraisablehook = hook
 
 
 def _explain(e: Exception, directory: str, doing: str) -> CheckpointError:
@@ -149,6 +204,7 @@ class Checkpoints:
     With several processes, a checkpoint counts as intact only if it restored on every
     process (each reads its own shards), so all resume from the same step. If no checkpoint
     is intact, nothing is moved and DamagedCheckpointsError says so."""
+    _quiet_failed_reads(self.directory)
     failed = []
     for step in reversed(self.all_steps()):
       # two phases, each agreed by all processes, so that none starts a restore (whose reads

@@ -123,3 +123,55 @@ def test_config_changes_are_listed():
   now = {'num_epochs': 2.0, 'optim': {'lr': 1e-3, 'ema': [0.996, 1.0]}, 'seed': 0, 'new': 1}
   assert config_changes(saved, now) == ['new: None -> 1', 'num_epochs: 1.0 -> 2.0']
   assert config_changes(saved, saved) == []
+
+
+def test_only_the_echoes_of_a_failed_checkpoint_read_are_dropped(monkeypatch, caplog):
+  """Reading a damaged checkpoint leaves reads that fail unretrieved or finish on a closed
+  asyncio loop; their tracebacks are dropped, every other unraisable or asyncio error kept."""
+  import asyncio
+  import gc
+  import logging
+  import sys
+  from ijepa_jax import checkpoint
+  seen = []
+  monkeypatch.setattr(sys, 'unraisablehook', lambda u: seen.append(u.exc_type.__name__))
+  monkeypatch.setattr(checkpoint._unretrieved_reads, 'directories', set())
+  monkeypatch.setattr(logging.getLogger('asyncio'), 'filters', [])
+  checkpoint._quiet_failed_reads('/run/checkpoints')
+  hook = sys.unraisablehook
+  checkpoint._quiet_failed_reads('/run/checkpoints')
+  assert sys.unraisablehook is hook  # installed once, not wrapped again
+  assert logging.getLogger('asyncio').filters == [checkpoint._unretrieved_reads]
+  loop = asyncio.new_event_loop()
+
+  async def fails(message):
+    raise ValueError(message)
+
+  for message in ('reading /run/checkpoints/6/state/d/0 failed', 'elsewhere /data/x failed'):
+    loop.run_until_complete(asyncio.sleep(0, loop.create_task(fails(message))))
+  loop.close()
+  with caplog.at_level(logging.ERROR, logger='asyncio'):
+    gc.collect()  # the unretrieved tasks log as they are collected
+  logged = [str(r.exc_info[1]) for r in caplog.records if r.name == 'asyncio']
+  assert logged == ['elsewhere /data/x failed']
+
+  class Raises:
+    def __init__(self, fn):
+      self.fn = fn
+
+    def __del__(self):
+      self.fn()
+
+  def late_callback():
+    loop.call_soon_threadsafe(print)
+
+  def same_message_elsewhere():
+    raise RuntimeError('Event loop is closed')
+
+  def other():
+    raise ValueError('kept')
+
+  for fn in (late_callback, same_message_elsewhere, other, late_callback):
+    Raises(fn)
+    gc.collect()
+  assert seen == ['RuntimeError', 'ValueError']
