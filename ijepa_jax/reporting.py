@@ -5,9 +5,11 @@ Only process 0 prints and writes. The event files are written with tensorboardX 
 TensorFlow); `tensorboard --logdir=<workdir or its parent>` shows them.
 """
 
+import hashlib
 import json
 import math
 import os
+import platform
 import sys
 import time
 from typing import Any
@@ -162,6 +164,41 @@ class MetricsLog:
     self.flush()
     if self.file:
       self.file.close()
+
+
+def _cpuinfo() -> tuple[str, str]:
+  """(CPU model name, its feature flags) from /proc/cpuinfo; empty where there is none."""
+  model = flags = ''
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        key, _, value = line.partition(':')
+        key = key.strip()
+        if key == 'model name' and not model:
+          model = value.strip()
+        elif key in ('flags', 'Features') and not flags:
+          flags = ' '.join(sorted(value.split()))
+  except OSError:
+    pass
+  return model, flags
+
+
+def host_description() -> dict[str, Any]:
+  """What this process's figures came from: jax and jaxlib, Python, the devices and the
+  host CPU. XLA:CPU compiles for the host's instruction set, so two CPU runs repeat bit for
+  bit only on the same versions and the same `cpu_flags_sha1`."""
+  import jaxlib
+  model, flags = _cpuinfo()
+  device = jax.devices()[0]
+  return {
+      'jax': jax.__version__, 'jaxlib': jaxlib.__version__,
+      'python': platform.python_version(),
+      'platform': device.platform, 'device_kind': device.device_kind,
+      'devices': jax.device_count(), 'processes': jax.process_count(),
+      'cpu': model or platform.processor() or platform.machine(),
+      'cpu_count': os.cpu_count(),
+      'cpu_flags_sha1': hashlib.sha1(flags.encode()).hexdigest()[:12] if flags else None,
+  }
 
 
 def read_metrics(workdir: str) -> list[dict]:

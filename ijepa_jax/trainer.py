@@ -37,7 +37,8 @@ from ijepa_jax.input_pipeline import Batches, prefetch
 from ijepa_jax.loading import random_encoder
 from ijepa_jax.masks import MaskSampler
 from ijepa_jax.monitor import Monitor
-from ijepa_jax.reporting import Progress, RunLog, fmt_time, log, parameter_overview
+from ijepa_jax.reporting import (Progress, RunLog, fmt_time, host_description, log,
+                                 parameter_overview)
 from ijepa_jax.spec import Run, describe_arch, resolve
 from ijepa_jax.state import (abstract_state, batch_shapes, device_memory, global_batch,
                              init_state, make_step_fn, param_count)
@@ -232,6 +233,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       ckpts.close()
   last['damaged_checkpoints'] = acct.get('damaged_checkpoints', 0)  # moved aside, all starts
   last['total_seconds'] = time.time() - t_start
+  last['host'] = host_description()  # what a bitwise repeat needs to match
   if jax.process_index() == 0:
     (epath.Path(workdir) / 'final.json').write_text(json.dumps(last, indent=1))
   return last

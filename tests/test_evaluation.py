@@ -186,6 +186,9 @@ def test_tools_on_a_demo_run(tmp_path):
     hits = final[key] * 300  # a top-1 over the 300 test images: a whole number of them
     assert abs(hits - round(hits)) < 1e-3 and hits >= 15, (key, hits)  # float32 means
   assert final['periodic_eval_seconds'] > 0
+  host = final['host']  # what a bitwise repeat needs: one CPU device, these versions
+  assert (host['devices'], host['processes'], host['platform']) == (1, 1, 'cpu')
+  assert host['jax'] == jax.__version__ and host['cpu_count'] == os.cpu_count()
   # the final k-NN again, in numpy, on the embeddings of the same subsets (embed --limit
   # takes the evaluation's fixed subset): cosine, the 20 nearest, votes exp(sim / 0.07)
   feats = {}

@@ -137,3 +137,25 @@ def test_parameter_overview_counts_and_bytes_per_device():
   text8 = parameter_overview(abstract, sharding.logical_shardings(boxed, sharding.make_mesh(1, 8)))
   mib8 = float(text8.split('EMA target ')[1].split(' MiB')[0])
   assert mib8 < encoder * 4 / 2**20 / 4
+
+
+def test_host_description_names_the_versions_devices_and_cpu():
+  import hashlib
+  import os
+  import platform
+  import re
+  from ijepa_jax.reporting import host_description
+  h = host_description()
+  assert (h['jax'], h['python']) == (jax.__version__, platform.python_version())
+  assert (h['platform'], h['devices'], h['processes']) == ('cpu', 8, 1)  # conftest's 8
+  assert h['cpu_count'] == os.cpu_count()
+  if not os.path.exists('/proc/cpuinfo'):
+    return
+  text = open('/proc/cpuinfo').read()
+  model = re.search(r'^model name\s*:\s*(.*)$', text, re.M)
+  flags = re.search(r'^(?:flags|Features)\s*:\s*(.*)$', text, re.M)
+  if model:
+    assert h['cpu'] == model.group(1).strip()
+  if flags:  # the same set of flags in any order gives the same digest
+    assert h['cpu_flags_sha1'] == hashlib.sha1(
+        ' '.join(sorted(flags.group(1).split())).encode()).hexdigest()[:12]
