@@ -32,7 +32,8 @@ target blocks are never cut. Kc is set as follows:
 * `corrected` mode removes defects 1-4: scale and aspect ratio are drawn
   independently, sizes are drawn per image, positions cover the whole grid
   (blocks up to H x W), and nothing is cut: by default Kc is the largest
-  possible context. If the config sets a smaller `context_len`, longer
+  possible context (the largest context block less the smallest target block, which must
+  lie outside it). If the config sets a smaller `context_len`, longer
   contexts are subsampled uniformly at random (not in raster order).
 
 Strategies (`strategy`; the other strategies of the I-JEPA paper's masking ablation): the
@@ -129,7 +130,11 @@ class MaskSampler:
           f'masks: context blocks can be as small as {lo_c} patches, not more than '
           f'min_keep={c.min_keep}; raise masks.context_scale or lower masks.min_keep.')
     self.target_len = hi_t
-    self.context_len = hi_c if c.context_len is None else int(c.context_len)
+    # The largest context there can be: a context block's area, less the smallest target
+    # block, which lies on the grid and outside the context. Exact (a full-grid context around
+    # four coinciding smallest targets reaches it); a longer Kc would only be padding.
+    largest = min(hi_c, self.num_patches - lo_t)
+    self.context_len = largest if c.context_len is None else min(int(c.context_len), largest)
     # Sampling now (a few batches) makes a setting that can't be sampled fail here, not mid-run.
     try:
       if c.context_len is None and self._official:

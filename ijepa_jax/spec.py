@@ -61,14 +61,23 @@ class Arch:
   def attention_backends(self) -> dict[str, str]:
     return dict(self.attention)
 
+  def flop_sizes(self) -> dict[str, int]:
+    """The model sizes `flops.train_step_flops` and `flops.useful_step_flops` take."""
+    return dict(image_size=self.image_size, patch_size=self.patch_size, channels=self.channels,
+                width=self.width, depth=self.depth, mlp_dim=self.mlp_dim,
+                pred_width=self.pred_width, pred_depth=self.pred_depth, pred_out=self.pred_out)
+
   def step_flops(self, batch_size: int, sampler: MaskSampler) -> float:
-    """FLOPs of one train step on a global batch of `batch_size` with `sampler`'s shapes."""
+    """Executed FLOPs of one train step on a global batch of `batch_size` with `sampler`'s
+    fixed shapes (padding included)."""
     return flops_lib.train_step_flops(
-        batch_size=batch_size, image_size=self.image_size, patch_size=self.patch_size,
-        channels=self.channels, width=self.width, depth=self.depth, mlp_dim=self.mlp_dim,
-        pred_width=self.pred_width, pred_depth=self.pred_depth, pred_out=self.pred_out,
-        context_len=sampler.context_len, target_len=sampler.target_len,
-        num_targets=sampler.num_targets)
+        batch_size=batch_size, context_len=sampler.context_len, target_len=sampler.target_len,
+        num_targets=sampler.num_targets, **self.flop_sizes())
+
+  def useful_flops(self, ctx_len: Any, tgt_len: Any) -> float:
+    """Useful FLOPs of the images with these real lengths (a mask batch's `ctx_len` [B],
+    `tgt_len` [B, M]): the work without the padding."""
+    return flops_lib.useful_step_flops(ctx_len=ctx_len, tgt_len=tgt_len, **self.flop_sizes())
 
 
 @dataclasses.dataclass(frozen=True)

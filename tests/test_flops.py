@@ -3,6 +3,7 @@ independent references: a count written out by hand for one ViT-B/16 step, the p
 cost of a ViT-B/16 forward pass, and XLA's own count of a compiled train step."""
 
 import jax
+import numpy as np
 import pytest
 
 from ijepa_jax import flops
@@ -72,3 +73,26 @@ def test_peak_flops_lookup():
   assert flops.peak_flops('TPU v5 lite') == 197e12
   assert flops.peak_flops('TPU v5p') == 459e12  # not the v5e entry, though both contain 'TPU v5'
   assert flops.peak_flops('cpu') is None
+
+
+def test_useful_flops_count_each_images_real_lengths_by_hand():
+  """Two ViT-B/16 images with different real lengths, written out by hand; at the padded
+  lengths the useful count is the executed one."""
+  a = resolve(vitb16.get_config(), 8).arch
+  n, d, depth, hidden, p, ch = 196, 768, 12, 3072, 16, 3
+  dp, lp, hp = 384, 12, 1536
+  block = lambda t, w, h: t * (3 * w * w + w * w + 2 * w * h) + 2 * t * t * w
+  patch = n * (p * p * ch) * d
+
+  def image(kc, kts):  # multiply-adds of one image with context kc and target blocks kts
+    pred = kc * d * dp + sum(lp * block(kc + kt, dp, hp) + kt * dp * d for kt in kts)
+    return patch + depth * block(n, d, hidden) + 3 * (patch + depth * block(kc, d, hidden) + pred)
+
+  ctx_len = np.array([49, 61], np.int32)
+  tgt_len = np.array([[30, 30, 30, 30], [35, 28, 40, 33]], np.int32)
+  hand = 2 * (image(49, [30] * 4) + image(61, [35, 28, 40, 33]))
+  assert a.useful_flops(ctx_len, tgt_len) == hand
+  padded = flops.train_step_flops(batch_size=2, context_len=61, target_len=40, num_targets=4,
+                                  **a.flop_sizes())
+  assert a.useful_flops(np.full(2, 61), np.full((2, 4), 40)) == padded
+  assert padded > hand

@@ -92,8 +92,17 @@ def test_corrected_removes_defects():
       r0, r1, c0, c1 = rect_of(mb.tgt_idx[i, 0, :mb.tgt_len[i, 0]], 14)
       shapes.setdefault((r1 - r0 + 1) * (c1 - c0 + 1), set()).add((r1 - r0 + 1, c1 - c0 + 1))
   assert max(len(v) for v in shapes.values()) >= 2
-  # no truncation by default: the context keeps every free patch of its block
-  assert s.context_len == 196
+  # no truncation by default: Kc is the largest context there can be, the whole grid less
+  # the smallest target block (here counted by brute force over the draws' formula), so no
+  # drawn context is ever cut
+  u = np.linspace(0, 1, 2001)
+  keep = np.floor(196 * (0.15 + u[:, None] * 0.05))
+  ar = 0.75 + u[None, :] * 0.75
+  smallest = (np.clip(np.round(np.sqrt(keep * ar)), 1, 14) * np.clip(np.round(np.sqrt(keep / ar)), 1, 14)).min()
+  assert smallest == 24 and s.context_len == 196 - 24
+  rng = np.random.default_rng(3)
+  raw = np.concatenate([s._untruncated(rng, 64)[1] for _ in range(50)])
+  assert raw.max() <= s.context_len
 
 
 @pytest.mark.parametrize('grid', [(16, 16), (14, 14)])
