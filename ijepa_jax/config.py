@@ -86,6 +86,21 @@ def attention_backends(config: ml_collections.ConfigDict, platform: str) -> dict
                                  ('predictor', m.pred_width // pred_heads))}
 
 
+# Platforms whose default is the blocks under nn.scan (model.scan_layers unset). Unrolled blocks
+# are faster on GPUs (1.21-1.28x on an H200) and CPUs (1.27-1.35x) and compile in under a
+# minute there (ViT-H/14 in 22 s on the H200); on TPUs, unmeasured so far, the scan keeps the
+# compile flat in depth, which a pod's many-minute compiles of ViT-H/g need most
+# (docs/PERFORMANCE.md, "Defaults").
+SCAN_PLATFORMS = ('tpu',)
+
+
+def scan_layers(config: ml_collections.ConfigDict, platform: str) -> bool:
+  """Whether the blocks run under nn.scan on `platform`: model.scan_layers where it is set,
+  else the platform's default (`SCAN_PLATFORMS`)."""
+  chosen = config.model.scan_layers
+  return platform in SCAN_PLATFORMS if chosen is None else bool(chosen)
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1,
              platform: str | None = None) -> None:
   """Raise ConfigError for the first value that cannot work (before any compile).
@@ -306,20 +321,25 @@ def predictor_out_dim(config: ml_collections.ConfigDict) -> int | None:
   return None
 
 
-def build_model(config: ml_collections.ConfigDict) -> IJepa:
-  """The static I-JEPA pieces (modules, optimizer, schedules) from a validated config."""
+def build_model(config: ml_collections.ConfigDict, platform: str | None = None) -> IJepa:
+  """The static I-JEPA pieces (modules, optimizer, schedules) from a validated config, for
+  `platform` (None: this process's JAX backend), which sets the blocks' scan by default."""
   m, o = config.model, config.optim
+  if platform is None:
+    import jax  # pylint: disable=import-outside-toplevel
+    platform = jax.default_backend()
+  scan = scan_layers(config, platform)
   width, depth, heads, mlp_dim = encoder_dims(config)
   dtype = DTYPES[m.dtype]
   attention = None if m.attention == 'default' else m.attention
   encoder = VisionTransformer(
       patch_size=m.patch_size, width=width, depth=depth, num_heads=heads, mlp_dim=mlp_dim,
-      dtype=dtype, remat_policy=m.remat_policy, attention=attention, scan_layers=m.scan_layers,
+      dtype=dtype, remat_policy=m.remat_policy, attention=attention, scan_layers=scan,
       patch_init=m.patch_init)
   predictor = Predictor(
       grid=grid(config), embed_dim=width, width=m.pred_width, depth=m.pred_depth,
       num_heads=heads if m.pred_heads == -1 else m.pred_heads, mlp_dim=4 * m.pred_width,
-      dtype=dtype, remat_policy=m.remat_policy, attention=attention, scan_layers=m.scan_layers,
+      dtype=dtype, remat_policy=m.remat_policy, attention=attention, scan_layers=scan,
       out_dim=predictor_out_dim(config))
   schedules = Schedules.from_epochs(
       steps_per_epoch=steps_per_epoch(config), num_epochs=config.num_epochs,

@@ -52,7 +52,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dtype = 'bfloat16'   # compute dtype; parameters stay float32
   c.model.remat_policy = 'none'  # none, full, dots_saveable
   c.model.attention = 'default'  # jax.nn.dot_product_attention implementation: default, xla, cudnn
-  c.model.scan_layers = True   # blocks under nn.scan (compile time flat in depth); False unrolls
+  # blocks under nn.scan (True: compile time flat in depth) or unrolled (False: faster);
+  # unset (None): by platform, unrolled on GPUs and CPUs, scanned on TPUs (config.scan_layers)
+  c.model.scan_layers = ml_collections.config_dict.placeholder(bool)
   c.model.patch_init = 'official'  # patch conv kernel: official N(0, 0.02) or lecun N(0, 1/fan_in)
 
   c.data = ml_collections.ConfigDict()
@@ -199,7 +201,6 @@ def fashion_mnist_demo() -> ml_collections.ConfigDict:
   c.model.pred_width = 32
   c.model.pred_depth = 2
   c.model.dtype = 'float32'
-  c.model.scan_layers = False  # unrolled blocks: 1.3x the scan's speed on a CPU (docs/PERFORMANCE.md)
   c.data.dataset = 'fashion_mnist'
   c.data.image_size = 28
   c.data.channels = 1

@@ -208,8 +208,8 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int, num_processes: 
   elif dataset_size is not None:
     cfg_lib.validate_schedule(config)
   sized = config.steps_per_epoch != -1 or config.data.dataset_size != -1
-  model = cfg_lib.build_model(config if sized else cfg_lib.with_dataset_size(config,
-                                                                             config.batch_size))
+  model = cfg_lib.build_model(
+      config if sized else cfg_lib.with_dataset_size(config, config.batch_size), platform or 'cpu')
   m, d = config.model, config.data
   width, depth, heads, mlp_dim = cfg_lib.encoder_dims(config)
   arch = Arch(
@@ -218,7 +218,7 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int, num_processes: 
       pred_width=m.pred_width, pred_depth=m.pred_depth,
       pred_heads=heads if m.pred_heads == -1 else m.pred_heads,
       pred_out=cfg_lib.predictor_out_dim(config) or width, dtype=m.dtype,
-      remat_policy=m.remat_policy, scan_layers=m.scan_layers,
+      remat_policy=m.remat_policy, scan_layers=model.encoder.scan_layers,
       attention=tuple(cfg_lib.attention_backends(config, platform or 'cpu').items()))
   return Run(
       seed=config.seed, batch_size=config.batch_size,

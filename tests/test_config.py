@@ -21,6 +21,18 @@ def test_configs_validate(name):
   assert model.encoder.width == cfg_lib.encoder_dims(c)[0]
 
 
+@pytest.mark.parametrize('name', ['demo', 'vitl16', 'vitg16'])
+def test_blocks_unrolled_by_default_except_on_tpus(name):
+  c = load(name)
+  for platform, scan in (('gpu', False), ('cpu', False), ('tpu', True)):
+    model = cfg_lib.build_model(c, platform)
+    assert (model.encoder.scan_layers, model.predictor.scan_layers) == (scan, scan)
+  c.model.scan_layers = True  # a set value wins everywhere
+  assert cfg_lib.build_model(c, 'gpu').encoder.scan_layers
+  c.model.scan_layers = False
+  assert not cfg_lib.build_model(c, 'tpu').predictor.scan_layers
+
+
 @pytest.mark.parametrize('name', ['vits16', 'vitb16', 'vitl16', 'vith14', 'vith16_448', 'vitg16'])
 def test_paper_recipes_keep_the_official_objective(name):
   c = load(name)
