@@ -218,7 +218,8 @@ def read_metrics(workdir: str) -> list[dict]:
 # -- TensorBoard -----------------------------------------------------------------
 
 _SCHEDULES = ('lr', 'weight_decay', 'momentum')
-_PERF = ('images_per_sec', 'images_per_sec_per_device', 'flops_per_sec', 'mfu', 'time')
+_PERF = ('images_per_sec', 'images_per_sec_per_device', 'flops_per_sec', 'useful_flops_per_sec',
+         'mfu', 'mfu_useful', 'input_wait', 'time')
 _GROUPS = ('eval', 'final', 'baseline', 'pixels', 'health')
 
 

@@ -255,6 +255,7 @@ class _Loop:
 
   def run(self, state: TrainState, start: int, batches: Batches) -> tuple[TrainState, dict]:
     self.t_log, self.n_log = time.time(), 0
+    self.wait_log, self.useful_log = 0.0, 0.0  # since the last log line
     self.train_seconds0, self.t_train = self.acct['train_seconds'], time.time()
     self.eval_seconds0 = self.acct.get('eval_seconds', 0.0)
     with contextlib.closing(prefetch(batches, start, self.total, self.spec.data.prefetch)) as stream:
@@ -263,7 +264,11 @@ class _Loop:
   def _steps(self, state: TrainState, start: int, stream) -> tuple[TrainState, dict]:
     run = self.spec
     pending = None
-    for step, local in enumerate(stream, start=start + 1):
+    for step, (waited, local) in enumerate(_waits(stream), start=start + 1):
+      self.wait_log += waited
+      # the work the method needed: this process's images at their real mask lengths (the
+      # other processes' parts are the same in distribution)
+      useful = jax.process_count() * run.arch.useful_flops(local['ctx_len'], local['tgt_len'])
       skipped = local.pop('skipped')
       for name in skipped:
         print(f'[process {jax.process_index()}] skipped a corrupt image at step {step}: {name}',
@@ -275,7 +280,7 @@ class _Loop:
       state, metrics = self.compiled(state, batch)
       if pending is not None:  # read the previous step's metrics: the device is busy meanwhile
         self._resolve(*pending)
-      pending = (step, metrics)
+      pending = (step, metrics, useful)
       if self.monitor:
         self.monitor.after_step(step, state, batch)
       preempted = self.stop.requested(step)
@@ -337,10 +342,11 @@ class _Loop:
     self.run_log.flush()  # a bucket's log is rewritten with each checkpoint
     log(f'checkpoint {step}: training blocked {blocked:.2f}s, writing in the background')
 
-  def _resolve(self, step: int, metrics: dict) -> None:
+  def _resolve(self, step: int, metrics: dict, useful: float) -> None:
     run = self.spec
     m = {k: float(v) for k, v in jax.device_get(metrics).items()}
     self.n_log += 1  # steps finished since the last log line
+    self.useful_log += useful
     if m['finite'] < 1.0:
       self.acct['nonfinite_steps'] += 1
       if run.nonfinite == 'stop':
@@ -360,20 +366,38 @@ class _Loop:
     m.update(step=step, images_per_sec=self.n_log * run.batch_size / dt,
              images_per_sec_per_device=self.n_log * run.batch_size / dt / n_dev,
              flops_per_sec=self.n_log * self.flops / dt, time=time.time() - self.t_start,
+             useful_flops_per_sec=self.useful_log / dt, input_wait=self.wait_log / dt,
              skipped_images=self.acct['skipped_images'],
              nonfinite_steps=self.acct['nonfinite_steps'],
              damaged_checkpoints=self.acct.get('damaged_checkpoints', 0))
     if self.peak:  # model FLOPs utilisation: analytic FLOPs / (devices x peak)
       m['mfu'] = m['flops_per_sec'] / (n_dev * self.peak)
+      m['mfu_useful'] = m['useful_flops_per_sec'] / (n_dev * self.peak)
     eta = (self.total - step) * dt / max(self.n_log, 1)
     terms = ''.join(f' ({k} {m[k]:.4f})' for k in ('jepa_loss', 'var_loss', 'cov_loss', 'sigreg')
                     if k in m)  # the anti-collapse terms, when they are on
     log(f'step {step:>6d}/{self.total} | loss {m["loss"]:.4f}{terms} | lr {m["lr"]:.2e} | '
         f'{m["images_per_sec"]:,.0f} img/s ({m["images_per_sec_per_device"]:,.1f}/device) | '
-        + (f'MFU {100 * m["mfu"]:.1f}% | ' if 'mfu' in m else '') + f'ETA {fmt_time(eta)}')
+        + (f'MFU {100 * m["mfu"]:.1f}% ({100 * m["mfu_useful"]:.1f}% useful) | ' if 'mfu' in m
+           else '') + f'input wait {100 * m["input_wait"]:.0f}% | ETA {fmt_time(eta)}')
     self.run_log.write(m)
     self.last = m
     self.t_log, self.n_log = time.time(), 0
+    self.wait_log, self.useful_log = 0.0, 0.0
+
+
+def _waits(stream):
+  """(seconds the loop waited for it, batch) for each batch of `stream`: time the device
+  queue may have run dry for want of input (with input that keeps up, the prefetched batch is
+  there at once and the loop waits on the device instead)."""
+  it = iter(stream)
+  while True:
+    t0 = time.perf_counter()
+    try:
+      item = next(it)
+    except StopIteration:
+      return
+    yield time.perf_counter() - t0, item
 
 
 def final_evaluation(run: Run, mesh: jax.sharding.Mesh, state: TrainState,
