@@ -1,22 +1,31 @@
-"""The one-shot GPU check: attention parity, our train step over its options, and the PyTorch
-reference step, on one device; prints one table and writes a JSON.
+"""The one-shot GPU check (issue 25): the shipped recipes' step beside the official PyTorch step
+with SDPA attention, where the step's time goes, and `main.py` end to end on realistic JPEGs,
+on one device, within one call of at most 8 minutes; prints one table, writes a JSON.
 
-  python bench/device_check.py [--out device_check.json] [--budget_s 450]   # on one GPU
-  python bench/device_check.py --smoke                                        # tiny, on the CPU
+  python bench/device_check.py [--out docs/device_check/h200.json] [--budget_s 420]   # one GPU
+  python bench/device_check.py --smoke                                                  # CPU, tiny
 
-Parts, in this order (the PyTorch runs go first, in subprocesses, so that JAX, which takes
-most of the GPU's memory when it starts, is not yet holding it):
+Parts, in this order (the PyTorch runs first, in subprocesses, before JAX takes most of the
+GPU's memory); a part that would start after `--budget_s` is listed as skipped:
 
-1. the PyTorch reference step (bench/torch_step.py: the official modules' semantics, bf16
-   autocast) for ViT-L/16 and ViT-H/14 at batch 128, official masks;
-2. attention parity in our `Attention`: each implementation in bf16 (cuDNN and XLA on a GPU,
-   XLA on a CPU) against the same module in float32, outputs and gradients (input and
-   parameters), with and without key padding, and cuDNN against XLA directly;
-3. our train step for ViT-L/16 and ViT-H/14 at batch 128 (halved until it fits), bf16, over
-   remat (none, dots_saveable) x attention (cudnn, xla) x scan_layers (on, off): images/s,
-   ms/step, MFU, compile seconds, compiled memory. The most informative settings go first;
-   what the time budget (`--budget_s`, default 450 s: the whole check must end within
-   8 minutes) does not reach is listed as skipped.
+1. `torch`: the official step (bench/torch_step.py, bf16 autocast, attention through
+   `F.scaled_dot_product_attention`) for ViT-L/16 and ViT-H/14 at batch 128 on the official
+   masks, cut to the batch minimum as the official collator cuts them;
+2. `attention`: each attention implementation of our `Attention` in bf16 against float32,
+   and cuDNN against XLA (outputs and gradients, with and without key padding);
+3. `step`: the shipped configs as they are (`configs/vitl16.py`, `vith14.py`: unrolled
+   blocks on a GPU, no remat, cuDNN attention) at 128 and 256 images per device, and
+   `vitg16.py` at 128 (does it compile and fit): images/s, MFU on executed and on useful
+   FLOPs (flops.py), compile seconds, memory;
+4. `breakdown`: ViT-L/16's step in parts (bench/breakdown.py: target forward, context
+   forward + backward, predictor forward + backward, AdamW + EMA, remainder);
+5. `e2e`: `main.py --config=configs/vitl16.py` itself on an image folder of realistic
+   JPEGs (bench/jpegs.py: about 500x375, about 100 KB) for `--e2e_steps` steps: images/s
+   from its own log, the fraction of the time it waited for input, and the ratio to the
+   step's images/s of part 3;
+6. `xla_flags`: ViT-L/16's step again under each of `--xla_flags` (a subprocess each, as
+   XLA reads its flags once);
+7. `grid` (only with `--grid`): the issue-13 grid, scan x remat x attention.
 
 `--smoke` runs every part at tiny sizes on the CPU (a test runs it); its figures mean nothing.
 """
@@ -26,6 +35,7 @@ import importlib.util
 import json
 import math
 import os
+import subprocess
 import sys
 import time
 import traceback
@@ -45,34 +55,42 @@ def load_config(name: str):
   return module.get_config()
 
 
+def tiny(config):
+  """`config` at the smoke test's tiny sizes (a 2-block width-32 model, batch 4)."""
+  config.model.width, config.model.depth, config.model.num_heads = 32, 2, 2
+  config.model.pred_width, config.model.pred_depth = 16, 1
+  config.batch_size = 4
+  return config
+
+
 def model_configs(smoke: bool) -> dict:
-  """The step configs: ViT-L/16 and ViT-H/14 at batch 128, bf16, official masks (smoke: tiny)."""
-  out = {}
+  """The shipped configs as they are, at 128 images per device (smoke: the demo, tiny)."""
   if smoke:
-    c = load_config('demo')
-    c.model.width, c.model.depth, c.model.num_heads = 32, 2, 2
-    c.model.pred_width, c.model.pred_depth = 16, 1
-    c.batch_size = 4
-    out['tiny (smoke)'] = c
-    return out
-  for label, name in (('ViT-L/16', 'vitl16'), ('ViT-H/14', 'vith14')):
+    return {'tiny (smoke)': tiny(load_config('demo'))}
+  out = {}
+  for label, name in (('ViT-L/16', 'vitl16'), ('ViT-H/14', 'vith14'), ('ViT-g/16', 'vitg16')):
     c = load_config(name)
     c.batch_size = 128
-    c.model.dtype = 'bfloat16'
-    c.masks.mode = 'official'
     out[label] = c
   return out
 
 
-def torch_reference(configs: dict, steps: int, device: str) -> list[dict]:
-  """Part 1: the PyTorch step on our masks, cut as the official collator cuts them."""
+def torch_reference(configs: dict, steps: int, device: str, deadline: float) -> list[dict]:
+  """Part 1: the official step with SDPA attention on our masks, cut as the official collator
+  cuts them (ViT-L/16 and ViT-H/14; the smoke model)."""
   from ijepa_jax.spec import resolve_here
   rows = []
   for label, config in configs.items():
-    row = {'part': 'torch', 'model': label, 'batch': config.batch_size}
+    if label == 'ViT-g/16':
+      continue
+    row = {'part': 'torch', 'model': label, 'batch': config.batch_size, 'attention': 'sdpa'}
+    if time.time() > deadline:
+      rows.append(dict(row, skipped='time budget'))
+      continue
     try:
       run = resolve_here(config)
-      row.update(run_torch(run, step_masks(run, steps + 1, config.batch_size), device))
+      row.update(run_torch(run, step_masks(run, steps + 1, config.batch_size), device,
+                           attention='sdpa'))
     except Exception as e:  # noqa: BLE001  (a missing torch, an OOM: recorded, not fatal)
       row['error'] = f'{type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}'
     rows.append(row)
@@ -189,64 +207,241 @@ def step_grid(configs: dict, steps: int, deadline: float, smoke: bool,
   return rows
 
 
+def _error(e: Exception) -> str:
+  return f'{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}'
+
+
+def shipped_steps(configs: dict, steps: int, deadline: float, smoke: bool) -> list[dict]:
+  """Part 3: each config as shipped (its platform's defaults) at 128 and 256 images per
+  device (ViT-g/16 at 128 only), most informative first; its images/s, MFU both ways."""
+  from ijepa_jax.spec import resolve_here
+
+  order = [(label, 1) for label in configs] + [(label, 2) for label in configs
+                                                if label != 'ViT-g/16']
+  if smoke:
+    order = [(label, 1) for label in configs]
+  rows = []
+  for label, factor in order:
+    config = configs[label].copy_and_resolve_references()
+    config.batch_size *= factor
+    run = None
+    row = {'part': 'step', 'model': label, 'batch': config.batch_size}
+    if time.time() > deadline:
+      rows.append(dict(row, skipped='time budget'))
+      continue
+    try:
+      run = resolve_here(config)
+      r = time_step(run, steps)
+      r.pop('masks')
+      rows.append(dict(row, scan_layers=run.arch.scan_layers, remat=run.arch.remat_policy,
+                       attention=run.arch.attention_backends['encoder'], **r))
+    except Exception as e:  # noqa: BLE001  (an OOM at 256 is a finding, not a failure)
+      rows.append(dict(row, error=_error(e)))
+      if smoke:
+        traceback.print_exc()
+  return rows
+
+
+def breakdown_part(configs: dict, steps: int, deadline: float) -> list[dict]:
+  """Part 4: the first config's step in parts (bench/breakdown.py)."""
+  from bench.breakdown import step_breakdown
+  from ijepa_jax.spec import resolve_here
+
+  label, config = next(iter(configs.items()))
+  if time.time() > deadline:
+    return [{'part': 'breakdown', 'model': label, 'skipped': 'time budget'}]
+  try:
+    return [dict(r, model=label, batch=config.batch_size, **{'part': 'breakdown',
+                                                              'piece': r['part']})
+            for r in step_breakdown(resolve_here(config), steps)]
+  except Exception as e:  # noqa: BLE001
+    return [{'part': 'breakdown', 'model': label, 'error': _error(e)}]
+
+
+def e2e_part(label: str, config_name: str, steps: int, images: int, deadline: float,
+             smoke: bool, step_rows: list[dict]) -> list[dict]:
+  """Part 5: `main.py` on an image folder of realistic JPEGs; images/s and input wait from its
+  own metrics.jsonl (the log rows after the first, which holds the compile), against the
+  same config's step alone (part 3)."""
+  import tempfile
+
+  from bench.jpegs import make_jpegs
+
+  row = {'part': 'e2e', 'model': label, 'steps': steps}
+  if time.time() > deadline:
+    return [dict(row, skipped='time budget')]
+  with tempfile.TemporaryDirectory() as tmp:
+    t0 = time.time()
+    stats = make_jpegs(os.path.join(tmp, 'data'), images, size=(64, 48) if smoke else None)
+    row['jpegs'] = stats
+    row['jpeg_seconds'] = time.time() - t0
+    log_every = max(1, steps // 6)
+    args = [sys.executable, os.path.join(ROOT, 'main.py'),
+            f'--config={os.path.join(ROOT, "configs", config_name + ".py")}',
+            f'--workdir={os.path.join(tmp, "run")}', '--config.data.dataset=image_folder',
+            f'--config.data.data_dir={os.path.join(tmp, "data")}',
+            f'--config.batch_size={4 if smoke else 128}', f'--config.max_steps={steps}',
+            f'--config.log_every={log_every}', '--config.monitor.progress=False',
+            # no labelled evaluation split in the folder: the evaluations stay off
+            '--config.evals.dataset=', '--config.evals.every=0', '--config.evals.at_end=False']
+    if smoke:
+      args += ['--config.data.image_size=64', '--config.model.patch_size=8',
+               '--config.model.width=32', '--config.model.depth=2', '--config.model.num_heads=2',
+               '--config.model.pred_width=16', '--config.model.pred_depth=1',
+               '--config.masks.min_keep=4', '--config.monitor.pictures=False']
+    t0 = time.time()
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=ROOT,
+                          timeout=max(60, deadline + 240 - time.time()))
+    row['wall_s'] = time.time() - t0
+    if proc.returncode != 0:
+      return [dict(row, error=f'main.py exit {proc.returncode}: {proc.stderr.strip()[-600:]}')]
+    metrics = [json.loads(line) for line in open(os.path.join(tmp, 'run', 'metrics.jsonl'))]
+  logs = [m for m in metrics if 'images_per_sec' in m][1:]  # the first holds the compile
+  if not logs:
+    return [dict(row, error='too few log rows: raise --e2e_steps')]
+  row['images_per_sec'] = sum(m['images_per_sec'] for m in logs) / len(logs)
+  row['input_wait'] = sum(m['input_wait'] for m in logs) / len(logs)
+  for key in ('mfu', 'mfu_useful'):
+    if key in logs[-1]:
+      row[key] = sum(m[key] for m in logs) / len(logs)
+  alone = [r for r in step_rows if r.get('model') == label and 'images_per_sec' in r
+           and r.get('batch') == (4 if smoke else 128)]
+  if alone:
+    row['step_images_per_sec'] = alone[0]['images_per_sec']
+    row['of_step'] = row['images_per_sec'] / alone[0]['images_per_sec']
+  return [row]
+
+
+def xla_flags_part(config_name: str, variants: list[str], deadline: float,
+                   smoke: bool) -> list[dict]:
+  """Part 6: the config's step (bench/bench_step.py) under each XLA_FLAGS variant."""
+  rows = []
+  for flags in variants:
+    row = {'part': 'xla_flags', 'model': config_name, 'flags': flags or '(none)'}
+    if time.time() > deadline:
+      rows.append(dict(row, skipped='time budget'))
+      continue
+    args = [sys.executable, os.path.join(ROOT, 'bench', 'bench_step.py'),
+            f'--config={os.path.join(ROOT, "configs", config_name + ".py")}',
+            f'--config.batch_size={4 if smoke else 128}', f'--steps={1 if smoke else 5}']
+    if smoke:
+      args += ['--config.model.depth=2', '--config.model.width=32', '--config.model.num_heads=2',
+               '--config.model.pred_width=16', '--config.model.pred_depth=1']
+    env = dict(os.environ, XLA_FLAGS=' '.join(filter(None, [os.environ.get('XLA_FLAGS', ''), flags])))
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, cwd=ROOT)
+    if proc.returncode != 0:
+      rows.append(dict(row, error=proc.stderr.strip()[-300:]))
+      continue
+    for line in proc.stdout.splitlines():
+      if line.startswith('step:'):  # 'step: 102.4 ms | 1,249.5 images/s | ...'
+        parts = line.split('|')
+        row['step_ms'] = float(parts[0].split()[1])
+        row['images_per_sec'] = float(parts[1].split()[0].replace(',', ''))
+    rows.append(row)
+  return rows
+
+
+def _pct(v) -> str:
+  return '' if v is None else f'{100 * v:.1f}%'
+
+
 def table(rows: list[dict]) -> str:
-  lines = ['| part | model / shape | setting | batch | ms/step | img/s | MFU | compile s | memory '
-           '| parity (out, grad rel.) |', '|' + '---|' * 10]
+  """Every row of every part in one markdown table."""
+  lines = ['| part | model / shape | setting | batch | ms/step | img/s | MFU (executed / useful) '
+           '| compile s | memory | other |', '|' + '---|' * 10]
   for r in rows:
-    if r['part'] == 'attention':
+    part = r['part']
+    if part == 'attention':
       pad = 'padded' if r['padded'] else 'full'
-      figs = (f"{r['out_rel']:.2e}, {r['grad_rel']:.2e} {'ok' if r['ok'] else 'FAIL'}"
+      figs = (f"out {r['out_rel']:.2e}, grad {r['grad_rel']:.2e} {'ok' if r['ok'] else 'FAIL'}"
               if 'out_rel' in r else r.get('error', ''))
       lines.append(f"| attention | {r['shape']} {pad} | {r['implementation']} | | | | | | | {figs} |")
       continue
-    if r['part'] == 'torch':
-      setting = (f"PyTorch {r.get('torch', '')} "
+    if part == 'torch':
+      setting = (f"PyTorch {r.get('torch', '')}, {r.get('attention', '')} attention, "
                  f"{'bf16 autocast' if r.get('device') == 'cuda' else 'float32'}")
+    elif part == 'breakdown':
+      setting = r.get('piece', '')
+    elif part == 'e2e':
+      setting = f"main.py, {r['steps']} steps, JPEG folder"
+    elif part == 'xla_flags':
+      setting = f"XLA_FLAGS {r['flags']}"
     else:
-      setting = (f"scan {'on' if r['scan_layers'] else 'off'}, remat {r['remat']}, "
-                 f"{r['attention']}")
+      setting = (f"scan {'on' if r.get('scan_layers') else 'off'}, remat {r.get('remat')}, "
+                 f"{r.get('attention')}")
     if 'skipped' in r or 'error' in r:
-      lines.append(f"| {r['part']} | {r['model']} | {setting} | {r.get('batch', '')} | "
-                   f"{r.get('skipped') or r.get('error')} | | | | | |")
+      lines.append(f"| {part} | {r['model']} | {setting} | {r.get('batch', '')} | | | | | | "
+                   f"{r.get('skipped') or r.get('error')} |")
       continue
-    mfu = r.get('mfu')
+    if part == 'breakdown':
+      lines.append(f"| breakdown | {r['model']} | {setting} | {r.get('batch', '')} | {r['ms']:,.2f} | | "
+                   f"| | | {100 * r['time_share']:.1f}% of the time, {100 * r['flop_share']:.1f}% "
+                   'of the FLOPs |')
+      continue
+    other = ''
+    if part == 'e2e':
+      other = (f"input wait {100 * r['input_wait']:.1f}%; {100 * r['of_step']:.1f}% of the "
+               f"step alone ({r['step_images_per_sec']:,.1f} img/s); JPEGs "
+               f"{r['jpegs']['mean_kb']:.0f} KB" if 'of_step' in r else
+               f"input wait {100 * r['input_wait']:.1f}%")
     mem = r.get('memory', '')
-    if r['part'] == 'torch' and not math.isnan(r.get('peak_memory_gib', math.nan)):
+    if part == 'torch' and not math.isnan(r.get('peak_memory_gib', math.nan)):
       mem = f"{r['peak_memory_gib']:.1f} GiB peak"
-    lines.append(
-        f"| {r['part']} | {r['model']} | {setting} | {r.get('batch', '')} | {r['step_ms']:,.1f} | "
-        f"{r['images_per_sec']:,.1f} | {'' if mfu is None else f'{100 * mfu:.1f}%'} | "
-        f"{r.get('compile_s', float('nan')):.1f} | {mem} | |")
+    mfu = (f"{_pct(r.get('mfu'))} / {_pct(r.get('mfu_useful'))}"
+           if r.get('mfu') is not None else '')
+    ms = f"{r['step_ms']:,.1f}" if 'step_ms' in r else ''
+    comp = f"{r['compile_s']:.1f}" if 'compile_s' in r else ''
+    lines.append(f"| {part} | {r['model']} | {setting} | {r.get('batch', '')} | {ms} | "
+                 f"{r['images_per_sec']:,.1f} | {mfu} | {comp} | {mem} | {other} |")
   return '\n'.join(lines)
+
+
+XLA_VARIANTS = ('', '--xla_gpu_enable_latency_hiding_scheduler=true',
+                '--xla_gpu_enable_triton_gemm=false')
 
 
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   ap.add_argument('--smoke', action='store_true', help='tiny sizes on the CPU (for the tests)')
   ap.add_argument('--out', default='device_check.json')
-  ap.add_argument('--budget_s', type=float, default=450.0,
-                  help='seconds after which no further step setting is started')
+  ap.add_argument('--budget_s', type=float, default=420.0,
+                  help='seconds after which no further part or setting is started')
   ap.add_argument('--steps', type=int, default=0, help='timed steps per setting (0: 5; smoke 1)')
-  ap.add_argument('--attention', default='', help='only these step attentions (e.g. cudnn)')
+  ap.add_argument('--e2e_steps', type=int, default=0, help="main.py's steps (0: 300; smoke 6)")
+  ap.add_argument('--e2e_images', type=int, default=0, help='JPEGs written (0: 4096; smoke 24)')
+  ap.add_argument('--xla_flags', default='|'.join(XLA_VARIANTS),
+                  help="'|'-separated XLA_FLAGS variants for part 6 ('' is the baseline)")
   ap.add_argument('--skip_torch', action='store_true', help='leave out the PyTorch reference')
+  ap.add_argument('--grid', action='store_true', help='also the scan x remat x attention grid')
   args = ap.parse_args()
   start = time.time()
+  deadline = start + args.budget_s
   steps = args.steps or (1 if args.smoke else 5)
   configs = model_configs(args.smoke)
 
   torch_rows = ([] if args.skip_torch else
-                torch_reference(configs, steps, 'cpu' if args.smoke else 'cuda'))
+                torch_reference(configs, steps, 'cpu' if args.smoke else 'cuda', deadline))
   import jax
   device = f'{jax.device_count()} x {jax.devices()[0].device_kind} ({jax.default_backend()})'
   print(f'device: {device} | jax {jax.__version__}', flush=True)
-  parity = attention_parity(args.smoke)
-  print(table(parity), flush=True)
-  grid = step_grid(configs, steps, start + args.budget_s, args.smoke,
-                   tuple(a for a in args.attention.split(',') if a))
-  rows = torch_rows + parity + grid
+  rows = torch_rows + attention_parity(args.smoke)
+  step_rows = shipped_steps(configs, steps, deadline, args.smoke)
+  rows += step_rows
+  print(table(rows), flush=True)
+  rows += breakdown_part(configs, steps, deadline)
+  first = next(iter(configs))
+  rows += e2e_part(first, 'vitl16', args.e2e_steps or (6 if args.smoke else 300),
+                   args.e2e_images or (24 if args.smoke else 4096), deadline, args.smoke,
+                   step_rows)
+  variants = args.xla_flags.split('|') if not args.smoke else ['']
+  rows += xla_flags_part('demo' if args.smoke else 'vitl16', variants, deadline, args.smoke)
+  if args.grid:
+    rows += step_grid({k: v for k, v in configs.items() if k != 'ViT-g/16'}, steps, deadline,
+                      args.smoke)
   text = table(rows)
   print(f'\n# device check: {device}, jax {jax.__version__}, {time.time() - start:.0f} s\n')
   print(text)
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, 'w') as f:
     json.dump({'device': device, 'jax': jax.__version__, 'seconds': time.time() - start,
                'smoke': args.smoke, 'rows': rows}, f, indent=1, default=str)

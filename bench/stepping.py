@@ -55,9 +55,23 @@ def compiled_step(run, num_batches: int) -> tuple[Any, Any, list[dict], dict]:
     batches = [global_batch({'images': images, **m}, mesh) for m in per_step]
   facts = {'compile_s': compile_s, 'memory': device_memory(step),
            'context_len': masks['ctx_idx'].shape[-1], 'target_len': masks['tgt_idx'].shape[-1],
-           'num_targets': masks['tgt_idx'].shape[1],
+           'num_targets': masks['tgt_idx'].shape[2],  # [steps, B, M, Kt]
            'masks': masks}
   return step, state, batches, facts
+
+
+def run_steps(step, state, batches: list) -> tuple[Any, dict, float]:
+  """Run the compiled `step` on each batch: (state, last metrics, seconds per step after the
+  first, a warm-up)."""
+  import jax
+
+  state, m = step(state, batches[0])
+  jax.block_until_ready(m)
+  t0 = time.perf_counter()
+  for b in batches[1:]:
+    state, m = step(state, b)
+  jax.block_until_ready(m)
+  return state, m, (time.perf_counter() - t0) / (len(batches) - 1)
 
 
 def time_step(run, steps: int) -> dict:
@@ -70,17 +84,15 @@ def time_step(run, steps: int) -> dict:
   from ijepa_jax.flops import peak_flops
 
   step, state, device_batches, facts = compiled_step(run, steps + 1)
-  state, m = step(state, device_batches[0])
-  jax.block_until_ready(m)
-  t0 = time.perf_counter()
-  for b in device_batches[1:]:
-    state, m = step(state, b)
-  jax.block_until_ready(m)
-  step_s = (time.perf_counter() - t0) / steps
+  state, m, step_s = run_steps(step, state, device_batches)
   flops = run.arch.step_flops(run.batch_size, run.sampler())
+  masks = facts['masks']  # the timed steps' real lengths: the work without padding
+  useful = sum(run.arch.useful_flops(masks['ctx_len'][s], masks['tgt_len'][s])
+               for s in range(1, steps + 1)) / steps * jax.process_count()
   dev = jax.devices()[0]
   peak = peak_flops(dev.device_kind)
   per_dev = flops / step_s / jax.device_count()
+  useful_per_dev = useful / step_s / jax.device_count()
   return {
       'device': f'{jax.device_count()} x {dev.device_kind} ({dev.platform})',
       'compile_s': facts['compile_s'], 'memory': facts['memory'], 'step_ms': 1000 * step_s,
@@ -88,6 +100,8 @@ def time_step(run, steps: int) -> dict:
       'images_per_sec_per_device': run.batch_size / step_s / jax.device_count(),
       'gflop_per_step': flops / 1e9, 'gflops_per_device': per_dev / 1e9,
       'mfu': per_dev / peak if peak else None, 'loss': float(m['loss']),
+      'useful_gflop_per_step': useful / 1e9,
+      'mfu_useful': useful_per_dev / peak if peak else None,
       'context_len': facts['context_len'], 'target_len': facts['target_len'],
       'masks': facts['masks'],
   }
@@ -116,16 +130,17 @@ def torch_python(device: str, override: str = '') -> str:
   return override or (venv if device == 'cpu' and os.path.exists(venv) else sys.executable)
 
 
-def run_torch(run, masks: dict, device: str, python: str = '') -> dict:
-  """bench/torch_step.py on `run`'s sizes and `masks`; its result dict (raises with its
-  stderr). On a CPU it uses every core, as XLA does."""
+def run_torch(run, masks: dict, device: str, python: str = '', attention: str = 'official') -> dict:
+  """bench/torch_step.py on `run`'s sizes and `masks` (`attention`: 'official', written out,
+  or 'sdpa'); its result dict (raises with its stderr). On a CPU it uses every core, as XLA
+  does."""
   with tempfile.TemporaryDirectory() as tmp:
     job, out = os.path.join(tmp, 'job.npz'), os.path.join(tmp, 'torch.json')
     torch_job(run, masks, job)
     threads = 0 if device == 'cuda' else os.cpu_count() or 1
     cmd = [torch_python(device, python), os.path.join(ROOT, 'bench', 'torch_step.py'),
            '--job', job, '--out', out, '--device', device, '--threads', str(threads),
-           '--cut', torch_cut(run)]
+           '--cut', torch_cut(run), '--attention', attention]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
       raise RuntimeError(f'the PyTorch step failed ({" ".join(cmd)}):\n{proc.stderr[-3000:]}')

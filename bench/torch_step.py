@@ -3,6 +3,7 @@ timed on given masks: the reference our step is measured against (bench/bench_vs
 bench/device_check.py).
 
   python bench/torch_step.py --job job.npz --out result.json [--threads 2] [--device cpu|cuda]
+      [--attention official|sdpa]
 
 Needs only torch and numpy (it runs in .venv-torch here and in the GPU image). job.npz holds
 the model sizes and the masks of every step, from our sampler; the step follows DESIGN.md's
@@ -10,7 +11,9 @@ account of the official modules:
 
 - encoder: conv patch embedding, + fixed 2-D sin-cos positions, keep the masked tokens
   (`apply_masks`), pre-norm blocks (LayerNorm eps 1e-6, qkv with bias, softmax(q k^T / sqrt d)
-  written out as the official `Attention` does, exact GELU), final LayerNorm;
+  written out as the official `Attention` does, or with `--attention sdpa` through
+  `F.scaled_dot_product_attention`, the strongest PyTorch a user gets without changing the
+  official code's masks, exact GELU), final LayerNorm;
 - predictor: Linear to its width, + its positions at the context; per target block, the
   context repeated and one mask token + position per target patch appended; blocks;
   LayerNorm; the target slots; Linear back;
@@ -52,6 +55,9 @@ def apply_masks(x: torch.Tensor, masks: list[torch.Tensor]) -> torch.Tensor:
   return torch.cat([torch.gather(x, 1, m.unsqueeze(-1).expand(-1, -1, x.size(-1))) for m in masks])
 
 
+SDPA = False  # --attention sdpa: F.scaled_dot_product_attention (flash / memory-efficient kernels)
+
+
 class Attention(nn.Module):
   def __init__(self, dim: int, heads: int):
     super().__init__()
@@ -61,8 +67,11 @@ class Attention(nn.Module):
   def forward(self, x):
     b, n, c = x.shape
     q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-    attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
-    return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
+    if SDPA:
+      out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+    else:  # written out, as the official Attention
+      out = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1) @ v
+    return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
 
 class Block(nn.Module):
@@ -133,7 +142,11 @@ def main() -> None:
   ap.add_argument('--threads', type=int, default=0, help='torch.set_num_threads (0: leave)')
   ap.add_argument('--device', default='cpu')
   ap.add_argument('--cut', default='batch_min', choices=('batch_min', 'none'))
+  ap.add_argument('--attention', default='official', choices=('official', 'sdpa'),
+                  help='written out as the official Attention, or F.scaled_dot_product_attention')
   args = ap.parse_args()
+  global SDPA
+  SDPA = args.attention == 'sdpa'
   if args.threads:
     torch.set_num_threads(args.threads)
   job = np.load(args.job)
@@ -204,7 +217,7 @@ def main() -> None:
   seconds = (time.perf_counter() - t0) / (steps - 1)
   result = {
       'step_ms': 1000 * seconds, 'images_per_sec': b / seconds, 'loss': loss,
-      'cut': args.cut, 'threads': torch.get_num_threads(), 'torch': torch.__version__, 'device': args.device,
+      'cut': args.cut, 'attention': args.attention, 'threads': torch.get_num_threads(), 'torch': torch.__version__, 'device': args.device,
       'mean_context_len': float(np.mean([int(c.min()) for c in ctx_len[1:]])),
       'mean_target_len': float(np.mean([int(t.min()) for t in tgt_len[1:]])),
       'peak_memory_gib': torch.cuda.max_memory_allocated() / 2**30 if cuda else math.nan,

@@ -47,11 +47,13 @@ def transformer_flops(tokens, width: int, depth: int, hidden: int):
   return depth * (dense + attention)
 
 
-def _image_flops(*, image_size: int, patch_size: int, channels: int, width: int, depth: int,
-                 mlp_dim: int, pred_width: int, pred_depth: int, pred_out: int, context_len,
-                 target_lens):
-  """FLOPs of one image's share of a step: `context_len` context tokens and the target
-  blocks' lengths `target_lens` [..., M] (ints or numpy arrays over images)."""
+def forward_parts(*, image_size: int, patch_size: int, channels: int, width: int, depth: int,
+                  mlp_dim: int, pred_width: int, pred_depth: int, pred_out: int, context_len,
+                  target_lens) -> dict:
+  """Forward FLOPs of one image's three networks, {'target', 'context', 'predictor'}, with
+  `context_len` context tokens and target blocks of `target_lens` [..., M] tokens (ints, or
+  numpy arrays over images). The step runs the target forward only, the other two forward
+  and backward (3x)."""
   n = (image_size // patch_size) ** 2
   patch = 2 * n * patch_size ** 2 * channels * width  # the whole image, both encoders
   target = patch + transformer_flops(n, width, depth, mlp_dim)
@@ -60,7 +62,13 @@ def _image_flops(*, image_size: int, patch_size: int, channels: int, width: int,
   predictor = (2 * np.asarray(context_len, np.float64) * width * pred_width  # predictor_embed
                + transformer_flops(sequences, pred_width, pred_depth, 4 * pred_width).sum(-1)
                + 2 * np.asarray(target_lens, np.float64).sum(-1) * pred_width * pred_out)  # proj
-  return target + 3 * (context + predictor)
+  return {'target': target, 'context': context, 'predictor': predictor}
+
+
+def _image_flops(**sizes):
+  """Forward + backward FLOPs of one image's share of a step (`forward_parts`' arguments)."""
+  f = forward_parts(**sizes)
+  return f['target'] + 3 * (f['context'] + f['predictor'])
 
 
 def train_step_flops(*, batch_size: int, image_size: int, patch_size: int, channels: int,
