@@ -25,7 +25,7 @@ GPU's memory); a part that would start after `--budget_s` is listed as skipped:
    step's images/s of part 3;
 6. `xla_flags`: ViT-L/16's step again under each of `--xla_flags` (a subprocess each, as
    XLA reads its flags once);
-7. `grid` (only with `--grid`): the issue-13 grid, scan x remat x attention.
+7. `grid` (only with `--grid` or `--attention`): the issue-13 grid, scan x remat x attention.
 
 `--smoke` runs every part at tiny sizes on the CPU (a test runs it); its figures mean nothing.
 """
@@ -413,6 +413,8 @@ def main() -> None:
                   help="'|'-separated XLA_FLAGS variants for part 6 ('' is the baseline)")
   ap.add_argument('--skip_torch', action='store_true', help='leave out the PyTorch reference')
   ap.add_argument('--grid', action='store_true', help='also the scan x remat x attention grid')
+  ap.add_argument('--attention', default='',
+                  help='the grid with only these attentions (e.g. cudnn; implies --grid)')
   args = ap.parse_args()
   start = time.time()
   deadline = start + args.budget_s
@@ -435,9 +437,9 @@ def main() -> None:
                    step_rows)
   variants = args.xla_flags.split('|') if not args.smoke else ['']
   rows += xla_flags_part('demo' if args.smoke else 'vitl16', variants, deadline, args.smoke)
-  if args.grid:
+  if args.grid or args.attention:
     rows += step_grid({k: v for k, v in configs.items() if k != 'ViT-g/16'}, steps, deadline,
-                      args.smoke)
+                      args.smoke, tuple(a for a in args.attention.split(',') if a))
   text = table(rows)
   print(f'\n# device check: {device}, jax {jax.__version__}, {time.time() - start:.0f} s\n')
   print(text)

@@ -55,11 +55,12 @@ SMOKE = {
     'bench/bench_input.py': ['--images=64', '--batch=32'],
     'bench/bench_masks.py': ['--batches=2'],
     'bench/device_check.py': ['--smoke'],
+    'bench/padding.py': ['--steps=2'],
 }
 ABSL_PROGRAMS = ('main.py', 'ijepa_jax.tools.evaluate', 'ijepa_jax.tools.embed', 'ijepa_jax.tools.convert',
                  'bench/bench_memory.py', 'bench/bench_checkpoint.py', 'bench/bench_step.py',
                  'bench/bench_vs_torch.py', 'bench/profile_step.py', 'bench/grad_balance.py',
-                 'bench/chaos_soak.py', 'bench/bench_stop.py')
+                 'bench/chaos_soak.py', 'bench/bench_stop.py', 'bench/breakdown.py')
 # (a regex the command matches, the output it must print) for kind 'missing'
 MISSING = [
     (r'--images=my_photos/', "--images='my_photos/' is not a folder"),
