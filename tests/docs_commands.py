@@ -122,7 +122,7 @@ def _invocations(command: str, program: str) -> re.Pattern:
 
 def rewrite(kind: str, command: str) -> str:
   """The command as it is run: smoke flags or --only_check_args added."""
-  if kind == 'smoke' or (kind == 'check' and re.search(r'bench/(bench_input|bench_masks|device_check)',
+  if kind == 'smoke' or (kind == 'check' and re.search(r'bench/(bench_input|bench_masks|device_check|padding)',
                                                        command)):
     for program, extra in SMOKE.items():
       key = 'main.py' if program == 'main.py' else program
