@@ -43,7 +43,7 @@ import traceback
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.stepping import run_torch, step_masks, time_step  # noqa: E402
+from bench.stepping import run_torch, step_breakdown, step_masks, time_step  # noqa: E402
 
 BF16_RTOL = 5e-2  # of the largest magnitude; bf16 keeps 8 mantissa bits (0.4% a rounding), several deep
 
@@ -244,7 +244,6 @@ def shipped_steps(configs: dict, steps: int, deadline: float, smoke: bool) -> li
 
 def breakdown_part(configs: dict, steps: int, deadline: float) -> list[dict]:
   """Part 4: the first config's step in parts (bench/breakdown.py)."""
-  from bench.breakdown import step_breakdown
   from ijepa_jax.spec import resolve_here
 
   label, config = next(iter(configs.items()))

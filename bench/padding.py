@@ -16,36 +16,9 @@ import importlib
 import os
 import sys
 
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from ijepa_jax import flops  # noqa: E402
-from ijepa_jax.spec import resolve  # noqa: E402
-
-
-def padding_rows(config, steps: int, batch: int) -> dict:
-  """Executed and useful GFLOP per image of `config`'s step, and the parts' excess."""
-  run = resolve(config, 1)
-  a, sampler = run.arch, run.sampler()
-  masks = [sampler(batch, run.seed, s) for s in range(steps)]
-  ctx = np.concatenate([m.ctx_len for m in masks])
-  tgt = np.concatenate([m.tgt_len for m in masks])
-  kc, kt, m = sampler.context_len, sampler.target_len, sampler.num_targets
-  executed = a.step_flops(1, sampler)
-  useful = a.useful_flops(ctx, tgt) / len(ctx)
-  enc = lambda c: flops.transformer_flops(c, a.width, a.depth, a.mlp_dim)
-  pred = lambda s: flops.transformer_flops(s, a.pred_width, a.pred_depth, 4 * a.pred_width)
-  seq = ctx[:, None].astype(np.float64) + tgt
-  return {
-      'mode': config.masks.mode, 'grid': a.grid[0], 'Kc': kc, 'Kt': kt, 'M': m,
-      'ctx_mean': float(ctx.mean()), 'tgt_mean': float(tgt.mean()),
-      'executed_gflop': executed / 1e9, 'useful_gflop': useful / 1e9,
-      'excess': executed / useful - 1,
-      'context_excess': enc(kc) / enc(ctx).mean() - 1,
-      'predictor_excess': m * pred(kc + kt) / pred(seq).sum(1).mean() - 1,
-  }
+from bench.stepping import padding_rows  # noqa: E402
 
 
 def main() -> None:

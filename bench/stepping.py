@@ -2,7 +2,9 @@
 images with the config's real masks, time it, and run the official PyTorch step
 (bench/torch_step.py) on the same masks. Used by bench_step.py, bench_vs_torch.py,
 profile_step.py and device_check.py; `random_state` (a full train state of random numbers)
-by bench_checkpoint.py and bench_stop.py.
+by bench_checkpoint.py and bench_stop.py; `step_breakdown` (the step in parts) by
+breakdown.py and device_check.py; `padding_rows` (executed against useful FLOPs) by
+padding.py.
 """
 
 import json
@@ -169,3 +171,129 @@ def random_state(run):
                                        for k, a in zip(keys, leaves)])
     state = jax.jit(fill, out_shardings=sh)(jax.random.key(0))
     return jax.block_until_ready(state)
+
+
+def _time(fn, args, steps: int) -> tuple[float, float]:
+  """(compile seconds, seconds per call) of jitted `fn` on `args`, after one warm-up call."""
+  import jax
+
+  t0 = time.perf_counter()
+  compiled = fn.lower(*args).compile()
+  compile_s = time.perf_counter() - t0
+  jax.block_until_ready(compiled(*args))
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    out = compiled(*args)
+  jax.block_until_ready(out)
+  return compile_s, (time.perf_counter() - t0) / steps
+
+
+def step_breakdown(run, steps: int) -> list[dict]:
+  """Rows {part, ms, share of the step's time, gflop, share of the step's FLOPs, compile_s}
+  for `run`'s step on this process's devices (one device is what it is meant for)."""
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  from ijepa_jax import flops as flops_lib
+  from ijepa_jax import sharding
+  from ijepa_jax.train_step import ema_update
+
+  step, state, batches, facts = compiled_step(run, steps + 1)
+  model, a = run.model, run.arch
+  state, _, whole = run_steps(step, state, batches)
+  batch = batches[-1]
+  images = batch['images'].astype(jnp.float32) / 255.0  # the scale is all the parts need
+  kc, kt, nt = facts['context_len'], facts['target_len'], facts['num_targets']
+  b = run.batch_size
+  mesh = sharding.make_mesh(*run.mesh)
+
+  def target_fwd(tp, images):
+    return model.encoder.apply({'params': tp}, images)
+
+  def context_fwd_bwd(p, images, ctx_idx, ctx_len):
+    def f(p):
+      z = model.encoder.apply({'params': p}, images, ctx_idx, ctx_len)
+      return jnp.sum(z * 1e-3)
+    return jax.grad(f)(p)
+
+  def predictor_fwd_bwd(p, z, ctx_idx, ctx_len, tgt_idx, tgt_len):
+    def f(p, z):
+      out = model.predictor.apply({'params': p}, z, ctx_idx, ctx_len, tgt_idx, tgt_len)
+      return jnp.sum(out * 1e-3)
+    return jax.grad(f, argnums=(0, 1))(p, z)
+
+  def optimizer_and_ema(params, opt_state, target_params, grads, count):
+    updates, opt_state = model.optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    return params, opt_state, ema_update(target_params, params['encoder'],
+                                         model.schedules.momentum(count))
+
+  fwd = flops_lib.forward_parts(context_len=kc, target_lens=[kt] * nt, **a.flop_sizes())
+  total = a.step_flops(b, run.sampler())
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    z = jnp.zeros((b, kc, a.width), jnp.float32)
+    grads = jax.tree.map(lambda x: x * 1e-3, state.params)
+    parts = [
+        ('target encoder forward', jax.jit(target_fwd), (state.target_params, images),
+         b * fwd['target']),
+        ('context encoder forward + backward', jax.jit(context_fwd_bwd),
+         (state.params['encoder'], images, batch['ctx_idx'], batch['ctx_len']),
+         3 * b * fwd['context']),
+        ('predictor forward + backward', jax.jit(predictor_fwd_bwd),
+         (state.params['predictor'], z, batch['ctx_idx'], batch['ctx_len'], batch['tgt_idx'],
+          batch['tgt_len']), 3 * b * float(fwd['predictor'])),
+        ('optimizer (AdamW) + EMA', jax.jit(optimizer_and_ema),
+         (state.params, state.opt_state, state.target_params, grads, state.step), 0),
+    ]
+    rows = []
+    for name, fn, args, fl in parts:
+      compile_s, sec = _time(fn, args, steps)
+      rows.append({'part': name, 'ms': 1000 * sec, 'time_share': sec / whole,
+                   'gflop': fl / 1e9, 'flop_share': fl / total, 'compile_s': compile_s})
+  rest = whole - sum(r['ms'] for r in rows) / 1000
+  rows.append({'part': 'remainder (loss, gathers, normalisation; minus overlap)',
+               'ms': 1000 * rest, 'time_share': rest / whole,
+               'gflop': (total - sum(r['gflop'] * 1e9 for r in rows)) / 1e9,
+               'flop_share': 1 - sum(r['flop_share'] for r in rows), 'compile_s': 0.0})
+  rows.append({'part': 'whole step', 'ms': 1000 * whole, 'time_share': 1.0,
+               'gflop': total / 1e9, 'flop_share': 1.0, 'compile_s': facts['compile_s']})
+  return rows
+
+
+def breakdown_table(rows: list[dict]) -> str:
+  """The rows of `step_breakdown` as a markdown table."""
+  lines = ['| part | ms | share of the time | GFLOP | share of the FLOPs |', '|---|---|---|---|---|']
+  for r in rows:
+    lines.append(f"| {r['part']} | {r['ms']:,.2f} | {100 * r['time_share']:.1f}% | "
+                 f"{r['gflop']:,.1f} | {100 * r['flop_share']:.1f}% |")
+  return '\n'.join(lines)
+
+
+def padding_rows(config, steps: int, batch: int) -> dict:
+  """Executed and useful GFLOP per image of `config`'s step, and the parts' excess."""
+  import numpy as np
+
+  from ijepa_jax import flops
+  from ijepa_jax.spec import resolve
+
+  run = resolve(config, 1)
+  a, sampler = run.arch, run.sampler()
+  masks = [sampler(batch, run.seed, s) for s in range(steps)]
+  ctx = np.concatenate([m.ctx_len for m in masks])
+  tgt = np.concatenate([m.tgt_len for m in masks])
+  kc, kt, m = sampler.context_len, sampler.target_len, sampler.num_targets
+  executed = a.step_flops(1, sampler)
+  useful = a.useful_flops(ctx, tgt) / len(ctx)
+  enc = lambda c: flops.transformer_flops(c, a.width, a.depth, a.mlp_dim)
+  pred = lambda s: flops.transformer_flops(s, a.pred_width, a.pred_depth, 4 * a.pred_width)
+  seq = ctx[:, None].astype(np.float64) + tgt
+  return {
+      'mode': config.masks.mode, 'grid': a.grid[0], 'Kc': kc, 'Kt': kt, 'M': m,
+      'ctx_mean': float(ctx.mean()), 'tgt_mean': float(tgt.mean()),
+      'executed_gflop': executed / 1e9, 'useful_gflop': useful / 1e9,
+      'excess': executed / useful - 1,
+      'context_excess': enc(kc) / enc(ctx).mean() - 1,
+      'predictor_excess': m * pred(kc + kt) / pred(seq).sum(1).mean() - 1,
+  }

@@ -108,7 +108,7 @@ def test_realistic_jpegs_are_imagenet_sized_and_repeatable(tmp_path):
 
 
 def test_padding_counts_the_fixed_shapes_against_the_real_lengths():
-  from bench.padding import padding_rows
+  from bench.stepping import padding_rows
   from helpers import load
   from ijepa_jax.spec import resolve
   r = padding_rows(load('vitl16'), steps=3, batch=64)
