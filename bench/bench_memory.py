@@ -24,6 +24,8 @@ flags.DEFINE_list('configs', ['vitl16', 'vith14', 'vitg16'], 'configs/<name>.py 
 flags.DEFINE_list('meshes', ['8x1', '1x8'], 'data x fsdp meshes.')
 flags.DEFINE_list('remat', ['none', 'full'], 'model.remat_policy values.')
 flags.DEFINE_integer('per_device_batch', 128, 'Images per device (official: 2048 / 16 GPUs).')
+flags.DEFINE_bool('scan', True, 'Blocks under nn.scan (the tables of PERFORMANCE.md); --noscan '
+                  'unrolls them, as the shipped configs run on GPUs.')
 FLAGS = flags.FLAGS
 
 
@@ -41,7 +43,8 @@ def main(argv):
   from ijepa_jax.state import compile_abstract_step
 
   print(f'{jax.device_count()} simulated {jax.devices()[0].platform} devices, '
-        f'{FLAGS.per_device_batch} images per device, jax {jax.__version__}')
+        f'{FLAGS.per_device_batch} images per device, blocks {"scanned" if FLAGS.scan else "unrolled"}, '
+        f'jax {jax.__version__}')
   print('| config | mesh data x fsdp | remat | state+batch GiB/device | temporaries GiB/device '
         '| total GiB/device | compile s |')
   print('|---|---|---|---|---|---|---|')
@@ -52,6 +55,7 @@ def main(argv):
         c = importlib.import_module(f'configs.{name}').get_config()
         c.batch_size = FLAGS.per_device_batch * jax.device_count()
         c.model.remat_policy = remat
+        c.model.scan_layers = FLAGS.scan
         compiled, seconds = compile_abstract_step(resolve_here(c), sharding.make_mesh(data, fsdp))
         m = compiled.memory_analysis()
         total = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
