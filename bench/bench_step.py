@@ -36,9 +36,10 @@ def main(argv):
   print(f'compile: {r["compile_s"]:.1f} s | memory: {r["memory"]}')
   print(f'step: {r["step_ms"]:.1f} ms | {r["images_per_sec"]:,.1f} images/s | '
         f'{r["images_per_sec_per_device"]:,.1f} images/s/device')
-  print(f'flops/step: {r["gflop_per_step"]:,.1f} GFLOP | achieved {r["gflops_per_device"]:,.1f} '
-        'GFLOP/s/device' + (f' | MFU {100 * r["mfu"]:.1f}%' if r['mfu'] is not None
-                            else ' | MFU n/a (no peak for this device)'))
+  print(f'flops/step: {r["gflop_per_step"]:,.1f} GFLOP executed, {r["useful_gflop_per_step"]:,.1f} '
+        f'useful (the masks\' real lengths) | achieved {r["gflops_per_device"]:,.1f} '
+        'GFLOP/s/device' + (f' | MFU {100 * r["mfu"]:.1f}% ({100 * r["mfu_useful"]:.1f}% useful)'
+                            if r['mfu'] is not None else ' | MFU n/a (no peak for this device)'))
   print(f'final loss: {r["loss"]:.4f}')
 
 
