@@ -1,8 +1,10 @@
 """Image sources and the official image transforms, on the host, in numpy and Pillow.
 
 A source is random access: `len(source)` images, `source.load(i)` decodes
-image `i` to a Pillow image (or raises `CorruptImageError` naming it), and
-in-memory and folder sources also hold `labels`. Three kinds:
+image `i` to a Pillow image (or raises `CorruptImageError` naming it),
+`source.open(i)` reads only its header (the pixels are decoded later, by
+`load_pixels`, at a scale the caller may still choose), and in-memory and
+folder sources also hold `labels`. Three kinds:
 
 - `ArraySource`: images already in memory (the embedded Fashion-MNIST).
 - `FolderSource`: an image-folder tree `root/<split>/<class>/*.jpg|jpeg|png`.
@@ -14,10 +16,14 @@ in-memory and folder sources also hold `labels`. Three kinds:
 Transforms follow the official recipe (torchvision on Pillow images):
 RandomResizedCrop with scale (0.3, 1.0), ratio (3/4, 4/3), bilinear; optional
 horizontal flip; evaluation resizes the short side to size / 0.875 and takes
-the centre crop. Images leave the host as uint8 (4x less traffic than float32);
-`pixels.normalize` (mean/std) runs on the device inside the jitted step.
+the centre crop. Given an image that is only opened, the training crop decodes
+a JPEG at 1/2, 1/4 or 1/8 scale (in the DCT, much cheaper) when the crop box
+still has `size` pixels per side at that scale. Images leave the host as uint8
+(4x less traffic than float32); `pixels.normalize` (mean/std) runs on the device
+inside the jitted step.
 """
 
+import contextlib
 import io
 import math
 import os
@@ -48,29 +54,57 @@ class Source(Protocol):
 
   def load(self, index: int) -> Image.Image: ...
 
+  def open(self, index: int) -> Image.Image: ...
+
   def name(self, index: int) -> str: ...
 
   def label(self, index: int) -> int: ...
 
 
-def decode(data: bytes, name: str) -> Image.Image:
-  """Encoded bytes -> a fully decoded Pillow image; CorruptImageError if that fails."""
+@contextlib.contextmanager
+def _named_errors(name: str):
+  """Pillow's errors while reading an image -> CorruptImageError naming it."""
   try:
-    img = Image.open(io.BytesIO(data))
-    img.load()  # Pillow decodes lazily; truncation only shows here
-    return img
+    yield
   except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
     raise CorruptImageError(f'{name}: {type(e).__name__}: {e}') from None
 
 
-def read_image(path: str) -> Image.Image:
-  """The decoded image file at `path`; CorruptImageError if it cannot be read or decoded."""
+def open_image(data: bytes, name: str) -> Image.Image:
+  """Encoded bytes -> a Pillow image with its header read and its pixels not yet decoded
+  (Pillow decodes lazily), so that a JPEG's decoding scale can still be chosen
+  (`Image.draft`); CorruptImageError if the header cannot be read."""
+  with _named_errors(name):
+    return Image.open(io.BytesIO(data))
+
+
+def load_pixels(img: Image.Image, name: str) -> Image.Image:
+  """Decode an opened image's pixels (nothing to do if decoded); CorruptImageError if that
+  fails (a truncated file only shows here)."""
+  with _named_errors(name):
+    img.load()
+  return img
+
+
+def decode(data: bytes, name: str) -> Image.Image:
+  """Encoded bytes -> a fully decoded Pillow image; CorruptImageError if that fails."""
+  return load_pixels(open_image(data, name), name)
+
+
+def open_file(path: str) -> Image.Image:
+  """The image file at `path`, read into memory, its header parsed (`open_image`);
+  CorruptImageError if it cannot be read."""
   try:
     with open(path, 'rb') as f:
       data = f.read()
   except OSError as e:
     raise CorruptImageError(f'{path}: unreadable: {e}') from None
-  return decode(data, path)
+  return open_image(data, path)
+
+
+def read_image(path: str) -> Image.Image:
+  """The decoded image file at `path`; CorruptImageError if it cannot be read or decoded."""
+  return load_pixels(open_file(path), path)
 
 
 class ArraySource:
@@ -90,6 +124,8 @@ class ArraySource:
 
   def load(self, index: int) -> Image.Image:
     return Image.fromarray(self.images[index])
+
+  open = load  # already pixels
 
   def name(self, index: int) -> str:
     return f'{self._name}[{index}]'
@@ -117,6 +153,9 @@ class ImageFiles:
 
   def load(self, index: int) -> Image.Image:
     return read_image(self.paths[index])
+
+  def open(self, index: int) -> Image.Image:
+    return open_file(self.paths[index])
 
   def name(self, index: int) -> str:
     return self.paths[index]
@@ -155,7 +194,10 @@ class FolderSource:
     return len(self.files)
 
   def load(self, index: int) -> Image.Image:
-    return read_image(os.path.join(self.root, self.files[index]))
+    return read_image(self.name(index))
+
+  def open(self, index: int) -> Image.Image:
+    return open_file(self.name(index))
 
   def name(self, index: int) -> str:
     return os.path.join(self.root, self.files[index])
@@ -309,11 +351,14 @@ class TfdsSource:
     return self._len
 
   def load(self, index: int) -> Image.Image:
+    return load_pixels(self.open(index), self.name(index))
+
+  def open(self, index: int) -> Image.Image:
     try:
       record = self._get(int(index))
     except Exception as e:  # a damaged record: skip it like a damaged image
       raise CorruptImageError(f'{self.name(index)}: unreadable record: {e}') from None
-    return decode(record['image'], self.name(index))
+    return open_image(record['image'], self.name(index))
 
   def name(self, index: int) -> str:
     return f'{self._desc}[{index}]'
@@ -396,18 +441,43 @@ def _to_array(img: Image.Image, channels: int) -> np.ndarray:
   return arr[..., None] if channels == 1 else arr
 
 
+def draft_scale(box_width: int, box_height: int, size: int) -> int:
+  """The JPEG decoding scale divisor for a crop box resized to `size`: the largest of 8, 4
+  and 2 at which the box keeps at least `size` pixels on each side, else 1. libjpeg makes
+  the reduced image in the DCT, at a fraction of the cost; the crop is downsampled to
+  `size` anyway, so it keeps its full resolution."""
+  return next((s for s in (8, 4, 2) if min(box_width, box_height) >= s * size), 1)
+
+
 def train_transform(img: Image.Image, rng: np.random.Generator, size: int, channels: int,
-                    scale: Sequence[float], ratio: Sequence[float], flip: bool) -> np.ndarray:
+                    scale: Sequence[float], ratio: Sequence[float], flip: bool,
+                    name: str = 'image') -> np.ndarray:
   """RandomResizedCrop(size, scale, ratio, bilinear) [+ flip] -> uint8 [size, size, channels].
 
-  Grey images become 3-channel (and colour ones grey) to match `channels`.
+  `img` is decoded, or only opened (`Source.open`; `name` names it in a CorruptImageError
+  if its pixels do not decode). The box is drawn from the image's size; an opened JPEG is
+  then decoded at 1/`draft_scale` of its size (`Image.draft`) and the box mapped onto the
+  reduced image. At scale 1 (the box is under 2 * `size` on a side, or the image is not an
+  opened JPEG) this is torchvision's crop then bilinear resize, to the bit. Grey images
+  become 3-channel (and colour ones grey) to match `channels`.
   """
-  if img.mode != _mode(channels):
-    img = img.convert(_mode(channels))
-  top, left, h, w = random_resized_crop_box(rng, img.height, img.width, scale, ratio)
-  # crop, then resize, as torchvision does: Pillow's resize(box=) would also read the pixels
-  # just outside the box at its edges
-  out = img.crop((left, top, left + w, top + h)).resize((size, size), Image.Resampling.BILINEAR)
+  width, height = img.size
+  top, left, h, w = random_resized_crop_box(rng, height, width, scale, ratio)
+  box = (left, top, left + w, top + h)
+  s = draft_scale(w, h, size)
+  drafted = img.draft(None, (width // s, height // s)) if s > 1 else None
+  if drafted:  # the original image spans (0, 0, width / s, height / s) of the reduced one
+    fx, fy = drafted[1][2] / width, drafted[1][3] / height
+    box = (left * fx, top * fy, (left + w) * fx, (top + h) * fy)
+  img = load_pixels(img, name)
+  # crop whole pixels (the box's, at scale 1), then resize the box's exact extent in them
+  x0, y0, x1, y1 = box
+  ix0, iy0 = math.floor(x0), math.floor(y0)
+  crop = img.crop((ix0, iy0, min(math.ceil(x1), img.width), min(math.ceil(y1), img.height)))
+  if crop.mode != _mode(channels):  # per pixel: the same before or after the crop
+    crop = crop.convert(_mode(channels))
+  out = crop.resize((size, size), Image.Resampling.BILINEAR,
+                    box=(x0 - ix0, y0 - iy0, x1 - ix0, y1 - iy0))
   if flip and rng.random() < 0.5:
     out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
   return _to_array(out, channels)

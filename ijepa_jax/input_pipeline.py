@@ -16,6 +16,8 @@ Each element's crop and flip come from (seed, step, position in the global
 batch), and so do its masks (ijepa_jax/masks.py): a global batch is the same
 whatever the number of processes.
 
+Each image is only opened (its header read) before its crop box is drawn, so that
+a JPEG can be decoded at the smallest scale the box allows (data.train_transform).
 A corrupt image is replaced by another image chosen deterministically
 (the next in a fixed stride through the dataset), counted and named in the
 batch's `skipped` list; the run goes on. A background thread keeps `depth`
@@ -89,18 +91,19 @@ class Batches:
 
   def element(self, step: int, position: int, index: int) -> tuple[np.ndarray, list[str]]:
     """Transformed image `index` at `position` of global batch `step` (+ names it skipped)."""
-    rng = np.random.default_rng([_CROP_STREAM, self.seed, step, position])
     t = self.transform
     skipped = []
     n = len(self.source)
     for attempt in range(_MAX_REPLACEMENTS):
       i = (index + attempt * 7919) % n  # a fixed stride: the same replacement every time
+      # drawn afresh: a corrupt image can fail after its box is drawn (it is decoded only
+      # then, at the box's scale), and its replacement must get the same crop either way
+      rng = np.random.default_rng([_CROP_STREAM, self.seed, step, position])
       try:
-        img = self.source.load(i)
+        return train_transform(self.source.open(i), rng, t.size, t.channels, t.scale, t.ratio,
+                               t.flip, self.source.name(i)), skipped
       except CorruptImageError as e:
         skipped.append(str(e))
-        continue
-      return train_transform(img, rng, t.size, t.channels, t.scale, t.ratio, t.flip), skipped
     raise CorruptImageError(f'{_MAX_REPLACEMENTS} images in a row could not be decoded '
                             f'(last: {skipped[-1]}); is data.data_dir the right dataset?')
 

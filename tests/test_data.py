@@ -1,7 +1,8 @@
-"""Sources and transforms: TFDS ArrayRecord and TFRecord without TensorFlow, RandomResizedCrop,
-eval crop."""
+"""Sources and transforms: TFDS ArrayRecord and TFRecord without TensorFlow, RandomResizedCrop
+(with the reduced JPEG decode), eval crop."""
 
 import io
+import math
 import os
 
 import numpy as np
@@ -168,6 +169,77 @@ def test_train_transform_matches_crop_then_bilinear_resize():
   sq = Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8))
   same = data.train_transform(sq, rng_a, 8, 1, (1.0, 1.0), (1.0, 1.0), flip=False)
   np.testing.assert_array_equal(same[..., 0], np.asarray(sq))
+
+
+SCALE, RATIO = (0.3, 1.0), (3 / 4, 4 / 3)
+
+
+def photo_jpeg(width: int, height: int, seed: int = 0) -> bytes:
+  """A JPEG with structure at 30-100 px in every channel: a crop off by a pixel shows."""
+  y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+  rng = np.random.default_rng(seed)
+  arr = np.stack([127 + 90 * np.sin(x / rng.uniform(5, 15) + y / rng.uniform(7, 20) + c)
+                  for c in range(3)], -1)
+  buf = io.BytesIO()
+  Image.fromarray(arr.astype(np.uint8)).save(buf, format='JPEG', quality=95)
+  return buf.getvalue()
+
+
+def test_draft_scale_keeps_size_pixels_per_side():
+  assert [data.draft_scale(w, h, 224) for w, h in
+          ((447, 900), (448, 448), (900, 895), (896, 900), (1792, 1800), (5000, 4000))] == [
+              1, 2, 2, 4, 8, 8]
+  assert data.draft_scale(100, 100, 224) == 1  # an upsampled crop: never reduced
+
+
+def test_opened_jpeg_decodes_reduced_where_the_box_allows():
+  """Opened (not decoded), a JPEG is decoded at 1/s of its size when the crop box keeps
+  `size` pixels per side at 1/s: its size says so, and the crop is within 2.5 uint8 levels
+  (mean) of torchvision's crop + resize of the full decode (a box off by one reduced pixel
+  is ~24 off). Where s is 1, it is that crop to the bit."""
+  jpeg = photo_jpeg(640, 480)
+  full = data.decode(jpeg, 'photo')
+  scales = set()
+  for size in (64, 112, 224):
+    for seed in range(4):
+      top, left, h, w = data.random_resized_crop_box(np.random.default_rng(seed), 480, 640,
+                                                     SCALE, RATIO)
+      ref = np.asarray(full.crop((left, top, left + w, top + h)).resize((size, size),
+                                                                        Image.BILINEAR))
+      img = data.open_image(jpeg, 'photo')
+      out = data.train_transform(img, np.random.default_rng(seed), size, 3, SCALE, RATIO, False)
+      s = data.draft_scale(w, h, size)
+      assert img.size == (math.ceil(640 / s), math.ceil(480 / s)), (size, seed)
+      if s == 1:
+        np.testing.assert_array_equal(out, ref)
+      else:
+        assert np.abs(out.astype(int) - ref).mean() < 2.5, (size, seed, s)
+      scales.add(s)
+  assert scales == {1, 2, 4}
+
+
+def test_only_opened_jpegs_decode_reduced():
+  """A PNG, or a JPEG decoded before the crop: the whole image, torchvision's crop exactly."""
+  jpeg = photo_jpeg(640, 480)
+  buf = io.BytesIO()
+  data.decode(jpeg, 'photo').save(buf, format='PNG')
+  rng = lambda: np.random.default_rng(3)  # noqa: E731
+  top, left, h, w = data.random_resized_crop_box(rng(), 480, 640, SCALE, RATIO)
+  assert data.draft_scale(w, h, 64) > 1
+  for img in (data.open_image(buf.getvalue(), 'png'), data.decode(jpeg, 'photo')):
+    ref = np.asarray(img.crop((left, top, left + w, top + h)).resize((64, 64), Image.BILINEAR))
+    out = data.train_transform(img, rng(), 64, 3, SCALE, RATIO, False)
+    assert img.size == (640, 480)
+    np.testing.assert_array_equal(out, ref)
+
+
+def test_opened_truncated_jpeg_is_a_corrupt_image_named():
+  truncated = photo_jpeg(640, 480)[:3000]
+  img = data.open_image(truncated, 'cut.jpg')  # the header reads
+  with pytest.raises(data.CorruptImageError, match=r'^cut\.jpg: OSError'):
+    data.train_transform(img, np.random.default_rng(0), 64, 3, SCALE, RATIO, False, 'cut.jpg')
+  with pytest.raises(data.CorruptImageError, match=r'^cut\.jpg: OSError'):
+    data.decode(truncated, 'cut.jpg')
 
 
 def test_flip_is_half_the_time():

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ijepa_jax import input_pipeline
 from ijepa_jax.data import ArraySource, FolderSource
 from ijepa_jax.input_pipeline import Batches, TransformConfig, prefetch
 from ijepa_jax.masks import MaskConfig, MaskSampler
@@ -82,6 +83,26 @@ def test_image_folder_skips_and_counts_corrupt_images(tmp_path):
   assert any('truncated.jpg' in s for s in batch['skipped'])
   again = pipe(0)
   np.testing.assert_array_equal(again['images'], batch['images'])  # replacements are deterministic
+
+
+def test_a_truncated_jpegs_replacement_gets_the_crop_it_always_got(tmp_path):
+  """The box is drawn before the pixels are decoded, so a truncated JPEG fails after using
+  the element's random draws; its replacement still gets the element's first draws."""
+  from ijepa_jax.data import train_transform
+  os.makedirs(tmp_path / 'train' / 'c')
+  for i in range(4):
+    Image.fromarray(np.random.default_rng(i).integers(0, 256, (48, 64, 3), np.uint8)).save(
+        tmp_path / 'train' / 'c' / f'{i}.jpg')
+  whole = (tmp_path / 'train' / 'c' / '0.jpg').read_bytes()
+  (tmp_path / 'train' / 'c' / '0.jpg').write_bytes(whole[:len(whole) // 2])
+  src = FolderSource(str(tmp_path), 'train')
+  pipe = batches(source=src, global_batch=4, transform=TransformConfig(16, 3))
+  out, skipped = pipe.element(5, 2, 0)
+  assert len(skipped) == 1 and '0.jpg: OSError' in skipped[0]
+  replacement = 7919 % 4
+  rng = np.random.default_rng([input_pipeline._CROP_STREAM, 1, 5, 2])  # seed 1, step 5, position 2
+  np.testing.assert_array_equal(
+      out, train_transform(src.open(replacement), rng, 16, 3, (0.3, 1.0), (3 / 4, 4 / 3), False))
 
 
 def test_grey_images_become_three_channels():

@@ -88,7 +88,7 @@ TOOLS = os.path.join(PACKAGE, 'tools')
 
 def test_the_tools_are_tools_only():
   tools = sorted(f[:-3] for f in os.listdir(TOOLS) if f.endswith('.py') and f != '__init__.py')
-  assert tools == ['convert', 'draw_masks', 'embed', 'evaluate', 'plot']
+  assert tools == ['convert', 'draw_masks', 'embed', 'evaluate', 'plot', 'prepare']
   users = {m for m, deps in graph().items() if 'tools' in deps}  # the library's modules
   users |= {f for f in os.listdir(os.path.join(ROOT, 'bench')) if f.endswith('.py')
             and 'tools' in imports_of(os.path.join(ROOT, 'bench', f), {'tools'})}
