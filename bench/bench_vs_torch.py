@@ -40,7 +40,7 @@ def main(argv):
   print(f'config: {config.model.variant} (width {config.model.width}), image '
         f'{config.data.image_size}/{config.model.patch_size}, batch {config.batch_size}, '
         f'dtype {config.model.dtype}, masks {config.masks.mode}, scan_layers '
-        f'{config.model.scan_layers}')
+        f'{run.arch.scan_layers}')
   print('| step | ms/step | images/s | tokens (context, target) |\n|---|---|---|---|')
   print(f'| ijepa-jax ({ours["device"]}) | {ours["step_ms"]:,.1f} | {ours["images_per_sec"]:,.1f} '
         f'| {ours["context_len"]}, {ours["target_len"]} (fixed, padded) |')

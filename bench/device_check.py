@@ -17,7 +17,7 @@ GPU's memory); a part that would start after `--budget_s` is listed as skipped:
    blocks on a GPU, no remat, cuDNN attention) at 128 and 256 images per device, and
    `vitg16.py` at 128 (does it compile and fit): images/s, MFU on executed and on useful
    FLOPs (flops.py), compile seconds, memory;
-4. `breakdown`: ViT-L/16's step in parts (bench/breakdown.py: target forward, context
+4. `breakdown`: ViT-L/16's step in parts (`stepping.step_breakdown`: target forward, context
    forward + backward, predictor forward + backward, AdamW + EMA, remainder);
 5. `e2e`: `main.py --config=configs/vitl16.py` itself on an image folder of realistic
    JPEGs (bench/jpegs.py: about 500x375, about 100 KB) for `--e2e_steps` steps: images/s
@@ -243,7 +243,7 @@ def shipped_steps(configs: dict, steps: int, deadline: float, smoke: bool) -> li
 
 
 def breakdown_part(configs: dict, steps: int, deadline: float) -> list[dict]:
-  """Part 4: the first config's step in parts (bench/breakdown.py)."""
+  """Part 4: the first config's step in parts (`stepping.step_breakdown`)."""
   from ijepa_jax.spec import resolve_here
 
   label, config = next(iter(configs.items()))

@@ -3,7 +3,7 @@ images with the config's real masks, time it, and run the official PyTorch step
 (bench/torch_step.py) on the same masks. Used by bench_step.py, bench_vs_torch.py,
 profile_step.py and device_check.py; `random_state` (a full train state of random numbers)
 by bench_checkpoint.py and bench_stop.py; `step_breakdown` (the step in parts) by
-breakdown.py and device_check.py; `padding_rows` (executed against useful FLOPs) by
+bench_step.py and device_check.py; `padding_rows` (executed against useful FLOPs) by
 padding.py.
 """
 
@@ -286,14 +286,13 @@ def padding_rows(config, steps: int, batch: int) -> dict:
   kc, kt, m = sampler.context_len, sampler.target_len, sampler.num_targets
   executed = a.step_flops(1, sampler)
   useful = a.useful_flops(ctx, tgt) / len(ctx)
-  enc = lambda c: flops.transformer_flops(c, a.width, a.depth, a.mlp_dim)
-  pred = lambda s: flops.transformer_flops(s, a.pred_width, a.pred_depth, 4 * a.pred_width)
-  seq = ctx[:, None].astype(np.float64) + tgt
+  fixed = flops.forward_parts(context_len=kc, target_lens=[kt] * m, **a.flop_sizes())
+  real = flops.forward_parts(context_len=ctx, target_lens=tgt, **a.flop_sizes())
   return {
       'mode': config.masks.mode, 'grid': a.grid[0], 'Kc': kc, 'Kt': kt, 'M': m,
       'ctx_mean': float(ctx.mean()), 'tgt_mean': float(tgt.mean()),
       'executed_gflop': executed / 1e9, 'useful_gflop': useful / 1e9,
       'excess': executed / useful - 1,
-      'context_excess': enc(kc) / enc(ctx).mean() - 1,
-      'predictor_excess': m * pred(kc + kt) / pred(seq).sum(1).mean() - 1,
+      'context_excess': fixed['context'] / real['context'].mean() - 1,
+      'predictor_excess': fixed['predictor'] / real['predictor'].mean() - 1,
   }
