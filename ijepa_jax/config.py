@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from ijepa_jax.features import ENCODERS, OUTPUTS as POOLS
-from ijepa_jax.probes import PROBES
+from ijepa_jax.probes import names as probe_names
 from ijepa_jax.masks import MaskConfig, MaskSampler, MODES
 from ijepa_jax.models import (PATCH_INITS, REMAT_POLICIES, VARIANTS, Predictor, VisionTransformer,
                               attention_implementation, cudnn_flash_fits)
@@ -239,8 +239,8 @@ def anti_collapse(config: ml_collections.ConfigDict) -> AntiCollapse:
 def _validate_evals(ev: ml_collections.ConfigDict, log_every: int) -> None:
   _require(ev.every >= 0, f'evals.every={ev.every} must be >= 0 (0: no evaluation during training)')
   for name in ('periodic_probes', 'final_probes'):
-    bad = [p for p in ev[name] if p not in PROBES]
-    _require(not bad, f'evals.{name}={tuple(ev[name])}: unknown {bad}; choose from {PROBES}')
+    bad = [p for p in ev[name] if p not in probe_names()]
+    _require(not bad, f'evals.{name}={tuple(ev[name])}: unknown {bad}; choose from {", ".join(probe_names())}')
   _require(ev.encoder in ENCODERS, f'evals.encoder={ev.encoder!r}: choose one of {ENCODERS}')
   _require(ev.pool in POOLS,
            f'evals.pool={ev.pool!r}: choose {", ".join(POOLS[:-1])} or {POOLS[-1]}')
@@ -257,6 +257,16 @@ def _validate_evals(ev: ml_collections.ConfigDict, log_every: int) -> None:
   _require(all(n > 0 for n in ev.lowshot_per_class) and 0 <= ev.lowshot_fraction < 1,
            f'evals.lowshot_per_class={tuple(ev.lowshot_per_class)} must be positive counts and '
            f'evals.lowshot_fraction={ev.lowshot_fraction} in [0, 1)')
+  _require(ev.attentive_epochs > 0 and ev.attentive_batch > 0 and ev.attentive_queries > 0,
+           'evals.attentive_epochs, evals.attentive_batch and evals.attentive_queries must be '
+           'positive')
+  _require(len(ev.attentive_lrs) > 0 and all(v > 0 for v in ev.attentive_lrs),
+           f'evals.attentive_lrs={tuple(ev.attentive_lrs)} must be a non-empty list of positive rates')
+  _require(ev.attentive_wd >= 0 and ev.attentive_heads >= 0 and ev.attentive_mlp_ratio > 0
+           and ev.attentive_cache_gib >= 0,
+           f'evals.attentive_wd={ev.attentive_wd}, evals.attentive_heads={ev.attentive_heads} '
+           f'(0: the encoder\'s) and evals.attentive_cache_gib={ev.attentive_cache_gib} must be '
+           f'>= 0, evals.attentive_mlp_ratio={ev.attentive_mlp_ratio} positive')
   for name in ('train_examples', 'test_examples', 'final_train_examples', 'final_test_examples'):
     _require(ev[name] == -1 or ev[name] > 0, f'evals.{name}={ev[name]} must be positive or -1 (all)')
 

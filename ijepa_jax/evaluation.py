@@ -3,9 +3,12 @@
 Features are extracted once per evaluation (`FeatureExtractor`, sharded over
 the run's mesh) from a fixed, labelled subset of a train and a test split
 (`eval_splits`, any source of the input pipeline, the evaluation
-transform); then `probes.run_probes` runs the linear, k-NN and low-shot probes on
-them. `Evaluator` does both and reports; `with_baseline` adds the randomly
-initialised encoder and the raw pixels beside the pretrained one.
+transform): pooled features for the probes that read one vector per image, the tokens for
+those that read tokens (kept in memory where they fit, else recomputed batch by batch);
+then `probes.run_probes` runs the chosen probes (`probes.names()`) on them. `Evaluator`
+does both and reports; `with_baseline` adds the randomly initialised encoder and the raw
+pixels (pooled: `pixel_features`; tokens: `pixel_tokens`) beside the pretrained one, every
+probe on the same footing.
 """
 
 import concurrent.futures
@@ -19,9 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ijepa_jax import sharding
+from ijepa_jax import probes as probe_lib, sharding
 from ijepa_jax.data import CorruptImageError, DataMissingError, Source, Sources, eval_transform
 from ijepa_jax.features import ENCODERS, OUTPUTS, encode
+from ijepa_jax.pos_embed import sincos_2d
 from ijepa_jax.probes import SUBSET_STREAM, run_probes
 from ijepa_jax.spec import DataSpec, EvalSpec, Run
 
@@ -182,6 +186,30 @@ def pixel_features(images: np.ndarray, mean: Sequence[float], std: Sequence[floa
   return x.reshape(n, -1)
 
 
+def pixel_tokens(images: np.ndarray, mean: Sequence[float], std: Sequence[float],
+                 patch: int) -> np.ndarray:
+  """The pixel baseline's tokens: each patch x patch square of the normalised images flattened
+  (raster order of squares, then of pixels, then channels) plus the fixed 2-D sin-cos position
+  of that square, as the encoder's patch embedding gets it: float32 [n, T, patch²·C]."""
+  x = (images.astype(np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+  n, h, w, c = x.shape
+  gh, gw = h // patch, w // patch
+  x = x[:, :gh * patch, :gw * patch].reshape(n, gh, patch, gw, patch, c)
+  x = x.transpose(0, 1, 3, 2, 4, 5).reshape(n, gh * gw, patch * patch * c)
+  dim = patch * patch * c
+  pos = np.zeros((gh * gw, dim), np.float32)  # the sin-cos table needs a width divisible by 4
+  pos[:, :dim - dim % 4] = sincos_2d(dim - dim % 4, (gh, gw))
+  return x + pos[None]
+
+
+def _pool(tokens: np.ndarray, pool: str) -> np.ndarray:
+  """Pooled features [N, D'] of tokens [N, T, D] (evals.pool 'mean' or 'tokens')."""
+  return tokens.mean(axis=1) if pool == 'mean' else tokens.reshape(len(tokens), -1)
+
+
+GIB = 2**30
+
+
 class Evaluator:
   """Features of a fixed labelled subset, then the probes: `evaluator(encoder_params)`.
 
@@ -196,30 +224,65 @@ class Evaluator:
                test_examples: int, probes: Sequence[str], cache: bool = True,
                sources: Sources | None = None):
     self.run, self.evals, self.probes = run, run.evals, tuple(probes)
+    self.needs = probe_lib.needs_of(self.probes)  # checks the names first
+    settings = run.evals.probe
+    if not settings.attentive_heads:  # 0: the encoder's own number of heads
+      settings = dataclasses.replace(settings, attentive_heads=run.arch.num_heads)
+    self.settings = settings
     self.train, self.test, self.num_classes = eval_splits(
         run.evals, run.data, train_examples, test_examples, cache, sources)
-    self.extract = FeatureExtractor.for_run(run, mesh, run.evals.pool)
+    pool = run.evals.pool
+    self.extract = (FeatureExtractor.for_run(run, mesh, pool) if 'pooled' in self.needs
+                    and ('tokens' not in self.needs or pool == 'last4') else None)
+    self.extract_tokens = (FeatureExtractor.for_run(run, mesh, 'tokens')
+                           if 'tokens' in self.needs or self.extract is None else None)
     self.skipped: list[str] = []  # the images the last call could not decode
 
-  def split_features(self, params: Any, split: LabelledSplit
-                     ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """([N, D] features, [N] labels, the images that did not decode) of a split for the
-    probes (evals.pool=tokens: [N, T·D], raster order); the corrupt images left out."""
-    feats, labels, skipped = [], [], []
+  def _features(self, split: LabelledSplit, pooled_fn, tokens_fn, token_shape: tuple[int, int]
+                ) -> tuple[probe_lib.Split, list[str]]:
+    """One split's features for the probes (`probes.Split`) and the images that did not
+    decode (left out). `pooled_fn(images) -> [n, D]` (None: pooled from the tokens by
+    evals.pool); `tokens_fn(images) -> [n, T, D]`, its tokens kept in memory where the split's
+    fit in evals.attentive_cache_gib, else recomputed for each batch the probes ask for."""
+    want_pooled, want_tokens = 'pooled' in self.needs, 'tokens' in self.needs
+    n = len(split.indices)
+    keep = want_tokens and n * math.prod(token_shape) * 4 <= self.settings.attentive_cache_gib * GIB
+    pooled, tokens, labels, skipped = [], [], [], []
     for chunk in split.chunks():
-      feats.append(self.extract(params, chunk.images))
       labels.append(chunk.labels)
       skipped += chunk.skipped
-    feats = np.concatenate(feats)
-    return feats.reshape(len(feats), -1), np.concatenate(labels), skipped
+      tok = (tokens_fn(chunk.images) if keep or (want_pooled and pooled_fn is None) else None)
+      if keep:
+        tokens.append(tok)
+      if want_pooled:
+        pooled.append(pooled_fn(chunk.images) if pooled_fn is not None
+                      else _pool(tok, self.evals.pool))
+    labels = np.concatenate(labels)
+    out = probe_lib.Split(labels, np.concatenate(pooled) if want_pooled else None)
+    if keep:
+      out.tokens = probe_lib.TokenArray(np.concatenate(tokens))
+    elif want_tokens:
+      out.tokens = probe_lib.StreamedTokens(lambda: (c.images for c in split.chunks()), tokens_fn,
+                                         (len(labels),) + tuple(token_shape))
+    return out, skipped
+
+  def split_features(self, params: Any, split: LabelledSplit) -> tuple[probe_lib.Split, list[str]]:
+    """The encoder's features of a split for the probes (evals.pool=tokens: pooled is
+    [N, T·D], raster order) and the images that did not decode (left out)."""
+    pooled = ((lambda im: self.extract(params, im).reshape(len(im), -1))
+              if self.extract is not None else None)
+    tokens = ((lambda im: self.extract_tokens(params, im))
+              if self.extract_tokens is not None else None)
+    return self._features(split, pooled, tokens, (math.prod(self.run.arch.grid),
+                                                  self.run.arch.width))
 
   def __call__(self, params: Any) -> dict[str, float]:
     t0 = time.time()
-    (ftr, ytr, bad_tr), (fte, yte, bad_te) = (self.split_features(params, s)
-                                              for s in (self.train, self.test))
+    (ftr, bad_tr), (fte, bad_te) = (self.split_features(params, s)
+                                    for s in (self.train, self.test))
     self.skipped = bad_tr + bad_te
     t1 = time.time()
-    out = run_probes(ftr, ytr, fte, yte, self.num_classes, self.evals.probe, self.probes)
+    out = run_probes(ftr, fte, self.num_classes, self.settings, self.probes)
     out['extract_seconds'] = t1 - t0
     out['eval_seconds'] = time.time() - t0
     if self.skipped:
@@ -227,18 +290,21 @@ class Evaluator:
     return out
 
   def pixels(self) -> dict[str, float]:
-    """The same probes on the pixels themselves (`pixel_features`): what the encoder's
-    features must beat to have learned anything a linear map or a neighbour search could not
-    find in its input."""
+    """The same probes on the pixels themselves (`pixel_features` for the pooled probes,
+    `pixel_tokens` for the token probes): what the encoder's features must beat to have
+    learned anything a linear map, a neighbour search or an attentive head could not find in
+    its input."""
     t0 = time.time()
-    d = self.run.data
-    (ftr, ytr), (fte, yte) = (
-        (np.concatenate([pixel_features(c.images, d.mean, d.std, self.run.arch.patch_size)
-                         for c in chunks]), np.concatenate([c.labels for c in chunks]))
-        for chunks in (list(s.chunks()) for s in (self.train, self.test)))
-    out = run_probes(ftr, ytr, fte, yte, self.num_classes, self.evals.probe, self.probes)
+    d, p = self.run.data, self.run.arch.patch_size
+    shape = (math.prod(self.run.arch.grid), p * p * d.channels)
+    (ftr, _), (fte, _) = (
+        self._features(s, lambda im: pixel_features(im, d.mean, d.std, p),
+                       lambda im: pixel_tokens(im, d.mean, d.std, p), shape)
+        for s in (self.train, self.test))
+    out = run_probes(ftr, fte, self.num_classes, self.settings, self.probes)
     out['eval_seconds'] = time.time() - t0
-    out['pixel_values'] = ftr.shape[1]
+    if ftr.pooled is not None:
+      out['pixel_values'] = ftr.pooled.shape[1]
     return out
 
   def describe(self) -> str:
@@ -269,7 +335,8 @@ def with_baseline(evaluator: 'Evaluator', name: str, params: Any, baseline: Any 
   if baseline is not None:
     res = evaluator.pixels()
     results.update({f'pixels_{k}': v for k, v in res.items()})
-    log(f'pixels ({res["pixel_values"]} values per image, no encoder): {summary(res)} '
+    log(f'pixels ({res.get("pixel_values", "tokens of")} values per image, no encoder): '
+        f'{summary(res)} '
         f'[{res["eval_seconds"]:.0f}s]')
   return results
 

@@ -15,6 +15,7 @@ pixels high line of text over each section.
 
 import io
 import math
+import re
 from typing import Sequence
 
 import numpy as np
@@ -202,6 +203,24 @@ def _series(rows: Sequence[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
   return np.asarray(steps, float), np.asarray(values, float)
 
 
+_HEADLINE = re.compile(r'^(?:eval|final|baseline|pixels)_([a-z0-9]+)_top1$')
+
+
+def _probes_in(rows: Sequence[dict]) -> list[str]:
+  """The probes whose headline figure (`<prefix>_<probe>_top1`) the rows hold, in the order
+  first seen: any probe of the registry draws without a change here."""
+  seen: dict[str, None] = {}
+  for r in rows:
+    for k in r:
+      m = _HEADLINE.match(k)
+      if m:
+        seen.setdefault(m.group(1))
+  return list(seen)
+
+
+_COLOURS = ('tab:blue', 'tab:orange', 'tab:green', 'tab:red', 'tab:purple', 'tab:brown')
+
+
 def curves_image(rows: Sequence[dict]) -> np.ndarray:
   """The six panels as an RGB array [800, 1500, 3] uint8."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=import-outside-toplevel
@@ -220,17 +239,18 @@ def curves_image(rows: Sequence[dict]) -> np.ndarray:
     ax.set_title(title)
 
   ax = axes[4]
-  for key, label, colour in (('linear_top1', 'linear probe', 'tab:blue'),
-                             ('knn_top1', 'k-NN', 'tab:orange')):
+  for i, name in enumerate(_probes_in(rows)):
+    key, colour = f'{name}_top1', _COLOURS[i % len(_COLOURS)]
     x, y = _series(rows, f'eval_{key}')
     if len(x):
-      ax.plot(x, 100 * y, marker='.', color=colour, label=f'{label} (periodic)')
+      ax.plot(x, 100 * y, marker='.', color=colour, label=f'{name} (periodic)')
     x, y = _series(rows, f'final_{key}')
     if len(x):
-      ax.scatter(x, 100 * y, marker='*', s=120, color=colour, label=f'{label} (final)', zorder=3)
-    x, y = _series(rows, f'baseline_{key}')
-    if len(x):
-      ax.axhline(100 * y[-1], ls='--', color=colour, label=f'{label}, random init')
+      ax.scatter(x, 100 * y, marker='*', s=120, color=colour, label=f'{name} (final)', zorder=3)
+    for prefix, what, style in (('baseline', 'random init', '--'), ('pixels', 'pixels', ':')):
+      x, y = _series(rows, f'{prefix}_{key}')
+      if len(x):
+        ax.axhline(100 * y[-1], ls=style, color=colour, label=f'{name}, {what}')
   ax.set_title('evaluation top-1 (%)')
   if ax.get_legend_handles_labels()[0]:
     ax.legend(fontsize=8)

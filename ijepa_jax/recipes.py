@@ -144,6 +144,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.evals.probe_batch = 1024
   c.evals.lowshot_per_class = (1, 5, 10)
   c.evals.lowshot_fraction = 0.01  # and 1% of each class (0: skip)
+  c.evals.attentive_epochs = 20    # the attentive probe (V-JEPA's, ijepa_jax/probes/attentive.py):
+  c.evals.attentive_lrs = (1e-3,)  # AdamW rates, one head each, chosen on the held-out part;
+  c.evals.attentive_wd = 1e-3      # weight decay (cosine-decayed to 1e-6 with the rate to 0);
+  c.evals.attentive_batch = 1024   # V-JEPA's values: 20 epochs, 1e-3, 1e-3, 16 x 64 GPUs
+  c.evals.attentive_heads = 0      # its heads (0: the encoder's)
+  c.evals.attentive_queries = 1    # learnable query tokens
+  c.evals.attentive_mlp_ratio = 4.0
+  c.evals.attentive_cache_gib = 8.0  # a split's tokens kept in memory up to this; beyond, recomputed
 
   c.monitor = ml_collections.ConfigDict()  # what the run shows (ijepa_jax/monitor.py)
   c.monitor.tensorboard = True  # event files in the workdir, beside metrics.jsonl

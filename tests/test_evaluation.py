@@ -1,5 +1,6 @@
 """The probes on hand-made and planted features, the evaluation data path, and the tools."""
 
+import dataclasses
 import json
 import math
 import os
@@ -105,10 +106,32 @@ def test_evaluator_on_an_image_folder(tmp_path, monkeypatch):
     res = ev(state.target_params)
     assert ev.num_classes == 2
     assert len(ev.skipped) == 1 and 'broken.jpg' in ev.skipped[0] and res['skipped_images'] == 1
-    _, labels, skipped = ev.split_features(state.target_params, ev.train)
-    assert np.bincount(labels).tolist() == [40, 40] and skipped == ev.skipped  # broken.jpg out
+    feats, skipped = ev.split_features(state.target_params, ev.train)
+    assert np.bincount(feats.labels).tolist() == [40, 40] and skipped == ev.skipped  # broken.jpg out
+    assert feats.tokens is None and feats.pooled.shape == (80, 32)  # no probe reads tokens
     assert res['knn_top1'] == 1.0 and res['linear_top1'] == 1.0  # brightness is easy
     assert res['lowshot_2shot_top1'] == 1.0  # two images of each class are enough here too
+    # the attentive probe: one pass extracts the tokens, the pooled features are their mean
+    both = evaluation.Evaluator(run, mesh, -1, -1, ('knn', 'attentive'))
+    assert both.extract is None
+    kept, _ = both.split_features(state.target_params, both.train)
+    assert kept.tokens.shape == (80, 64, 32)
+    np.testing.assert_allclose(kept.pooled, feats.pooled, rtol=1e-5, atol=1e-5)
+    res_kept = both(state.target_params)
+    assert res_kept['attentive_top1'] == 1.0 and res_kept['knn_top1'] == 1.0
+    assert res_kept['attentive_heads'] == run.arch.num_heads  # 0 in the config: the encoder's
+    # tokens over the memory budget: recomputed from the images batch by batch, same head
+    monkeypatch.setattr(both, 'settings', dataclasses.replace(both.settings,
+                                                              attentive_cache_gib=0.0))
+    streamed, _ = both.split_features(state.target_params, both.train)
+    assert isinstance(streamed.tokens, probes.StreamedTokens)
+    res_streamed = both(state.target_params)
+    for k in ('attentive_top1', 'attentive_val_top1', 'attentive_lr', 'knn_top1'):
+      assert res_streamed[k] == res_kept[k], k
+    # and the pixels through the same probes: 4 x 4 squares of 3 channels (48 values) as tokens
+    pix = both.pixels()
+    assert pix["knn_top1"] == 1.0 and pix["attentive_heads"] == 4
+    assert pix["attentive_top1"] > 0.7  # 20 steps at 1e-3 on 48-value tokens: above chance (0.5)
     # features: batches over 8 devices, padded tail, same as one unpadded call
     f = ev.extract(state.target_params, next(iter(ev.test.chunks())).images[:11])
     g = ev.extract(state.target_params, next(iter(ev.test.chunks())).images[:16])[:11]
@@ -117,7 +140,7 @@ def test_evaluator_on_an_image_folder(tmp_path, monkeypatch):
     from ijepa_jax.features import encode
     config.evals.pool = 'tokens'
     ev_tokens = evaluation.Evaluator(resolve(config, 8), mesh, -1, -1, ('knn',))
-    t, _, _ = ev_tokens.split_features(state.target_params, ev_tokens.test)
+    t = ev_tokens.split_features(state.target_params, ev_tokens.test)[0].pooled
     images = np.concatenate([c.images for c in ev_tokens.test.chunks()])
     ref = np.asarray(encode(state.target_params, images, output='tokens', num_heads=4,
                             mean=config.data.mean, std=config.data.std))

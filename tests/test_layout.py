@@ -25,9 +25,25 @@ def imports_of(path: str, modules: set[str]) -> set[str]:
   return deps
 
 
+def files_of(module: str) -> list[str]:
+  """The source files of a module of the package: `<m>.py`, or every file of the
+  sub-package `<m>/` (one node of the graph: `probes`)."""
+  path = os.path.join(PACKAGE, module)
+  if os.path.isdir(path):
+    return [os.path.join(path, f) for f in sorted(os.listdir(path)) if f.endswith('.py')]
+  return [path + '.py']
+
+
+def module_names() -> set[str]:
+  """The package's modules and its sub-packages but the tools (tests of their own, below)."""
+  return ({f[:-3] for f in os.listdir(PACKAGE) if f.endswith('.py')}
+          | {d for d in os.listdir(PACKAGE) if d != 'tools'
+             and os.path.isfile(os.path.join(PACKAGE, d, '__init__.py'))})
+
+
 def graph() -> dict[str, set[str]]:
-  modules = {f[:-3] for f in os.listdir(PACKAGE) if f.endswith('.py')}
-  return {m: imports_of(os.path.join(PACKAGE, f'{m}.py'), modules) - {m} for m in modules}
+  modules = module_names()
+  return {m: set().union(*(imports_of(f, modules) for f in files_of(m))) - {m} for m in modules}
 
 
 def cycle_through(g: dict[str, set[str]], start: str) -> list[str] | None:
@@ -79,7 +95,7 @@ def test_the_core_imports_only_the_core():
   assert not outside, outside
   # and reads no config: no module of the core names ml_collections
   readers = [m for m in CORE
-             if 'ml_collections' in open(os.path.join(PACKAGE, f'{m}.py')).read()]
+             if any('ml_collections' in open(f).read() for f in files_of(m))]
   assert not readers, readers
 
 
