@@ -234,5 +234,13 @@ def fashion_mnist_demo() -> ml_collections.ConfigDict:
   c.evals.at_end = True        # then the full evaluation (60k / 10k) ...
   c.evals.baseline = True      # ... of the pretrained and of the randomly initialised encoder
   c.evals.crop_fraction = 1.0  # whole 28-px images, as in training
+  # and V-JEPA's attentive probe, sized for 2 cores by its held-out accuracy on the pretrained
+  # tokens (docs/RESULTS.md): 60,000 images at V-JEPA's batch of 1,024 make 53 steps an epoch
+  # (ImageNet: 1,250), too few at 1e-3; 128 per batch, 10 epochs, two rates, 16 heads of 4
+  c.evals.final_probes = ('linear', 'knn', 'lowshot', 'attentive')
+  c.evals.attentive_epochs = 10
+  c.evals.attentive_batch = 128
+  c.evals.attentive_lrs = (3e-3, 1e-2)
+  c.evals.attentive_heads = 16
   c.monitor.health_every = 25  # the representation-health statistics with every log line
   return c

@@ -1,6 +1,6 @@
 """Evaluate a frozen encoder: python -m ijepa_jax.tools.evaluate --config=... --workdir=...
 
-The linear probe, k-NN and low-shot probes of `ijepa_jax.evaluation` on the
+The probes of `evals.final_probes` (linear, k-NN, low-shot, attentive: `ijepa_jax.probes`) on the
 config's evaluation data (`evals.*`: dataset, splits, subsets, pooling) for
 the latest (or `--step`) checkpoint of a run, or for a weights file
 (`--weights`: an official I-JEPA `.pth.tar`, a timm/official encoder state
