@@ -183,7 +183,7 @@ def test_tools_on_a_demo_run(tmp_path):
   run = tmp_path / 'run'
   small = ['--config.evals.train_examples=500', '--config.evals.test_examples=200',
            '--config.evals.final_train_examples=1000', '--config.evals.final_test_examples=300',
-           '--config.evals.probe_steps=100']
+           '--config.evals.probe_steps=100', '--config.evals.attentive_epochs=3']
   env = dict(os.environ, PYTHONPATH=ROOT)
   env.pop('XLA_FLAGS', None)
   proc = subprocess.run([sys.executable, 'main.py', '--config=configs/demo.py',
@@ -216,7 +216,8 @@ def test_tools_on_a_demo_run(tmp_path):
   assert [r['step'] for r in rows if 'eval_knn_top1' in r] == [3]  # step 6: the final one
   final = json.load(open(run / 'final.json'))
   for key in ('final_linear_top1', 'final_knn_top1', 'final_lowshot_1shot_top1',
-              'final_lowshot_1pct_top1', 'baseline_linear_top1', 'baseline_knn_top1'):
+              'final_lowshot_1pct_top1', 'baseline_linear_top1', 'baseline_knn_top1',
+              'final_attentive_top1', 'baseline_attentive_top1', 'pixels_attentive_top1'):
     hits = final[key] * 300  # a top-1 over the 300 test images: a whole number of them
     assert abs(hits - round(hits)) < 1e-3 and hits >= 15, (key, hits)  # float32 means
   assert final['periodic_eval_seconds'] > 0
