@@ -189,7 +189,8 @@ def test_tools_on_a_demo_run(tmp_path):
   proc = subprocess.run([sys.executable, 'main.py', '--config=configs/demo.py',
                          f'--workdir={run}', '--config.max_steps=6', '--config.log_every=3',
                          '--config.seed=3',
-                         '--config.batch_size=64', '--config.evals.every=3', *small],
+                         '--config.batch_size=64', '--config.evals.every=3', *small,
+                         "--config.evals.periodic_probes=('linear','knn','attentive')"],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = proc.stdout
@@ -214,6 +215,8 @@ def test_tools_on_a_demo_run(tmp_path):
   assert useful / executed < 0.9  # the demo's corrected masks pad (PERFORMANCE.md)
   assert 0 <= last['input_wait'] < 1
   assert [r['step'] for r in rows if 'eval_knn_top1' in r] == [3]  # step 6: the final one
+  periodic = next(r for r in rows if 'eval_knn_top1' in r)  # any registered probe runs there
+  assert periodic['eval_attentive_top1'] * 200 == pytest.approx(round(periodic['eval_attentive_top1'] * 200))
   final = json.load(open(run / 'final.json'))
   for key in ('final_linear_top1', 'final_knn_top1', 'final_lowshot_1shot_top1',
               'final_lowshot_1pct_top1', 'baseline_linear_top1', 'baseline_knn_top1',
