@@ -135,7 +135,10 @@ def eval_splits(evals: EvalSpec, data: DataSpec, train_examples: int, test_examp
 class FeatureExtractor:
   """`extractor(encoder_params, images uint8 [N, ...]) -> float32 [N, D]`, batches split over
   the mesh's batch axes and the encoder's parameters as they are sharded ('tokens':
-  [N, T, D])."""
+  [N, T, D]). `extractor.both(params, images, tokens=True)` also returns the tokens of the
+  same pass: 'mean' is the mean of exactly the tokens it hands out (one program for the
+  tokens, one for their mean), so a split's pooled features do not depend on whether its
+  tokens were asked for too."""
 
   def __init__(self, mesh: jax.sharding.Mesh, *, num_heads: int, output: str = 'mean',
                batch_size: int = 256, mean: Sequence[float], std: Sequence[float],
@@ -143,11 +146,18 @@ class FeatureExtractor:
     if output not in OUTPUTS:
       raise ValueError(f'output={output!r}: choose one of {OUTPUTS}')
     n = mesh.shape['data'] * mesh.shape['fsdp']
+    self.output = output
     self.batch = max(n, int(math.ceil(batch_size / n)) * n)
     self._in = sharding.batch_sharding(mesh)
-    self._fn = jax.jit(functools.partial(
-        encode, output=output, num_heads=num_heads, dtype=dtype, mean=tuple(mean),
-        std=tuple(std), attention=attention), out_shardings=sharding.replicated(mesh))
+    enc = functools.partial(encode, num_heads=num_heads, dtype=dtype, mean=tuple(mean),
+                            std=tuple(std), attention=attention)
+    rep = sharding.replicated(mesh)
+    if output == 'last4':
+      self._last4 = jax.jit(functools.partial(enc, output='last4'), out_shardings=rep)
+    # the tokens stay split over the devices until they are pooled or fetched
+    self._tokens = jax.jit(functools.partial(enc, output='tokens'), out_shardings=self._in)
+    self._mean = jax.jit(lambda t: t.mean(axis=1), out_shardings=rep)
+    self._fetch = jax.jit(lambda t: t, out_shardings=rep)
 
   @classmethod
   def for_run(cls, run: Run, mesh: jax.sharding.Mesh, output: str) -> 'FeatureExtractor':
@@ -157,8 +167,10 @@ class FeatureExtractor:
                batch_size=run.evals.batch_size, mean=run.data.mean, std=run.data.std,
                dtype=run.arch.compute_dtype, attention=run.arch.attention_backends['encoder'])
 
-  def __call__(self, params: Any, images: np.ndarray) -> np.ndarray:
-    out = []
+  def both(self, params: Any, images: np.ndarray, tokens: bool = False
+           ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(the `output` features, the tokens [N, T, D] of the same pass or None)."""
+    feats, toks = [], []
     for start in range(0, len(images), self.batch):
       chunk = images[start:start + self.batch]
       n = len(chunk)
@@ -166,8 +178,20 @@ class FeatureExtractor:
         chunk = np.concatenate([chunk, np.zeros((self.batch - n,) + chunk.shape[1:], chunk.dtype)])
       # every process holds the whole chunk and hands each device its slice
       x = jax.make_array_from_callback(chunk.shape, self._in, lambda idx, c=chunk: c[idx])
-      out.append(np.asarray(self._fn(params, x))[:n])
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+      t = self._tokens(params, x) if self.output != 'last4' or tokens else None
+      if self.output == 'last4':
+        feats.append(np.asarray(self._last4(params, x))[:n])
+      elif self.output == 'mean':
+        feats.append(np.asarray(self._mean(t))[:n])
+      if tokens or self.output == 'tokens':
+        toks.append(np.asarray(self._fetch(t))[:n])
+    if self.output == 'tokens':
+      feats = toks
+    cat = lambda a: np.concatenate(a) if a else np.zeros((0, 0), np.float32)
+    return cat(feats), (cat(toks) if tokens else None)
+
+  def __call__(self, params: Any, images: np.ndarray) -> np.ndarray:
+    return self.both(params, images)[0]
 
 
 PIXEL_VALUES = 4096  # raw pixels up to this many values per image; above it, patch means
@@ -231,50 +255,41 @@ class Evaluator:
     self.settings = settings
     self.train, self.test, self.num_classes = eval_splits(
         run.evals, run.data, train_examples, test_examples, cache, sources)
-    pool = run.evals.pool
-    self.extract = (FeatureExtractor.for_run(run, mesh, pool) if 'pooled' in self.needs
-                    and ('tokens' not in self.needs or pool == 'last4') else None)
-    self.extract_tokens = (FeatureExtractor.for_run(run, mesh, 'tokens')
-                           if 'tokens' in self.needs or self.extract is None else None)
+    self.extract = FeatureExtractor.for_run(run, mesh, run.evals.pool)
     self.skipped: list[str] = []  # the images the last call could not decode
 
-  def _features(self, split: LabelledSplit, pooled_fn, tokens_fn, token_shape: tuple[int, int]
+  def _features(self, split: LabelledSplit, fn, token_shape: tuple[int, int]
                 ) -> tuple[probe_lib.Split, list[str]]:
     """One split's features for the probes (`probes.Split`) and the images that did not
-    decode (left out). `pooled_fn(images) -> [n, D]` (None: pooled from the tokens by
-    evals.pool); `tokens_fn(images) -> [n, T, D]`, its tokens kept in memory where the split's
-    fit in evals.attentive_cache_gib, else recomputed for each batch the probes ask for."""
-    want_pooled, want_tokens = 'pooled' in self.needs, 'tokens' in self.needs
+    decode (left out). `fn(images, tokens: bool) -> (pooled [n, D'], tokens [n, T, D] or
+    None)`; the tokens are kept in memory where the split's fit in
+    evals.attentive_cache_gib, else recomputed for each batch the probes ask for."""
+    want_tokens = 'tokens' in self.needs
     n = len(split.indices)
     keep = want_tokens and n * math.prod(token_shape) * 4 <= self.settings.attentive_cache_gib * GIB
     pooled, tokens, labels, skipped = [], [], [], []
     for chunk in split.chunks():
       labels.append(chunk.labels)
       skipped += chunk.skipped
-      tok = (tokens_fn(chunk.images) if keep or (want_pooled and pooled_fn is None) else None)
+      p, t = fn(chunk.images, keep)
+      pooled.append(p)
       if keep:
-        tokens.append(tok)
-      if want_pooled:
-        pooled.append(pooled_fn(chunk.images) if pooled_fn is not None
-                      else _pool(tok, self.evals.pool))
+        tokens.append(t)
     labels = np.concatenate(labels)
-    out = probe_lib.Split(labels, np.concatenate(pooled) if want_pooled else None)
+    out = probe_lib.Split(labels, np.concatenate(pooled).reshape(len(labels), -1))
     if keep:
       out.tokens = probe_lib.TokenArray(np.concatenate(tokens))
     elif want_tokens:
-      out.tokens = probe_lib.StreamedTokens(lambda: (c.images for c in split.chunks()), tokens_fn,
-                                         (len(labels),) + tuple(token_shape))
+      out.tokens = probe_lib.StreamedTokens(lambda: (c.images for c in split.chunks()),
+                                            lambda im: fn(im, True)[1],
+                                            (len(labels),) + tuple(token_shape))
     return out, skipped
 
   def split_features(self, params: Any, split: LabelledSplit) -> tuple[probe_lib.Split, list[str]]:
     """The encoder's features of a split for the probes (evals.pool=tokens: pooled is
     [N, T·D], raster order) and the images that did not decode (left out)."""
-    pooled = ((lambda im: self.extract(params, im).reshape(len(im), -1))
-              if self.extract is not None else None)
-    tokens = ((lambda im: self.extract_tokens(params, im))
-              if self.extract_tokens is not None else None)
-    return self._features(split, pooled, tokens, (math.prod(self.run.arch.grid),
-                                                  self.run.arch.width))
+    return self._features(split, lambda im, tokens: self.extract.both(params, im, tokens),
+                          (math.prod(self.run.arch.grid), self.run.arch.width))
 
   def __call__(self, params: Any) -> dict[str, float]:
     t0 = time.time()
@@ -298,13 +313,13 @@ class Evaluator:
     d, p = self.run.data, self.run.arch.patch_size
     shape = (math.prod(self.run.arch.grid), p * p * d.channels)
     (ftr, _), (fte, _) = (
-        self._features(s, lambda im: pixel_features(im, d.mean, d.std, p),
-                       lambda im: pixel_tokens(im, d.mean, d.std, p), shape)
+        self._features(s, lambda im, tokens: (pixel_features(im, d.mean, d.std, p),
+                                              pixel_tokens(im, d.mean, d.std, p) if tokens
+                                              else None), shape)
         for s in (self.train, self.test))
     out = run_probes(ftr, fte, self.num_classes, self.settings, self.probes)
     out['eval_seconds'] = time.time() - t0
-    if ftr.pooled is not None:
-      out['pixel_values'] = ftr.pooled.shape[1]
+    out['pixel_values'] = ftr.pooled.shape[1]
     return out
 
   def describe(self) -> str:
@@ -335,8 +350,7 @@ def with_baseline(evaluator: 'Evaluator', name: str, params: Any, baseline: Any 
   if baseline is not None:
     res = evaluator.pixels()
     results.update({f'pixels_{k}': v for k, v in res.items()})
-    log(f'pixels ({res.get("pixel_values", "tokens of")} values per image, no encoder): '
-        f'{summary(res)} '
+    log(f'pixels ({res["pixel_values"]} values per image, no encoder): {summary(res)} '
         f'[{res["eval_seconds"]:.0f}s]')
   return results
 
