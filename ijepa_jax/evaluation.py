@@ -226,11 +226,6 @@ def pixel_tokens(images: np.ndarray, mean: Sequence[float], std: Sequence[float]
   return x + pos[None]
 
 
-def _pool(tokens: np.ndarray, pool: str) -> np.ndarray:
-  """Pooled features [N, D'] of tokens [N, T, D] (evals.pool 'mean' or 'tokens')."""
-  return tokens.mean(axis=1) if pool == 'mean' else tokens.reshape(len(tokens), -1)
-
-
 GIB = 2**30
 
 

@@ -17,6 +17,7 @@ no change.
 """
 
 import dataclasses
+import time
 from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
@@ -167,7 +168,6 @@ def run_probes(train: Split, test: Split, num_classes: int, settings: ProbeSetti
                probes: Any, log_time: bool = True) -> dict[str, float]:
   """The probes named in `probes`, in that order, on one set of features: their metrics and
   `<name>_seconds` each. Checks first that every probe exists and has its features."""
-  import time  # pylint: disable=import-outside-toplevel
   chosen = [get(p) for p in probes]
   for p in chosen:
     for split in (train, test):
