@@ -197,12 +197,17 @@ class FeatureExtractor:
 PIXEL_VALUES = 4096  # raw pixels up to this many values per image; above it, patch means
 
 
+def _normalised(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+  """uint8 images as the encoder sees them: (x / 255 - mean) / std, float32."""
+  return (images.astype(np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
 def pixel_features(images: np.ndarray, mean: Sequence[float], std: Sequence[float],
                    patch: int) -> np.ndarray:
   """The pixel baseline's features: uint8 images [n, H, W, C] normalised as the encoder sees
   them, flattened [n, H*W*C]; where that is more than PIXEL_VALUES, first averaged over each
   patch x patch square (ImageNet at 224/16: 768 values instead of 150,528)."""
-  x = (images.astype(np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+  x = _normalised(images, mean, std)
   n, h, w, c = x.shape
   if h * w * c > PIXEL_VALUES:
     x = x[:, :h - h % patch, :w - w % patch].reshape(
@@ -215,7 +220,7 @@ def pixel_tokens(images: np.ndarray, mean: Sequence[float], std: Sequence[float]
   """The pixel baseline's tokens: each patch x patch square of the normalised images flattened
   (raster order of squares, then of pixels, then channels) plus the fixed 2-D sin-cos position
   of that square, as the encoder's patch embedding gets it: float32 [n, T, patch²·C]."""
-  x = (images.astype(np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+  x = _normalised(images, mean, std)
   n, h, w, c = x.shape
   gh, gw = h // patch, w // patch
   x = x[:, :gh * patch, :gw * patch].reshape(n, gh, patch, gw, patch, c)

@@ -119,7 +119,6 @@ class Probe:
   name: str
   needs: str
   run: ProbeFn
-  doc: str
 
 
 _REGISTRY: dict[str, Probe] = {}
@@ -133,7 +132,7 @@ def register(name: str, needs: str) -> Callable[[ProbeFn], ProbeFn]:
   def add(fn: ProbeFn) -> ProbeFn:
     if name in _REGISTRY and _REGISTRY[name].run is not fn:
       raise ValueError(f'a probe named {name!r} is registered already')
-    _REGISTRY[name] = Probe(name, needs, fn, (fn.__doc__ or '').strip().split('\n')[0])
+    _REGISTRY[name] = Probe(name, needs, fn)
     return fn
   return add
 
@@ -165,7 +164,7 @@ def holdout_split(n: int, holdout: float, seed: int = 0) -> tuple[np.ndarray, np
 
 
 def run_probes(train: Split, test: Split, num_classes: int, settings: ProbeSettings,
-               probes: Any, log_time: bool = True) -> dict[str, float]:
+               probes: Any) -> dict[str, float]:
   """The probes named in `probes`, in that order, on one set of features: their metrics and
   `<name>_seconds` each. Checks first that every probe exists and has its features."""
   chosen = [get(p) for p in probes]
@@ -180,6 +179,5 @@ def run_probes(train: Split, test: Split, num_classes: int, settings: ProbeSetti
   for p in chosen:
     t0 = time.time()
     out.update(p.run(train, test, num_classes, settings, shared))
-    if log_time:
-      out[f'{p.name}_seconds'] = time.time() - t0
+    out[f'{p.name}_seconds'] = time.time() - t0
   return out
