@@ -6,7 +6,9 @@ on one device, within one call of at most 8 minutes; prints one table, writes a 
   python bench/device_check.py --smoke                                                  # CPU, tiny
 
 Parts, in this order (the PyTorch runs first, in subprocesses, before JAX takes most of the
-GPU's memory); a part that would start after `--budget_s` is listed as skipped:
+GPU's memory; the goals' figures before the parts that explain them); a part that would start
+after `--budget_s` is listed as skipped, and the JSON is rewritten after every part, so a call
+cut off at its limit keeps what it measured:
 
 1. `torch`: the official step (bench/torch_step.py, bf16 autocast, attention through
    `F.scaled_dot_product_attention`) for ViT-L/16 and ViT-H/14 at batch 128 on the official
@@ -14,18 +16,18 @@ GPU's memory); a part that would start after `--budget_s` is listed as skipped:
 2. `attention`: each attention implementation of our `Attention` in bf16 against float32,
    and cuDNN against XLA (outputs and gradients, with and without key padding);
 3. `step`: the shipped configs as they are (`configs/vitl16.py`, `vith14.py`: unrolled
-   blocks on a GPU, no remat, cuDNN attention) at 128 and 256 images per device, and
-   `vitg16.py` at 128 (does it compile and fit): images/s, MFU on executed and on useful
-   FLOPs (flops.py), compile seconds, memory;
-4. `breakdown`: ViT-L/16's step in parts (`stepping.step_breakdown`: target forward, context
-   forward + backward, predictor forward + backward, AdamW + EMA, remainder);
-5. `e2e`: `main.py --config=configs/vitl16.py` itself on an image folder of realistic
+   blocks on a GPU, no remat, cuDNN attention) at 128 images per device: images/s, MFU on
+   executed and on useful FLOPs (flops.py), compile seconds, memory;
+4. `e2e`: `main.py --config=configs/vitl16.py` itself on an image folder of realistic
    JPEGs (bench/jpegs.py: about 500x375, about 100 KB) for `--e2e_steps` steps: images/s
    from its own log, the fraction of the time it waited for input, and the ratio to the
    step's images/s of part 3;
-6. `xla_flags`: ViT-L/16's step again under each of `--xla_flags` (a subprocess each, as
+5. `breakdown`: ViT-L/16's step in parts (`stepping.step_breakdown`: target forward, context
+   forward + backward, predictor forward + backward, AdamW + EMA, remainder);
+6. `step` again: `vitg16.py` at 128 (does it compile and fit), ViT-L/16 and ViT-H/14 at 256;
+7. `xla_flags`: ViT-L/16's step again under each of `--xla_flags` (a subprocess each, as
    XLA reads its flags once);
-7. `grid` (only with `--grid` or `--attention`): the issue-13 grid, scan x remat x attention.
+8. `grid` (only with `--grid` or `--attention`): the issue-13 grid, scan x remat x attention.
 
 `--smoke` runs every part at tiny sizes on the CPU (a test runs it); its figures mean nothing.
 """
@@ -211,15 +213,19 @@ def _error(e: Exception) -> str:
   return f'{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}'
 
 
-def shipped_steps(configs: dict, steps: int, deadline: float, smoke: bool) -> list[dict]:
-  """Part 3: each config as shipped (its platform's defaults) at 128 and 256 images per
-  device (ViT-g/16 at 128 only), most informative first; its images/s, MFU both ways."""
+def shipped_steps(configs: dict, steps: int, deadline: float, smoke: bool,
+                  factors: tuple[int, ...] = (1, 2), skip=()) -> list[dict]:
+  """Part 3: each config as shipped (its platform's defaults) at 128 and (`factors`) 256 images
+  per device (ViT-g/16 at 128 only), most informative first, leaving out the (model, batch)
+  pairs in `skip`; its images/s, MFU both ways."""
   from ijepa_jax.spec import resolve_here
 
-  order = [(label, 1) for label in configs] + [(label, 2) for label in configs
-                                                if label != 'ViT-g/16']
+  order = [(label, f) for f in factors for label in configs
+           if f == 1 or label != 'ViT-g/16']
   if smoke:
     order = [(label, 1) for label in configs]
+  order = [(label, f) for label, f in order
+           if (label, configs[label].batch_size * f) not in set(skip)]
   rows = []
   for label, factor in order:
     config = configs[label].copy_and_resolve_references()
@@ -257,28 +263,39 @@ def breakdown_part(configs: dict, steps: int, deadline: float) -> list[dict]:
     return [{'part': 'breakdown', 'model': label, 'error': _error(e)}]
 
 
+_JPEGS: dict[int, tuple[str, dict]] = {}  # images -> (folder, its statistics)
+
+
 def e2e_part(label: str, config_name: str, steps: int, images: int, deadline: float,
-             smoke: bool, step_rows: list[dict]) -> list[dict]:
-  """Part 5: `main.py` on an image folder of realistic JPEGs; images/s and input wait from its
-  own metrics.jsonl (the log rows after the first, which holds the compile), against the
-  same config's step alone (part 3)."""
+             smoke: bool, step_rows: list[dict], extra: tuple[str, ...] = (),
+             keep: str = '') -> list[dict]:
+  """Part 4: `main.py` on an image folder of realistic JPEGs; images/s and input wait from its
+  own metrics.jsonl (the log rows after the first, which holds the compile; their mean and
+  median, as a health check's or a feature map's first compile lands in one window), against
+  the same config's step alone (part 3). `extra`: more overrides; `keep`: a folder that gets
+  main.py's output and metrics.jsonl."""
+  import shutil
+  import statistics
   import tempfile
 
   from bench.jpegs import make_jpegs
 
-  row = {'part': 'e2e', 'model': label, 'steps': steps}
+  row = {'part': 'e2e', 'model': label, 'steps': steps, 'overrides': ' '.join(extra)}
   if time.time() > deadline:
     return [dict(row, skipped='time budget')]
-  with tempfile.TemporaryDirectory() as tmp:
+  if images not in _JPEGS:  # written once, read by every variant
     t0 = time.time()
-    stats = make_jpegs(os.path.join(tmp, 'data'), images, size=(64, 48) if smoke else None)
-    row['jpegs'] = stats
-    row['jpeg_seconds'] = time.time() - t0
+    folder = tempfile.mkdtemp(prefix='device_check_jpegs_')
+    stats = make_jpegs(os.path.join(folder, 'data'), images, size=(64, 48) if smoke else None)
+    _JPEGS[images] = (folder, dict(stats, seconds=time.time() - t0))
+  data_dir = os.path.join(_JPEGS[images][0], 'data')
+  row['jpegs'] = _JPEGS[images][1]
+  with tempfile.TemporaryDirectory() as tmp:
     log_every = max(1, steps // 6)
     args = [sys.executable, os.path.join(ROOT, 'main.py'),
             f'--config={os.path.join(ROOT, "configs", config_name + ".py")}',
             f'--workdir={os.path.join(tmp, "run")}', '--config.data.dataset=image_folder',
-            f'--config.data.data_dir={os.path.join(tmp, "data")}',
+            f'--config.data.data_dir={data_dir}',
             f'--config.batch_size={4 if smoke else 128}', f'--config.max_steps={steps}',
             f'--config.log_every={log_every}', '--config.monitor.progress=False',
             # no labelled evaluation split in the folder: the evaluations stay off
@@ -288,10 +305,19 @@ def e2e_part(label: str, config_name: str, steps: int, images: int, deadline: fl
                '--config.model.width=32', '--config.model.depth=2', '--config.model.num_heads=2',
                '--config.model.pred_width=16', '--config.model.pred_depth=1',
                '--config.masks.min_keep=4', '--config.monitor.pictures=False']
+    args += list(extra)
     t0 = time.time()
     proc = subprocess.run(args, capture_output=True, text=True, cwd=ROOT,
                           timeout=max(60, deadline + 240 - time.time()))
     row['wall_s'] = time.time() - t0
+    if keep:
+      tag = f'e2e{len(os.listdir(keep)) // 2 if os.path.isdir(keep) else 0}'
+      os.makedirs(keep, exist_ok=True)
+      with open(os.path.join(keep, f'{tag}_main.log'), 'w') as f:
+        f.write(' '.join(args) + '\n' + proc.stdout + proc.stderr)
+      if os.path.exists(os.path.join(tmp, 'run', 'metrics.jsonl')):
+        shutil.copy(os.path.join(tmp, 'run', 'metrics.jsonl'),
+                    os.path.join(keep, f'{tag}_metrics.jsonl'))
     if proc.returncode != 0:
       return [dict(row, error=f'main.py exit {proc.returncode}: {proc.stderr.strip()[-600:]}')]
     metrics = [json.loads(line) for line in open(os.path.join(tmp, 'run', 'metrics.jsonl'))]
@@ -299,6 +325,7 @@ def e2e_part(label: str, config_name: str, steps: int, images: int, deadline: fl
   if not logs:
     return [dict(row, error='too few log rows: raise --e2e_steps')]
   row['images_per_sec'] = sum(m['images_per_sec'] for m in logs) / len(logs)
+  row['median_images_per_sec'] = statistics.median(m['images_per_sec'] for m in logs)
   row['input_wait'] = sum(m['input_wait'] for m in logs) / len(logs)
   for key in ('mfu', 'mfu_useful'):
     if key in logs[-1]:
@@ -309,6 +336,26 @@ def e2e_part(label: str, config_name: str, steps: int, images: int, deadline: fl
     row['step_images_per_sec'] = alone[0]['images_per_sec']
     row['of_step'] = row['images_per_sec'] / alone[0]['images_per_sec']
   return [row]
+
+
+def input_part(images: int, batch: int, threads: str, deadline: float) -> list[dict]:
+  """The host's decode + RandomResizedCrop on realistic JPEGs (bench/bench_input.py, the
+  trainer's own `Batches`) at each thread count: images/s in all and per thread."""
+  row = {'part': 'input', 'model': 'host', 'threads': threads}
+  if time.time() > deadline:
+    return [dict(row, skipped='time budget')]
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, 'bench', 'bench_input.py'),
+                         f'--images={images}', f'--batch={batch}', f'--threads={threads}',
+                         '--repeats=1'], capture_output=True, text=True, cwd=ROOT)
+  if proc.returncode != 0:
+    return [dict(row, error=proc.stderr.strip()[-300:])]
+  rows = []
+  for line in proc.stdout.splitlines():  # 'original, reduced decode, threads 16: 5,120 img/s, 320 img/s per thread'
+    if 'decode, threads' in line and 'per thread' in line:
+      head, figs = line.split(':', 1)
+      rows.append(dict(row, setting=head.strip(), threads=int(head.rsplit(' ', 1)[1]),
+                       images_per_sec=float(figs.split('img/s')[0].replace(',', ''))))
+  return rows or [dict(row, error='no figures in: ' + proc.stdout[-300:])]
 
 
 def xla_flags_part(config_name: str, variants: list[str], deadline: float,
@@ -363,6 +410,8 @@ def table(rows: list[dict]) -> str:
       setting = r.get('piece', '')
     elif part == 'e2e':
       setting = f"main.py, {r['steps']} steps, JPEG folder"
+    elif part == 'input':
+      setting = r.get('setting', f"threads {r['threads']}")
     elif part == 'xla_flags':
       setting = f"XLA_FLAGS {r['flags']}"
     else:
@@ -379,7 +428,10 @@ def table(rows: list[dict]) -> str:
       continue
     other = ''
     if part == 'e2e':
-      other = (f"input wait {100 * r['input_wait']:.1f}%; {100 * r['of_step']:.1f}% of the "
+      other = (f"median window {r['median_images_per_sec']:,.1f} img/s; " if
+               'median_images_per_sec' in r else '') + (f"{r['overrides']}; " if r.get('overrides')
+                                                       else '')
+      other += (f"input wait {100 * r['input_wait']:.1f}%; {100 * r['of_step']:.1f}% of the "
                f"step alone ({r['step_images_per_sec']:,.1f} img/s); JPEGs "
                f"{r['jpegs']['mean_kb']:.0f} KB" if 'of_step' in r else
                f"input wait {100 * r['input_wait']:.1f}%")
@@ -395,6 +447,7 @@ def table(rows: list[dict]) -> str:
   return '\n'.join(lines)
 
 
+PARTS = ('torch', 'attention', 'step', 'input', 'e2e', 'breakdown', 'more_steps', 'xla_flags')
 XLA_VARIANTS = ('', '--xla_gpu_enable_latency_hiding_scheduler=true',
                 '--xla_gpu_enable_triton_gemm=false')
 
@@ -411,6 +464,13 @@ def main() -> None:
   ap.add_argument('--xla_flags', default='|'.join(XLA_VARIANTS),
                   help="'|'-separated XLA_FLAGS variants for part 6 ('' is the baseline)")
   ap.add_argument('--skip_torch', action='store_true', help='leave out the PyTorch reference')
+  ap.add_argument('--parts', default=','.join(PARTS),
+                  help=f"which parts, comma-separated (of {','.join(PARTS)})")
+  ap.add_argument('--e2e_args', default='', help="more main.py overrides for the e2e part; "
+                  "'|' separates variants, each run in turn (e.g. '|--config.monitor.health_every=0')")
+  ap.add_argument('--keep', default='', help="a folder for main.py's output and metrics.jsonl")
+  ap.add_argument('--models', default='', help="only these models, e.g. 'ViT-L/16'")
+  ap.add_argument('--input_threads', default='1,16', help='thread counts for the input part')
   ap.add_argument('--grid', action='store_true', help='also the scan x remat x attention grid')
   ap.add_argument('--attention', default='',
                   help='the grid with only these attentions (e.g. cudnn; implies --grid)')
@@ -419,33 +479,62 @@ def main() -> None:
   deadline = start + args.budget_s
   steps = args.steps or (1 if args.smoke else 5)
   configs = model_configs(args.smoke)
+  if args.models:
+    configs = {k: v for k, v in configs.items() if k in args.models.split(',')}
+    if not configs:
+      ap.error(f'--models: none of {args.models!r} is among {", ".join(model_configs(args.smoke))}')
 
-  torch_rows = ([] if args.skip_torch else
+  parts = set(args.parts.split(','))
+  unknown = parts - set(PARTS)
+  if unknown:
+    ap.error(f"--parts: no part {', '.join(sorted(unknown))}; the parts are {', '.join(PARTS)}")
+  torch_rows = ([] if args.skip_torch or 'torch' not in parts else
                 torch_reference(configs, steps, 'cpu' if args.smoke else 'cuda', deadline))
   import jax
   device = f'{jax.device_count()} x {jax.devices()[0].device_kind} ({jax.default_backend()})'
   print(f'device: {device} | jax {jax.__version__}', flush=True)
-  rows = torch_rows + attention_parity(args.smoke)
-  step_rows = shipped_steps(configs, steps, deadline, args.smoke)
-  rows += step_rows
-  print(table(rows), flush=True)
-  rows += breakdown_part(configs, steps, deadline)
+  rows = torch_rows + (attention_parity(args.smoke) if 'attention' in parts else [])
+
+  def save() -> None:  # after every part: a call cut off at its limit keeps what it measured
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, 'w') as f:
+      json.dump({'device': device, 'jax': jax.__version__, 'seconds': time.time() - start,
+                 'smoke': args.smoke, 'rows': rows}, f, indent=1, default=str)
+    print(table(rows), flush=True)
+
+  # the figures the issue's goals name first (L/16 and H/14 at 128, then main.py end to end),
+  # then the parts that explain them, then the larger batches and ViT-g/16
   first = next(iter(configs))
-  rows += e2e_part(first, 'vitl16', args.e2e_steps or (6 if args.smoke else 300),
-                   args.e2e_images or (24 if args.smoke else 4096), deadline, args.smoke,
-                   step_rows)
-  variants = args.xla_flags.split('|') if not args.smoke else ['']
-  rows += xla_flags_part('demo' if args.smoke else 'vitl16', variants, deadline, args.smoke)
+  main_configs = {k: v for k, v in configs.items() if k != 'ViT-g/16'}
+  step_rows = (shipped_steps(main_configs, steps, deadline, args.smoke, factors=(1,))
+               if 'step' in parts else [])
+  rows += step_rows
+  save()
+  if 'input' in parts:
+    rows += input_part(64 if args.smoke else 512, 16 if args.smoke else 128,
+                       '1,2' if args.smoke else args.input_threads, deadline)
+    save()
+  if 'e2e' in parts:
+    for variant in args.e2e_args.split('|'):
+      rows += e2e_part(first, 'vitl16', args.e2e_steps or (6 if args.smoke else 300),
+                       args.e2e_images or (24 if args.smoke else 4096), deadline, args.smoke,
+                       step_rows, tuple(variant.split()), args.keep)
+      save()
+  if 'breakdown' in parts:
+    rows += breakdown_part(configs, steps, deadline)
+    save()
+  if 'more_steps' in parts and not args.smoke:
+    rows += shipped_steps(configs, steps, deadline, args.smoke, factors=(1, 2),
+                          skip=[(r['model'], r['batch']) for r in step_rows])
+    save()
+  if 'xla_flags' in parts:
+    variants = args.xla_flags.split('|') if not args.smoke else ['']
+    rows += xla_flags_part('demo' if args.smoke else 'vitl16', variants, deadline, args.smoke)
   if args.grid or args.attention:
     rows += step_grid({k: v for k, v in configs.items() if k != 'ViT-g/16'}, steps, deadline,
                       args.smoke, tuple(a for a in args.attention.split(',') if a))
-  text = table(rows)
   print(f'\n# device check: {device}, jax {jax.__version__}, {time.time() - start:.0f} s\n')
-  print(text)
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, 'w') as f:
-    json.dump({'device': device, 'jax': jax.__version__, 'seconds': time.time() - start,
-               'smoke': args.smoke, 'rows': rows}, f, indent=1, default=str)
+  save()
   print(f'\nwritten: {args.out}')
 
 

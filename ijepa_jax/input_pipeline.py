@@ -75,6 +75,7 @@ class Batches:
     self.steps_per_epoch = len(source) // global_batch
     self._perm: tuple[int, np.ndarray | None] = (-1, None)
     self._pool = concurrent.futures.ThreadPoolExecutor(max(1, workers), 'ijepa-data')
+    self._pending: dict[int, tuple[list, concurrent.futures.Future]] = {}
 
   def indices(self, step: int) -> np.ndarray:
     """Dataset indices [local_batch] of this process's part of global batch `step`."""
@@ -107,11 +108,28 @@ class Batches:
     raise CorruptImageError(f'{_MAX_REPLACEMENTS} images in a row could not be decoded '
                             f'(last: {skipped[-1]}); is data.data_dir the right dataset?')
 
-  def __call__(self, step: int) -> dict:
-    """The host-local batch for `step`: uint8 images, fixed-shape masks, skipped names."""
+  def _submit(self, step: int) -> None:
+    """Queue global batch `step`'s images and masks on the workers (once)."""
+    if step in self._pending:
+      return
     first = self.process_index * self.local_batch
     jobs = [self._pool.submit(self.element, step, first + k, int(i))
             for k, i in enumerate(self.indices(step))]
+    masks = self._pool.submit(self.masks, self.local_batch, self.seed, step, first)
+    self._pending[step] = (jobs, masks)
+
+  def __call__(self, step: int) -> dict:
+    """The host-local batch for `step`: uint8 images, fixed-shape masks, skipped names.
+
+    The next step's work is queued before this one's is collected, so the workers never
+    drain at a batch's boundary (each element depends on its step and position alone, so the
+    batches are the same whatever order they are asked for in)."""
+    self._submit(step)
+    self._submit(step + 1)
+    jobs, masks = self._pending.pop(step)
+    for other in [s for s in self._pending if s != step + 1]:  # asked out of order: stale
+      for job in self._pending.pop(other)[0]:
+        job.cancel()
     images = np.empty((self.local_batch, self.transform.size, self.transform.size,
                        self.transform.channels), np.uint8)
     skipped: list[str] = []
@@ -119,7 +137,7 @@ class Batches:
       images[k], names = job.result()
       skipped += names
     batch = {'images': images, 'skipped': skipped}
-    batch.update(self.masks(self.local_batch, self.seed, step, first)._asdict())
+    batch.update(masks.result()._asdict())
     return batch
 
   def close(self) -> None:

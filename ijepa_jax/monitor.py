@@ -145,6 +145,10 @@ class Monitor:
 
   # -- health ------------------------------------------------------------------
 
+  def due(self, step: int) -> bool:
+    """Whether `after_step` has work at `step` (a feature map or a health check)."""
+    return step in self.feature_at or (self.health_fn is not None and step % self.every == 0)
+
   def after_step(self, step: int, state: Any, batch: dict[str, jax.Array]) -> None:
     if step in self.feature_at:
       self.feature_map(state, step)

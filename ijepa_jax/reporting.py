@@ -219,7 +219,7 @@ def read_metrics(workdir: str) -> list[dict]:
 
 _SCHEDULES = ('lr', 'weight_decay', 'momentum')
 _PERF = ('images_per_sec', 'images_per_sec_per_device', 'flops_per_sec', 'useful_flops_per_sec',
-         'mfu', 'mfu_useful', 'input_wait', 'time')
+         'mfu', 'mfu_useful', 'input_wait', 'monitor_seconds', 'time')
 _GROUPS = ('eval', 'final', 'baseline', 'pixels', 'health')
 
 

@@ -215,9 +215,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         monitor.end(int(state.step))
       finally:
         run_log.close()
-      if acct.get('eval_seconds'):
-        last['periodic_eval_seconds'] = acct['eval_seconds']
-        last['periodic_eval_fraction'] = acct['eval_seconds'] / max(last.get('train_seconds', 0), 1e-9)
+      for key in ('eval', 'monitor'):  # time the log lines' throughput leaves out
+        if acct.get(f'{key}_seconds'):
+          name = 'periodic_eval' if key == 'eval' else key
+          last[f'{name}_seconds'] = acct[f'{key}_seconds']
+          last[f'{name}_fraction'] = acct[f'{key}_seconds'] / max(last.get('train_seconds', 0), 1e-9)
   except BaseException as e:
     in_flight = e
     raise
@@ -281,8 +283,16 @@ class _Loop:
       if pending is not None:  # read the previous step's metrics: the device is busy meanwhile
         self._resolve(*pending)
       pending = (step, metrics, useful)
-      if self.monitor:
+      if self.monitor and self.monitor.due(step):
+        # a health check or a feature map (its first call compiles): its time is left out of
+        # the log lines' throughput, as an evaluation's is, and counted on its own; the step
+        # it waits for is not
+        jax.block_until_ready(state)
+        t0 = time.time()
         self.monitor.after_step(step, state, batch)
+        dt = time.time() - t0
+        self.t_log += dt
+        self.acct['monitor_seconds'] = self.acct.get('monitor_seconds', 0.0) + dt
       preempted = self.stop.requested(step)
       if preempted:
         log(f'{self.stop.name} received: saving a checkpoint at step {step}')
@@ -368,6 +378,7 @@ class _Loop:
              flops_per_sec=self.n_log * self.flops / dt, time=time.time() - self.t_start,
              useful_flops_per_sec=self.useful_log / dt, input_wait=self.wait_log / dt,
              skipped_images=self.acct['skipped_images'],
+             monitor_seconds=self.acct.get('monitor_seconds', 0.0),
              nonfinite_steps=self.acct['nonfinite_steps'],
              damaged_checkpoints=self.acct.get('damaged_checkpoints', 0))
     if self.peak:  # model FLOPs utilisation: analytic FLOPs / (devices x peak)

@@ -51,6 +51,21 @@ def test_global_batch_does_not_depend_on_the_process_count():
     np.testing.assert_array_equal(parts, whole)
 
 
+def test_lookahead_gives_the_same_batches_in_any_order():
+  """The next step's images are queued before a step's are collected; the batches are the
+  same asked in order, out of order, or each from a fresh pipeline, and nothing piles up."""
+  crop = TransformConfig(28, 1)
+  fresh = {s: batches(transform=crop)(s) for s in (0, 1, 2, 5)}
+  src = batches(transform=crop)
+  for s in (0, 1, 2, 5, 1):  # in order, a jump, then back
+    got = src(s)
+    np.testing.assert_array_equal(got['images'], fresh[s]['images'])
+    np.testing.assert_array_equal(got['ctx_idx'], fresh[s]['ctx_idx'])
+    np.testing.assert_array_equal(got['tgt_len'], fresh[s]['tgt_len'])
+    assert set(src._pending) == {s + 1}  # only the next step is queued
+  src.close()
+
+
 def test_epochs_reshuffle_and_drop_the_tail():
   src = batches(global_batch=30, seed=0)
   assert src.steps_per_epoch == 3  # 100 // 30; the last 10 of each epoch are dropped

@@ -51,12 +51,19 @@ def test_a_monitored_run(tmp_path):
   assert 'WARNING at step 3: the representation is collapsing (mean per-dimension std' in out
   assert 'WARNING at step 6: still collapsing' in out
   assert '\r' not in out  # stdout is a pipe here: no live line
-  assert json.load(open(run / 'final.json'))['collapse_warnings'] == 2
+  final = json.load(open(run / 'final.json'))
+  assert final['collapse_warnings'] == 2
 
   rows = [json.loads(l) for l in open(run / 'metrics.jsonl')]
   health = [r for r in rows if 'health_effective_rank' in r]
   assert [r['step'] for r in health] == [3, 6]
   assert all(r['health_collapse_warning'] == 1.0 for r in health)
+  # the health checks' and feature maps' time is counted apart from the throughput
+  train = [r for r in rows if 'images_per_sec' in r]
+  assert [r['step'] for r in train] == [3, 6]
+  assert 0 < train[0]['monitor_seconds'] < train[1]['monitor_seconds']
+  assert final['monitor_seconds'] == pytest.approx(train[1]['monitor_seconds'])
+  assert 0 < final['monitor_fraction'] < 1
 
   acc = EventAccumulator(str(run), size_guidance={'scalars': 0, 'images': 0})
   acc.Reload()
