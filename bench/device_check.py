@@ -295,6 +295,7 @@ def e2e_part(label: str, config_name: str, steps: int, images: int, deadline: fl
     args = [sys.executable, os.path.join(ROOT, 'main.py'),
             f'--config={os.path.join(ROOT, "configs", config_name + ".py")}',
             f'--workdir={os.path.join(tmp, "run")}', '--config.data.dataset=image_folder',
+            '--config.data.dataset_size=-1',  # the folder's own size, not ImageNet's
             f'--config.data.data_dir={data_dir}',
             f'--config.batch_size={4 if smoke else 128}', f'--config.max_steps={steps}',
             f'--config.log_every={log_every}', '--config.monitor.progress=False',

@@ -47,7 +47,7 @@ def main(argv):
                      for i in range(b)])  # the first b training images, whole
   images = (images.astype(np.float32) / 255.0 - np.asarray(d.mean)) / np.asarray(d.std)
   batch = {'images': images.astype(np.float32),
-           **run.sampler()(b, run.seed, 0)._asdict()}
+           **run.sampler(b, run.seed, 0)._asdict()}
   state = nn.unbox(create_train_state(model, jax.random.key(run.seed), batch))
   print(f'{run.arch.variant} width {run.arch.width}, batch {b}, '
         f'anti_collapse.embeddings={ac.embeddings}, {ac.sigreg_directions} SIGReg directions')

@@ -24,7 +24,7 @@ def step_masks(run, num_steps: int, batch_size: int) -> dict:
   `run`: a `spec.Run` (`spec.resolve_here(config)`), as for every function here."""
   import numpy as np
 
-  sampler = run.sampler()
+  sampler = run.sampler
   steps = [sampler(batch_size, 0, s)._asdict() for s in range(num_steps)]
   return {k: np.stack([m[k] for m in steps]) for k in steps[0]}
 
@@ -33,27 +33,22 @@ def compiled_step(run, num_batches: int) -> tuple[Any, Any, list[dict], dict]:
   """The run's compiled train step, its initial state, `num_batches` device batches
   (synthetic uint8 images, the run's masks) and facts: compile seconds, memory, the masks'
   fixed lengths and host copies."""
-  import flax.linen as nn
   import jax
   import numpy as np
 
   from ijepa_jax import sharding
-  from ijepa_jax.state import device_memory, global_batch, init_state, make_step_fn
+  from ijepa_jax.state import StepOnMesh, device_memory, global_batch
 
   local = run.batch_size // jax.process_count()
   size, ch = run.arch.image_size, run.arch.channels
   images = np.random.default_rng(0).integers(0, 256, size=(local, size, size, ch), dtype=np.uint8)
   masks = step_masks(run, num_batches, local)
   per_step = [{k: v[s] for k, v in masks.items()} for s in range(num_batches)]
-  mesh = sharding.make_mesh(*run.mesh)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-    shapes = {k: jax.ShapeDtypeStruct((run.batch_size,) + v.shape[1:], v.dtype)
-              for k, v in {'images': images, **per_step[0]}.items()}
-    state, sh = init_state(run.model, mesh, shapes, 0)
-    t0 = time.perf_counter()
-    step = make_step_fn(run.model, sh, mesh, run.data.mean,
-                        run.data.std).lower(state, shapes).compile()
-    compile_s = time.perf_counter() - t0
+  on_mesh = StepOnMesh.build(run, sharding.make_mesh(*run.mesh))  # the trainer's shapes
+  mesh = on_mesh.mesh
+  state = on_mesh.init(0)
+  step, compile_s = on_mesh.compile(state)
+  with on_mesh.scope():
     batches = [global_batch({'images': images, **m}, mesh) for m in per_step]
   facts = {'compile_s': compile_s, 'memory': device_memory(step),
            'context_len': masks['ctx_idx'].shape[-1], 'target_len': masks['tgt_idx'].shape[-1],
@@ -87,7 +82,7 @@ def time_step(run, steps: int) -> dict:
 
   step, state, device_batches, facts = compiled_step(run, steps + 1)
   state, m, step_s = run_steps(step, state, device_batches)
-  flops = run.arch.step_flops(run.batch_size, run.sampler())
+  flops = run.arch.step_flops(run.batch_size, run.sampler)
   masks = facts['masks']  # the timed steps' real lengths: the work without padding
   useful = sum(run.arch.useful_flops(masks['ctx_len'][s], masks['tgt_len'][s])
                for s in range(1, steps + 1)) / steps * jax.process_count()
@@ -153,17 +148,14 @@ def run_torch(run, masks: dict, device: str, python: str = '', attention: str = 
 def random_state(run):
   """The full train state of `run` on the devices, filled with random numbers (constant
   arrays would compress to nothing and flatter the write)."""
-  import flax.linen as nn
   import jax
 
   from ijepa_jax import sharding
-  from ijepa_jax.state import abstract_state, run_shapes
+  from ijepa_jax.state import StepOnMesh
 
-  mesh = sharding.make_mesh(*run.mesh)
-  boxed = abstract_state(run.model, run_shapes(run))
-  abstract = nn.unbox(boxed)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-    sh = sharding.logical_shardings(boxed, mesh)
+  on_mesh = StepOnMesh.build(run, sharding.make_mesh(*run.mesh))
+  abstract, sh = on_mesh.abstract, on_mesh.shardings
+  with on_mesh.scope():
     def fill(rng):
       leaves, tree = jax.tree.flatten(abstract)
       keys = jax.random.split(rng, len(leaves))
@@ -191,7 +183,6 @@ def _time(fn, args, steps: int) -> tuple[float, float]:
 def step_breakdown(run, steps: int) -> list[dict]:
   """Rows {part, ms, share of the step's time, gflop, share of the step's FLOPs, compile_s}
   for `run`'s step on this process's devices (one device is what it is meant for)."""
-  import flax.linen as nn
   import jax
   import jax.numpy as jnp
   import optax
@@ -231,8 +222,8 @@ def step_breakdown(run, steps: int) -> list[dict]:
                                          model.schedules.momentum(count))
 
   fwd = flops_lib.forward_parts(context_len=kc, target_lens=[kt] * nt, **a.flop_sizes())
-  total = a.step_flops(b, run.sampler())
-  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+  total = a.step_flops(b, run.sampler)
+  with sharding.scope(mesh):
     z = jnp.zeros((b, kc, a.width), jnp.float32)
     grads = jax.tree.map(lambda x: x * 1e-3, state.params)
     parts = [
@@ -279,7 +270,7 @@ def padding_rows(config, steps: int, batch: int) -> dict:
   from ijepa_jax.spec import resolve
 
   run = resolve(config, 1)
-  a, sampler = run.arch, run.sampler()
+  a, sampler = run.arch, run.sampler
   masks = [sampler(batch, run.seed, s) for s in range(steps)]
   ctx = np.concatenate([m.ctx_len for m in masks])
   tgt = np.concatenate([m.tgt_len for m in masks])

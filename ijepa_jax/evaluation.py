@@ -24,7 +24,7 @@ import numpy as np
 
 from ijepa_jax import probes as probe_lib, sharding
 from ijepa_jax.data import CorruptImageError, DataMissingError, Source, Sources, eval_transform
-from ijepa_jax.features import ENCODERS, OUTPUTS, encode
+from ijepa_jax.features import OUTPUTS, encode
 from ijepa_jax.pos_embed import sincos_2d
 from ijepa_jax.probes import SUBSET_STREAM, run_probes
 from ijepa_jax.spec import DataSpec, EvalSpec, Run
@@ -142,7 +142,8 @@ class FeatureExtractor:
 
   def __init__(self, mesh: jax.sharding.Mesh, *, num_heads: int, output: str = 'mean',
                batch_size: int = 256, mean: Sequence[float], std: Sequence[float],
-               dtype: Any = jnp.float32, attention: str | None = None):
+               dtype: Any = jnp.float32, attention: str | None = None,
+               scan_layers: bool = True):
     if output not in OUTPUTS:
       raise ValueError(f'output={output!r}: choose one of {OUTPUTS}')
     n = mesh.shape['data'] * mesh.shape['fsdp']
@@ -150,7 +151,7 @@ class FeatureExtractor:
     self.batch = max(n, int(math.ceil(batch_size / n)) * n)
     self._in = sharding.batch_sharding(mesh)
     enc = functools.partial(encode, num_heads=num_heads, dtype=dtype, mean=tuple(mean),
-                            std=tuple(std), attention=attention)
+                            std=tuple(std), attention=attention, scan_layers=scan_layers)
     rep = sharding.replicated(mesh)
     if output == 'last4':
       self._last4 = jax.jit(functools.partial(enc, output='last4'), out_shardings=rep)
@@ -165,7 +166,8 @@ class FeatureExtractor:
     evals.batch_size."""
     return cls(mesh, num_heads=run.arch.num_heads, output=output,
                batch_size=run.evals.batch_size, mean=run.data.mean, std=run.data.std,
-               dtype=run.arch.compute_dtype, attention=run.arch.attention_backends['encoder'])
+               dtype=run.arch.compute_dtype, attention=run.arch.attention_backends['encoder'],
+               scan_layers=run.arch.scan_layers)
 
   def both(self, params: Any, images: np.ndarray, tokens: bool = False
            ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -353,11 +355,3 @@ def with_baseline(evaluator: 'Evaluator', name: str, params: Any, baseline: Any 
     log(f'pixels ({res["pixel_values"]} values per image, no encoder): {summary(res)} '
         f'[{res["eval_seconds"]:.0f}s]')
   return results
-
-
-def encoder_params(state: Any, which: str) -> Any:
-  """The target (EMA) or context encoder's parameters of a TrainState."""
-  if which not in ENCODERS:
-    raise ValueError(f'evals.encoder={which!r}: choose one of {ENCODERS}')
-  return state.target_params if which == 'target' else state.params['encoder']
-

@@ -18,13 +18,11 @@ Outputs (`output=`):
 
 from typing import Any, Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ijepa_jax.models import LN_EPS, VARIANTS, Block, PatchEmbed, VisionTransformer
+from ijepa_jax.models import VARIANTS, VisionTransformer
 from ijepa_jax.pixels import IMAGENET_MEAN, IMAGENET_STD, normalize
-from ijepa_jax.pos_embed import sincos_2d
 
 OUTPUTS = ('mean', 'last4', 'tokens')
 ENCODERS = ('target', 'context')  # which of a run's encoders to evaluate: the EMA or the trained one
@@ -55,23 +53,27 @@ def encoder_dims(params: Any, num_heads: int | None = None) -> dict[str, int]:
 
 
 def encoder_module(params: Any, num_heads: int | None = None, dtype: Any = jnp.float32,
-                   attention: str | None = None) -> VisionTransformer:
+                   attention: str | None = None, scan_layers: bool = True) -> VisionTransformer:
   """The `VisionTransformer` whose parameters `params` are."""
   d = encoder_dims(params, num_heads)
   return VisionTransformer(d['patch_size'], d['width'], d['depth'], d['num_heads'],
-                           d['mlp_dim'], dtype=dtype, attention=attention)
+                           d['mlp_dim'], dtype=dtype, attention=attention, scan_layers=scan_layers)
+
+
+LAST_BLOCKS = 4  # 'last4': the blocks averaged
 
 
 def encode(params: Any, images: jax.Array, *, output: str = 'mean',
            num_heads: int | None = None, dtype: Any = jnp.float32,
            mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-           attention: str | None = None) -> jax.Array:
+           attention: str | None = None, scan_layers: bool = True) -> jax.Array:
   """Features of `images` [B, H, W, C] under the encoder `params` (pure; jit it as you like).
 
   `images`: uint8 (normalised here with `mean`/`std`, ImageNet's by default) or
   float, already normalised. H and W must be multiples of the patch size; any
   such size works (the position table is built for it). `output`: 'mean'
   [B, D], 'last4' [B, D] or 'tokens' [B, N, D] (see the module docstring).
+  `scan_layers`: run the blocks under `nn.scan` or unrolled (the same numbers).
   """
   if output not in OUTPUTS:
     raise ValueError(f'output={output!r}: choose one of {OUTPUTS}')
@@ -80,31 +82,14 @@ def encode(params: Any, images: jax.Array, *, output: str = 'mean',
   if images.ndim != 4 or images.shape[1] % p or images.shape[2] % p or images.shape[3] != d['channels']:
     raise ValueError(f'images must be [B, H, W, {d["channels"]}] with H and W multiples of '
                      f'the patch size {p}; got {images.shape}')
+  if output == 'last4' and d['depth'] < LAST_BLOCKS:
+    raise ValueError(f'the encoder has {d["depth"]} blocks, fewer than {LAST_BLOCKS}')
   if images.dtype == jnp.uint8:
     images = normalize(images, mean[:d['channels']] if d['channels'] == 1 else mean,
                        std[:d['channels']] if d['channels'] == 1 else std)
-  if output != 'last4':
-    enc = encoder_module(params, num_heads, dtype, attention)
-    tokens = enc.apply({'params': params}, images)
-    return tokens if output == 'tokens' else tokens.mean(axis=1)
-  return _last_blocks_mean(params, images, d, dtype, attention, 4)
-
-
-def _last_blocks_mean(params: Any, images: jax.Array, d: dict, dtype: Any,
-                      attention: str | None, last: int) -> jax.Array:
-  """Mean over the last `last` blocks of LayerNorm(block output) averaged over tokens."""
-  if last > d['depth']:
-    raise ValueError(f'the encoder has {d["depth"]} blocks, fewer than {last}')
-  x = PatchEmbed(d['patch_size'], d['width'], dtype).apply(
-      {'params': params['patch_embed']}, images).astype(jnp.float32)
-  h, w = images.shape[1] // d['patch_size'], images.shape[2] // d['patch_size']
-  x = x + jnp.asarray(sincos_2d(d['width'], (h, w)))[None]
-  block = Block(d['num_heads'], d['mlp_dim'], dtype, attention)
-  norm = nn.LayerNorm(epsilon=LN_EPS, dtype=jnp.float32)  # the encoder's final norm
-
-  def body(x, layer):  # the same Block the encoder scans, one layer's slice at a time
-    x, _ = block.apply({'params': layer}, x, None)
-    return x, norm.apply({'params': params['norm']}, x).mean(axis=1)
-
-  _, pooled = jax.lax.scan(body, x, params['blocks']['layers'])  # [depth, B, D]
-  return pooled[-last:].mean(axis=0)
+  enc = encoder_module(params, num_heads, dtype, attention, scan_layers)
+  if output == 'last4':  # each of the last blocks through the final norm, token-averaged
+    _, outs = enc.apply({'params': params}, images, blocks=range(-LAST_BLOCKS, 0))
+    return jnp.mean(jnp.stack([o.mean(axis=1) for o in outs]), axis=0)
+  tokens = enc.apply({'params': params}, images)
+  return tokens if output == 'tokens' else tokens.mean(axis=1)

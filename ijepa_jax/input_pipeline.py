@@ -28,7 +28,7 @@ import concurrent.futures
 import dataclasses
 import queue
 import threading
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -49,6 +49,12 @@ class TransformConfig:
   ratio: tuple[float, float] = (3 / 4, 4 / 3)
   flip: bool = False
 
+  @classmethod
+  def of(cls, data: Any) -> 'TransformConfig':
+    """The transform of a run's data settings (a `spec.DataSpec`)."""
+    return cls(data.image_size, data.channels, tuple(data.crop_scale), tuple(data.crop_ratio),
+               data.flip)
+
 
 class Batches:
   """One process's batches from a random-access `Source`: `batches(step) -> dict`.
@@ -59,12 +65,13 @@ class Batches:
 
   def __init__(self, source: Source, global_batch: int, seed: int, masks: MaskSampler,
                transform: TransformConfig, process_index: int = 0, process_count: int = 1,
-               workers: int = 4):
-    if global_batch % process_count:
-      raise ValueError(f'batch_size={global_batch} must be divisible by the {process_count} processes')
-    if len(source) < global_batch:
-      raise ValueError(f'batch_size={global_batch} is larger than the dataset ({len(source)} images); '
-                       'lower --config.batch_size')
+               workers: int = 4, steps_per_epoch: int | None = None):
+    """`global_batch` divisible by `process_count` (`spec.resolve` checks it for a run);
+    `steps_per_epoch`: the run's (`Run.steps_per_epoch`; None: the source's whole batches)."""
+    self.steps_per_epoch = steps_per_epoch or len(source) // global_batch
+    if len(source) < self.steps_per_epoch * global_batch or not self.steps_per_epoch:
+      raise ValueError(f'{self.steps_per_epoch or 1} steps of batch_size={global_batch} are more '
+                       f'images than the dataset holds ({len(source)}); lower --config.batch_size')
     self.source = source
     self.global_batch = global_batch
     self.local_batch = global_batch // process_count
@@ -72,7 +79,6 @@ class Batches:
     self.masks = masks
     self.transform = transform
     self.process_index = process_index
-    self.steps_per_epoch = len(source) // global_batch
     self._perm: tuple[int, np.ndarray | None] = (-1, None)
     self._pool = concurrent.futures.ThreadPoolExecutor(max(1, workers), 'ijepa-data')
     self._pending: dict[int, tuple[list, concurrent.futures.Future]] = {}

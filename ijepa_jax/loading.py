@@ -5,23 +5,15 @@ Shared by `ijepa_jax.tools.evaluate`, `ijepa_jax.tools.embed` and `ijepa_jax.too
 
 from typing import Any
 
-import flax.linen as nn
 import jax
 import numpy as np
 
 from ijepa_jax import layouts, sharding
-from ijepa_jax.checkpoint import Checkpoints, find_checkpoint, restore_target
+from ijepa_jax.checkpoint import Checkpoints, find_checkpoint
 from ijepa_jax.config import ConfigError
-from ijepa_jax.evaluation import encoder_params
 from ijepa_jax.spec import Arch, Run
-from ijepa_jax.state import abstract_state, init_state, run_shapes
-from ijepa_jax.train_step import IJepa, TrainState
-
-
-def model_for(run: Run) -> tuple[IJepa, dict, TrainState]:
-  """(model, batch shapes, boxed abstract state) of `run` (no data needed)."""
-  shapes = run_shapes(run)
-  return run.model, shapes, abstract_state(run.model, shapes)
+from ijepa_jax.state import StepOnMesh, encoder_params
+from ijepa_jax.train_step import TrainState
 
 
 def restore_state(run: Run, path: str, mesh: jax.sharding.Mesh,
@@ -33,11 +25,9 @@ def restore_state(run: Run, path: str, mesh: jax.sharding.Mesh,
   step = latest if step is None else step
   if step not in ckpts.all_steps():
     raise FileNotFoundError(f'{directory} has no checkpoint {step} (it has {ckpts.all_steps()})')
-  _, _, boxed = model_for(run)
-  abstract = nn.unbox(boxed)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-    target = restore_target(abstract, sharding.logical_shardings(boxed, mesh))
-    state, meta = ckpts.restore(step, target)
+  on_mesh = StepOnMesh.build(run, mesh)
+  with on_mesh.scope():
+    state, meta = ckpts.restore(step, on_mesh.target)
   ckpts.close()
   return state, step, meta
 
@@ -83,5 +73,4 @@ def random_encoder(run: Run, mesh: jax.sharding.Mesh, seed: int,
                    which: str = 'target') -> Any:
   """The encoder of `run` at random initialisation (the official init) with `seed`, on
   `mesh`: the baseline that pretraining is measured against."""
-  model, shapes, boxed = model_for(run)
-  return encoder_params(init_state(model, mesh, shapes, seed, boxed)[0], which)
+  return encoder_params(StepOnMesh.build(run, mesh).init(seed), which)

@@ -13,7 +13,7 @@ Compute runs in `dtype` (bf16 by default); parameters, LayerNorm, softmax and
 the residual stream stay in float32.
 """
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -138,19 +138,22 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-norm transformer block; the residual stream stays float32."""
+  """Pre-norm transformer block; the residual stream stays float32. Returns (output, output
+  again with `emit`, else None): under `nn.scan` the second is stacked over the layers."""
   num_heads: int
   mlp_hidden: int
   dtype: Any = jnp.bfloat16
   attention: str | None = None
+  emit: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array, kv_len: jax.Array | None) -> tuple[jax.Array, None]:
+  def __call__(self, x: jax.Array, kv_len: jax.Array | None) -> tuple[jax.Array, jax.Array | None]:
     x = nn.with_logical_constraint(x, ('batch', 'length', 'act_embed'))
     attn = Attention(self.num_heads, self.dtype, self.attention, name='attn')
     x = x + attn(_layer_norm('norm1')(x), kv_len)
     x = x + Mlp(self.mlp_hidden, self.dtype, name='mlp')(_layer_norm('norm2')(x))
-    return x.astype(jnp.float32), None
+    x = x.astype(jnp.float32)
+    return x, (x if self.emit else None)
 
 
 class BlockStack(nn.Module):
@@ -173,9 +176,13 @@ class BlockStack(nn.Module):
   scan: bool = True
 
   @nn.compact
-  def __call__(self, x: jax.Array, kv_len: jax.Array | None) -> jax.Array:
+  def __call__(self, x: jax.Array, kv_len: jax.Array | None,
+               blocks: Sequence[int] = ()) -> jax.Array | tuple[jax.Array, list[jax.Array]]:
+    """The last block's output; with `blocks` (indices into [0, depth), negative from the
+    end), also those blocks' outputs, in that order: (output, [output of block i, ...])."""
     policy = REMAT_POLICIES[self.remat_policy]
     args = (self.num_heads, self.mlp_hidden, self.dtype, self.attention)
+    wanted = [block_index(i, self.depth) for i in blocks]
     if self.scan or self.is_initializing():
       block = Block
       if self.remat_policy != 'none':
@@ -184,8 +191,10 @@ class BlockStack(nn.Module):
           block, variable_axes={'params': 0}, split_rngs={'params': True},
           in_axes=(nn.broadcast,), length=self.depth,
           metadata_params={nn.PARTITION_NAME: 'layers'})
-      x, _ = stack(*args, name='layers')(x, kv_len)
-      return x
+      # every layer's output stacked [depth, ...] only when some are asked for, as
+      # big_vision's scanned ViT returns them
+      x, each = stack(*args, emit=bool(wanted), name='layers')(x, kv_len)
+      return (x, [each[i] for i in wanted]) if blocks else x
     leaves, tree = jax.tree.flatten(nn.unbox(self.variables['params']['layers']))
     slices = [jax.lax.split(a, [1] * self.depth) for a in leaves]  # [leaf][layer] [1, ...]
 
@@ -194,9 +203,18 @@ class BlockStack(nn.Module):
 
     if self.remat_policy != 'none':
       layer = jax.checkpoint(layer, policy=policy)
+    outs = []
     for i in range(self.depth):
       x = layer(tree.unflatten([s[i][0] for s in slices]), x)
-    return x
+      outs.append(x)
+    return (x, [outs[i] for i in wanted]) if blocks else x
+
+
+def block_index(i: int, depth: int) -> int:
+  """Block `i` of `depth` as an index in [0, depth) (negative counts from the end)."""
+  if not -depth <= i < depth:
+    raise ValueError(f'block {i}: the encoder has {depth} blocks (indices {-depth} to {depth - 1})')
+  return i % depth
 
 
 PATCH_INITS = ('official', 'lecun')
@@ -254,7 +272,12 @@ class VisionTransformer(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array, keep_idx: jax.Array | None = None,
-               keep_len: jax.Array | None = None) -> jax.Array:
+               keep_len: jax.Array | None = None, blocks: Sequence[int] = (),
+               normed: bool = True) -> jax.Array | tuple[jax.Array, list[jax.Array]]:
+    """Tokens [B, K or N, width]; with `blocks` (block indices, negative from the end) also
+    those blocks' output tokens, each through the final LayerNorm (`normed`) or raw, as
+    (tokens, [block tokens, ...]): the intermediates an evaluation pools, under the scan and
+    unrolled alike."""
     h, w = images.shape[1] // self.patch_size, images.shape[2] // self.patch_size
     x = PatchEmbed(self.patch_size, self.width, self.dtype, self.patch_init, name='patch_embed')(images)
     x = x.astype(jnp.float32) + jnp.asarray(sincos_2d(self.width, (h, w)))[None]
@@ -262,9 +285,13 @@ class VisionTransformer(nn.Module):
       x = gather_tokens(x, keep_idx)  # after adding positions, as the official code
     else:
       keep_len = None  # every token is real
-    x = BlockStack(self.depth, self.num_heads, self.mlp_dim or 4 * self.width, self.dtype,
-                   self.remat_policy, self.attention, self.scan_layers, name='blocks')(x, keep_len)
-    return _layer_norm('norm')(x)
+    stack = BlockStack(self.depth, self.num_heads, self.mlp_dim or 4 * self.width, self.dtype,
+                       self.remat_policy, self.attention, self.scan_layers, name='blocks')
+    norm = _layer_norm('norm')
+    if not blocks:
+      return norm(stack(x, keep_len))
+    x, outs = stack(x, keep_len, blocks)
+    return norm(x), [norm(o) if normed else o for o in outs]
 
 
 class Predictor(nn.Module):

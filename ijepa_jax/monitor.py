@@ -26,30 +26,34 @@ def strategy_name(sampler: MaskSampler) -> str:
 
 
 def mask_sections(config: MaskConfig, num_images: int, seed: int, step: int,
-                  first: dict | None = None) -> list[tuple[str, dict | str]]:
+                  first: dict | None = None,
+                  sampler: MaskSampler | None = None) -> list[tuple[str, dict | str]]:
   """`pictures.mask_picture` sections for both sampler modes, this config's mode first (one
   section for the random, block and rasterized strategies).
 
   `first`: the masks to show for this config's mode (the trainer passes its first batch's);
   otherwise each mode's sampler draws masks for `num_images` images at (seed, step). A mode
-  that cannot sample this config shows its error instead.
+  that cannot sample this config shows its error instead. `sampler`: this config's own, where
+  the caller has it (the run's), so only the other mode's is built here.
   """
   sections = []
   # the other strategies have no official mode: only this config's section
   modes = MODES if config.strategy == 'multiblock' else (config.mode,)
   for mode in sorted(modes, key=lambda m: m != config.mode):
     try:
-      sampler = MaskSampler(dataclasses.replace(config, mode=mode))
+      mode_sampler = (sampler if sampler is not None and mode == config.mode else
+                      MaskSampler(dataclasses.replace(config, mode=mode)))
     except ValueError as e:
       sections.append((f'{mode} mode: cannot sample this config', str(e)[:160]))
       continue
     masks = first if (first is not None and mode == config.mode) else (
-        sampler(num_images, seed, step)._asdict())
+        mode_sampler(num_images, seed, step)._asdict())
     masks = {k: np.asarray(v)[:num_images] for k, v in masks.items()}
     mine = ' (this config)' if mode == config.mode else ''
+    s = mode_sampler
     sections.append((
-        f'{strategy_name(sampler)}{mode} mode{mine}: context ({masks["ctx_len"].mean():.0f} of '
-        f'{sampler.num_patches} patches on average, cut to {sampler.context_len}) | {sampler.num_targets} '
+        f'{strategy_name(s)}{mode} mode{mine}: context ({masks["ctx_len"].mean():.0f} of '
+        f'{s.num_patches} patches on average, cut to {s.context_len}) | {s.num_targets} '
         f'target blocks | all', masks))
   return sections
 
@@ -119,7 +123,7 @@ class Monitor:
     k = min(self.run.monitor.mask_images, len(first_batch['images']))
     masks = {key: first_batch[key][:k] for key in ('ctx_idx', 'ctx_len', 'tgt_idx', 'tgt_len')}
     # training step start + 1 takes global batch `start` (the sampler's step argument)
-    sections = mask_sections(self.run.masks, k, self.run.seed, start, masks)
+    sections = mask_sections(self.run.masks, k, self.run.seed, start, masks, self.run.sampler)
     image = pictures.mask_picture(first_batch['images'][:k], sections, self.run.arch.patch_size)
     path = self.run_log.picture('masks', image, start + 1)
     self.log(f'pictures: masks of training step {start + 1} in {path}; patch-feature maps at steps '

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from ijepa_jax import config as cfg_lib
+from ijepa_jax.paths import is_remote
 
 
 # -- the console ---------------------------------------------------------------
@@ -120,7 +120,7 @@ class MetricsLog:
 
   def __init__(self, path: str, resume_step: int, rewrite: bool | None = None):
     self.path = epath.Path(path)
-    self.rewrite = cfg_lib.is_remote(path) if rewrite is None else rewrite
+    self.rewrite = is_remote(path) if rewrite is None else rewrite
     self.file = None
     self.rows: list[str] = []
     self.active = jax.process_index() == 0

@@ -5,7 +5,8 @@ maps logical names to the mesh axes `data` and `fsdp`. Pure data parallelism is
 the mesh (N, 1); FSDP is the same rules on a mesh with fsdp > 1.
 """
 
-from typing import Any, Sequence
+import contextlib
+from typing import Any, Iterator, Sequence
 
 import flax.linen as nn
 import jax
@@ -85,3 +86,12 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+@contextlib.contextmanager
+def scope(mesh: jax.sharding.Mesh) -> Iterator[None]:
+  """`mesh` as the current mesh with our logical axis rules: what tracing, initialising,
+  restoring or compiling anything sharded needs around it."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
+    yield
+

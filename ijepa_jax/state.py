@@ -1,13 +1,16 @@
 """The train state and the compiled step, built from shapes: what the trainer, the tools,
 the benchmarks and the tests share (nothing here reads data or writes files).
 
-`batch_shapes` gives the global batch a run's step takes; `abstract_state` the state's
-shapes (no compute); `init_state` the sharded state; `make_step_fn` the jitted, donated
-step on uint8 images; `global_batch` a host batch as global arrays;
-`lower_abstract_step` / `compile_abstract_step` the step from shapes alone (memory and
-compile figures) and `device_memory` what a compiled step needs per device.
+`StepOnMesh.build(run, mesh)` is the one way to put a run's step on a mesh: the global
+batch's shapes (`batch_shapes`), the state's abstract tree and its shardings, the target
+a checkpoint is restored onto, a fresh sharded state (`init`), and the jitted, donated step
+on uint8 images (`jit`), lowered or compiled from shapes alone or on a real state;
+`scope()` is the mesh context everything sharded is traced in. `global_batch` makes a host
+batch global arrays, `device_memory` says what a compiled step needs per device and
+`encoder_params` picks an encoder out of a state.
 """
 
+import dataclasses
 import functools
 import time
 from typing import Any
@@ -18,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ijepa_jax import sharding
-from ijepa_jax.checkpoint import restore_target
+from ijepa_jax.features import ENCODERS
 from ijepa_jax.masks import MaskSampler
 from ijepa_jax.pixels import normalize
 from ijepa_jax.spec import Run
@@ -46,7 +49,7 @@ def make_step_fn(model: IJepa, state_shardings: Any, mesh: jax.sharding.Mesh,
 
 def run_shapes(run: Run) -> dict:
   """The global batch `run`'s step takes (`batch_shapes`)."""
-  return batch_shapes(run.batch_size, run.arch.image_size, run.arch.channels, run.sampler())
+  return batch_shapes(run.batch_size, run.arch.image_size, run.arch.channels, run.sampler)
 
 
 def batch_shapes(batch_size: int, image_size: int, channels: int, masks: MaskSampler) -> dict:
@@ -82,28 +85,88 @@ def init_state(model: IJepa, mesh: jax.sharding.Mesh, shapes: dict, seed: int,
   return state, shardings
 
 
+def restore_target(abstract: Any, shardings: Any) -> Any:
+  """Abstract state whose leaves carry the shardings to restore (or lower) onto."""
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract, shardings)
+
+
+def encoder_params(state: Any, which: str) -> Any:
+  """The target (EMA) or context encoder's parameters of a TrainState."""
+  if which not in ENCODERS:
+    raise ValueError(f'evals.encoder={which!r}: choose one of {ENCODERS}')
+  return state.target_params if which == 'target' else state.params['encoder']
+
+
+@dataclasses.dataclass(frozen=True)
+class StepOnMesh:
+  """A run's train step placed on `mesh` (`build`): shapes and shardings, no compute yet."""
+  run: Run
+  mesh: jax.sharding.Mesh
+  shapes: dict            # the global batch the step takes
+  boxed: TrainState       # the state's shapes in logical-partitioning boxes
+  shardings: Any          # the state's shardings on the mesh
+
+  @classmethod
+  def build(cls, run: Run, mesh: jax.sharding.Mesh) -> 'StepOnMesh':
+    shapes = run_shapes(run)
+    boxed = abstract_state(run.model, shapes)
+    with sharding.scope(mesh):
+      shardings = sharding.logical_shardings(boxed, mesh)
+    return cls(run, mesh, shapes, boxed, shardings)
+
+  def scope(self):
+    """The mesh context (with the logical rules) to restore, init, trace and run in."""
+    return sharding.scope(self.mesh)
+
+  @property
+  def abstract(self) -> TrainState:
+    """The state's shapes as plain `ShapeDtypeStruct`s (no sharding constraint applied, so
+    this works inside `scope()` too)."""
+    return jax.tree.map(lambda x: x.unbox(apply_constraint=False)
+                        if isinstance(x, nn.Partitioned) else x,
+                        self.boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+  @property
+  def target(self) -> Any:
+    """The abstract state with its shardings: what a checkpoint is restored onto."""
+    return restore_target(self.abstract, self.shardings)
+
+  def init(self, seed: int) -> TrainState:
+    """A fresh sharded state (the official init) from `seed`."""
+    with self.scope():
+      return init_state(self.run.model, self.mesh, self.shapes, seed, self.boxed)[0]
+
+  def jit(self):
+    """The jitted step: guarded_train_step on uint8 images, the state donated."""
+    return make_step_fn(self.run.model, self.shardings, self.mesh, self.run.data.mean,
+                        self.run.data.std)
+
+  def lower(self, state: Any = None):
+    """(lowered step, seconds) on `state`, or on shapes alone (nothing is allocated)."""
+    t0 = time.perf_counter()
+    with self.scope():
+      lowered = self.jit().lower(self.target if state is None else state, self.shapes)
+    return lowered, time.perf_counter() - t0
+
+  def compile(self, state: Any = None):
+    """(compiled step, seconds to lower and compile) on `state` or shapes alone."""
+    lowered, seconds = self.lower(state)
+    t0 = time.perf_counter()
+    with self.scope():
+      compiled = lowered.compile()
+    return compiled, seconds + time.perf_counter() - t0
+
+
 def lower_abstract_step(run: Run, mesh: jax.sharding.Mesh):
-  """Lower the train step of `run` on `mesh` from shapes alone (nothing is allocated);
-  returns (lowered, seconds to lower)."""
-  model, shapes = run.model, run_shapes(run)
-  boxed = abstract_state(model, shapes)
-  state_sh = sharding.logical_shardings(boxed, mesh)
-  state = restore_target(nn.unbox(boxed), state_sh)  # abstract leaves that carry shardings
-  t0 = time.perf_counter()
-  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-    step = make_step_fn(model, state_sh, mesh, run.data.mean, run.data.std)
-    lowered = step.lower(state, shapes)
-  return lowered, time.perf_counter() - t0
+  """The train step of `run` on `mesh` lowered from shapes alone: (lowered, seconds)."""
+  return StepOnMesh.build(run, mesh).lower()
 
 
 def compile_abstract_step(run: Run, mesh: jax.sharding.Mesh):
-  """Compile the train step of `run` on `mesh` from shapes alone (nothing is allocated);
-  returns (compiled, seconds to lower and compile). For memory and compile-time figures."""
-  lowered, seconds = lower_abstract_step(run, mesh)
-  t0 = time.perf_counter()
-  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-    compiled = lowered.compile()
-  return compiled, seconds + time.perf_counter() - t0
+  """The train step of `run` on `mesh` compiled from shapes alone (memory and compile-time
+  figures): (compiled, seconds to lower and compile)."""
+  return StepOnMesh.build(run, mesh).compile()
 
 
 def global_batch(local: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:

@@ -22,26 +22,24 @@ import sys
 import time
 import uuid
 
-import flax.linen as nn
 import jax
 import ml_collections
 from etils import epath
 
-from ijepa_jax import config as cfg_lib
 from ijepa_jax import data as data_lib
 from ijepa_jax import sharding
-from ijepa_jax.checkpoint import CheckpointError, Checkpoints, find_checkpoint, restore_target
-from ijepa_jax.evaluation import Evaluator, encoder_params, eval_splits, summary, with_baseline
+from ijepa_jax.checkpoint import CheckpointError, Checkpoints, find_checkpoint
+from ijepa_jax.evaluation import Evaluator, eval_splits, summary, with_baseline
 from ijepa_jax.flops import peak_flops
-from ijepa_jax.input_pipeline import Batches, prefetch
+from ijepa_jax.input_pipeline import Batches, TransformConfig, prefetch
 from ijepa_jax.loading import random_encoder
-from ijepa_jax.masks import MaskSampler
 from ijepa_jax.monitor import Monitor
+from ijepa_jax.paths import is_remote
 from ijepa_jax.reporting import (Progress, RunLog, fmt_time, host_description, log,
                                  parameter_overview)
 from ijepa_jax.spec import Run, describe_arch, resolve
-from ijepa_jax.state import (abstract_state, batch_shapes, device_memory, global_batch,
-                             init_state, make_step_fn, param_count)
+from ijepa_jax.state import (StepOnMesh, device_memory, encoder_params, global_batch,
+                             param_count)
 from ijepa_jax.stop import StopRequest
 from ijepa_jax.train_step import TrainState
 
@@ -68,14 +66,15 @@ def check_writable(workdir: str) -> None:
     probe.unlink()
   except (OSError, ImportError, ValueError) as e:
     hint = (' (for gs:// install the gcs extra: pip install -e ".[gcs]", and check the '
-            'bucket\'s permissions)' if cfg_lib.is_remote(workdir) else '')
+            'bucket\'s permissions)' if is_remote(workdir) else '')
     raise CheckpointError(f'--workdir={workdir} is not writable ({type(e).__name__}: {e}); '
                           f'pass a directory this process can write{hint}') from None
 
 
-def make_batches(run: Run, source: data_lib.Source, masks: MaskSampler) -> Batches:
-  return Batches(source, run.batch_size, run.seed, masks, run.data.transform,
-                 jax.process_index(), jax.process_count(), run.data.workers)
+def make_batches(run: Run, source: data_lib.Source) -> Batches:
+  return Batches(source, run.batch_size, run.seed, run.sampler, TransformConfig.of(run.data),
+                 jax.process_index(), jax.process_count(), run.data.workers,
+                 run.steps_per_epoch)
 
 
 # -- (2)-(3) resume or initialise (the state builders are in state.py) --------
@@ -97,9 +96,10 @@ def _fresh_accounting() -> dict:
           'damaged_checkpoints': 0}
 
 
-def restore_or_init(run: Run, ckpts, mesh, shapes, boxed, target, data_meta):
+def restore_or_init(run: Run, ckpts, on_mesh: StepOnMesh, data_meta):
   """(state, accounting, how): the latest checkpoint of this workdir, else `init_from`,
   else a fresh init."""
+  target = on_mesh.target
   state, meta, latest, damaged = ckpts.restore_intact(target, log)
   if latest is not None:
     meta['accounting']['damaged_checkpoints'] = (
@@ -119,12 +119,11 @@ def restore_or_init(run: Run, ckpts, mesh, shapes, boxed, target, data_meta):
     if run.init_from_mode == 'full':
       state = loaded
     else:
-      fresh, _ = init_state(run.model, mesh, shapes, run.seed, boxed)
+      fresh = on_mesh.init(run.seed)
       state = fresh.replace(params=loaded.params, target_params=loaded.target_params)
     return state, _fresh_accounting(), (f'initialised from {directory}/{step} '
                                         f'({run.init_from_mode})')
-  state, _ = init_state(run.model, mesh, shapes, run.seed, boxed)
-  return state, _fresh_accounting(), 'fresh initialisation'
+  return on_mesh.init(run.seed), _fresh_accounting(), 'fresh initialisation'
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -136,18 +135,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   t_start = time.time()
   n_dev, n_proc = jax.device_count(), jax.process_count()
   platform = jax.default_backend()
-  cfg_lib.validate(config, n_dev, n_proc, platform)  # all but the checks on the data's size
+  run = resolve(config, n_dev, n_proc, platform)  # all but what needs the data's size
   check_writable(workdir)
   sources = data_lib.Sources()  # every split opened once in this start, then handed on
-  d = config.data
+  d = run.data
   source = sources(d.dataset, d.split, d.data_dir)
-  run = resolve(config, n_dev, n_proc, platform, dataset_size=len(source), validated=True)
+  run = run.sized(len(source), f'{d.dataset}/{d.split}')
   if run.evals.every > 0 or run.evals.at_end:  # the labelled evaluation data is there: fail early
     eval_splits(run.evals, run.data, 1, 1, cache=False, sources=sources)
-  masks = run.sampler()
-  shapes = batch_shapes(run.batch_size, run.arch.image_size, run.arch.channels, masks)
-  boxed = abstract_state(run.model, shapes)
-  abstract = nn.unbox(boxed)
+  masks = run.sampler
+  mesh = sharding.make_mesh(*run.mesh)
+  on_mesh = StepOnMesh.build(run, mesh)
+  abstract = on_mesh.abstract
   total, a = run.total_steps, run.arch
   log(f'model: {describe_arch(a)} | encoder '
       f'{param_count(abstract.params["encoder"]):,} params, predictor '
@@ -161,19 +160,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   log(f'data: {d.dataset}/{d.split}, {len(source):,} images | schedule: '
       f'{total} steps, global batch {run.batch_size}, {run.steps_per_epoch} steps/epoch')
 
-  batches = make_batches(run, source, masks)
+  batches = make_batches(run, source)
   k = run.checkpoint
   ckpts = Checkpoints(os.path.join(workdir, 'checkpoints'), k.keep, k.keep_every, k.async_save)
-  mesh = sharding.make_mesh(*run.mesh)
   log(f'mesh: {dict(mesh.shape)} over {n_dev} {jax.devices()[0].platform} device(s), '
       f'{n_proc} process(es)')
   data_meta = {'seed': run.seed, 'dataset_size': len(source), 'global_batch': run.batch_size}
   in_flight = None
   try:
-    with StopRequest(k.stop_check_every, k.stop_deadline) as stop, jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-      state_sh = sharding.logical_shardings(boxed, mesh)
-      state, acct, how = restore_or_init(run, ckpts, mesh, shapes, boxed,
-                                         restore_target(abstract, state_sh), data_meta)
+    with StopRequest(k.stop_check_every, k.stop_deadline) as stop, on_mesh.scope():
+      state_sh = on_mesh.shardings
+      state, acct, how = restore_or_init(run, ckpts, on_mesh, data_meta)
       start = int(state.step)
       acct['starts'] += 1
       log(f'state: {how}, at step {start}')
@@ -184,11 +181,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         return json.loads(final.read_text()) if final.exists() else {'step': float(start)}
       overview = parameter_overview(abstract, state_sh)
       log(overview)
-      t0 = time.time()
-      compiled = make_step_fn(run.model, state_sh, mesh, run.data.mean,
-                              run.data.std).lower(state, shapes).compile()
+      compiled, seconds = on_mesh.compile(state)
       flops = a.step_flops(run.batch_size, masks)
-      log(f'compiled the train step in {time.time() - t0:.1f}s | {flops / 1e9:,.1f} GFLOP/step | '
+      log(f'compiled the train step in {seconds:.1f}s | {flops / 1e9:,.1f} GFLOP/step | '
           f'{device_memory(compiled)}')
       ev = run.evals
       periodic = None

@@ -115,5 +115,5 @@ def test_padding_counts_the_fixed_shapes_against_the_real_lengths():
   assert (r['Kc'], r['Kt'], r['M']) == (49, 40, 4)
   # executed is exactly the fixed-shape count; official targets pad, contexts hardly
   run = resolve(load('vitl16'), 1)
-  assert r['executed_gflop'] * 1e9 == pytest.approx(run.arch.step_flops(1, run.sampler()), rel=1e-12)
+  assert r['executed_gflop'] * 1e9 == pytest.approx(run.arch.step_flops(1, run.sampler), rel=1e-12)
   assert 0 < r['excess'] < 0.05 and r['predictor_excess'] > 0 and r['tgt_mean'] <= 40

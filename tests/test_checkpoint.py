@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from ijepa_jax import sharding
-from ijepa_jax.checkpoint import Checkpoints, find_checkpoint, restore_target
-from ijepa_jax.state import abstract_state, init_state
+from ijepa_jax.checkpoint import Checkpoints, find_checkpoint
+from ijepa_jax.state import abstract_state, init_state, restore_target
 from helpers import batch_for, shapes_of, tiny_model
 
 META = {'step': 3, 'data': {'next_step': 3}, 'accounting': {'train_seconds': 1.5}}

@@ -8,6 +8,7 @@ import pytest
 
 from ijepa_jax import config as cfg_lib
 from ijepa_jax import trainer
+from ijepa_jax.spec import resolve
 from ijepa_jax.checkpoint import CheckpointError
 from helpers import load
 
@@ -16,27 +17,27 @@ from helpers import load
 @pytest.mark.parametrize('name', ['demo', 'fashion_mnist_long', 'vits16', 'vitb16', 'vitl16', 'vith14', 'vith16_448', 'vitg16'])
 def test_configs_validate(name):
   c = load(name)
-  cfg_lib.validate(c, num_devices=8)
-  model = cfg_lib.build_model(c)
-  assert model.encoder.width == cfg_lib.encoder_dims(c)[0]
+  run = resolve(c, num_devices=8)
+  assert run.model.encoder.width == run.arch.width > 0
 
 
 @pytest.mark.parametrize('name', ['demo', 'vitl16', 'vitg16'])
 def test_blocks_unrolled_by_default_except_on_tpus(name):
   c = load(name)
   for platform, scan in (('gpu', False), ('cpu', False), ('tpu', True)):
-    model = cfg_lib.build_model(c, platform)
-    assert (model.encoder.scan_layers, model.predictor.scan_layers) == (scan, scan)
+    run = resolve(c, 8, platform=platform)
+    model = run.model
+    assert (model.encoder.scan_layers, model.predictor.scan_layers, run.arch.scan_layers) == (scan,) * 3
   c.model.scan_layers = True  # a set value wins everywhere
-  assert cfg_lib.build_model(c, 'gpu').encoder.scan_layers
+  assert resolve(c, 8, platform='gpu').model.encoder.scan_layers
   c.model.scan_layers = False
-  assert not cfg_lib.build_model(c, 'tpu').predictor.scan_layers
+  assert not resolve(c, 8, platform='tpu').model.predictor.scan_layers
 
 
 @pytest.mark.parametrize('name', ['vits16', 'vitb16', 'vitl16', 'vith14', 'vith16_448', 'vitg16'])
 def test_paper_recipes_keep_the_official_objective(name):
   c = load(name)
-  model = cfg_lib.build_model(c)
+  model = resolve(c, 8).model
   assert not model.anti_collapse.active and model.loss == 'smooth_l1'
   assert c.model.patch_init == 'official'
   # representation targets (the predictor maps back to the encoder's width) and multi-block masks
@@ -47,7 +48,7 @@ def test_paper_recipes_keep_the_official_objective(name):
 def test_paper_recipes():
   c = load('vith14')
   assert (c.model.patch_size, c.data.image_size, c.num_epochs, c.optim.warmup_epochs) == (14, 224, 300, 40)
-  assert cfg_lib.steps_per_epoch(c) == 625 and c.batch_size == 2048
+  assert resolve(c, 8).steps_per_epoch == 625 and c.batch_size == 2048
   assert (c.optim.start_lr, c.optim.lr, c.optim.final_lr) == (2e-4, 1e-3, 1e-6)
   assert (c.optim.weight_decay, c.optim.final_weight_decay, tuple(c.optim.ema)) == (0.04, 0.4, (0.996, 1.0))
   assert c.masks.mode == 'official' and c.masks.min_keep == 10 and c.loss == 'smooth_l1'
@@ -107,18 +108,18 @@ def test_bad_values(field, value, match):
   section, _, key = field.rpartition('.')
   (c[section] if section else c)[key] = value
   with pytest.raises(cfg_lib.ConfigError, match=match):
-    cfg_lib.validate(c, num_devices=8)
+    resolve(c, num_devices=8)
 
 
 def test_bucket_urls_only_where_they_work(tmp_path):
   c = load('demo')
   c.data.data_dir = 'gs://bucket/fashion'
   with pytest.raises(cfg_lib.ConfigError, match='bucket URLs work for TFDS datasets'):
-    cfg_lib.validate(c, num_devices=8)
+    resolve(c, num_devices=8)
   c = load('demo')
   c.init_from = 'gs://bucket/run'
   with pytest.raises(cfg_lib.ConfigError, match='init_from'):
-    cfg_lib.validate(c, num_devices=8)
+    resolve(c, num_devices=8)
   if importlib.util.find_spec('gcsfs') is None:  # else it would try the network
     with pytest.raises(CheckpointError, match=r'gs:// install the gcs extra'):
       trainer.train_and_evaluate(load('demo'), 'gs://bucket/work')

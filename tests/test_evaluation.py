@@ -95,13 +95,10 @@ def test_evaluator_on_an_image_folder(tmp_path, monkeypatch):
   config = folder_config(tmp_path)
   config.evals.lowshot_per_class = (2,)
   mesh = sharding.make_mesh(-1, 1)
-  from ijepa_jax.loading import model_for
-  from ijepa_jax.state import init_state
-  import flax.linen as nn
-  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+  from ijepa_jax.state import StepOnMesh
+  with sharding.scope(mesh):
     run = resolve(config, 8)
-    model, shapes, boxed = model_for(run)
-    state, _ = init_state(model, mesh, shapes, 0, boxed)
+    state = StepOnMesh.build(run, mesh).init(0)
     ev = evaluation.Evaluator(run, mesh, -1, -1, ('linear', 'knn', 'lowshot'))
     res = ev(state.target_params)
     assert ev.num_classes == 2
@@ -158,6 +155,7 @@ def test_evaluator_on_an_image_folder(tmp_path, monkeypatch):
 
 def test_eval_config_errors():
   from ijepa_jax.config import ConfigError, validate
+  from ijepa_jax.spec import resolve
   for field, value, msg in (('periodic_probes', ('linear', 'svm'), r"unknown \['svm'\]"),
                             ('pool', 'cls', 'choose mean, last4 or tokens'),
                             ('encoder', 'online', 'choose one of'),
@@ -166,7 +164,9 @@ def test_eval_config_errors():
     c = base_config()
     c.evals[field] = value
     with pytest.raises(ConfigError, match=msg):
-      validate(c, 8)
+      validate(c)  # field by field
+    with pytest.raises(ConfigError, match=msg):
+      resolve(c, 8)  # which validates first
 
 
 def run_tool(module, *args):
@@ -209,7 +209,7 @@ def test_tools_on_a_demo_run(tmp_path):
   # useful work: steps 4-6 at their masks' real lengths, counted again here from the sampler,
   # against the executed fixed-shape work of the same three steps
   run_spec = resolve(load('demo'), 1)
-  sampler = run_spec.sampler()
+  sampler = run_spec.sampler
   useful = sum(run_spec.arch.useful_flops(mb.ctx_len, mb.tgt_len)
                for mb in (sampler(64, 3, s) for s in range(3, 6)))
   executed = 3 * run_spec.arch.step_flops(64, sampler)

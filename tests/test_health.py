@@ -1,21 +1,19 @@
 """Representation health and the collapse alarm, against hand-computed cases and on the
 real model: constant features (a collapsed encoder) raise the alarm, healthy ones do not."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ijepa_jax import config as cfg_lib
+from ijepa_jax.spec import mask_config
 from ijepa_jax import sharding
 from ijepa_jax.pixels import normalize
 from ijepa_jax.health import (CollapseAlarm, effective_rank, feature_std, health_metrics,
                               masked_cosine)
-from ijepa_jax.loading import model_for
 from ijepa_jax.masks import MaskSampler
 from ijepa_jax.spec import resolve
-from ijepa_jax.state import init_state
+from ijepa_jax.state import StepOnMesh
 from ijepa_jax.train_step import predictions_and_targets
 from helpers import load
 
@@ -69,14 +67,15 @@ def test_alarm_on_constant_features_not_on_healthy_ones():
 
 def test_health_of_the_model_at_init_and_collapsed():
   config = load('demo')
-  model, shapes, boxed = model_for(resolve(config, 1))
-  mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
-  masks = MaskSampler(cfg_lib.mask_config(config))(16, seed=0, step=1)._asdict()
+  run = resolve(config, 1)
+  model = run.model
+  on_mesh = StepOnMesh.build(run, sharding.make_mesh(1, 1, jax.devices()[:1]))
+  masks = MaskSampler(mask_config(config))(16, seed=0, step=1)._asdict()
   images = jax.random.uniform(jax.random.key(1), (16, 28, 28, 1), minval=0, maxval=255)
   batch = {'images': normalize(images.astype(jnp.uint8), (0.286,), (0.353,)),
            **{k: jnp.asarray(v) for k, v in masks.items()}}
-  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-    state, _ = init_state(model, mesh, shapes, 0, boxed)
+  with on_mesh.scope():
+    state = on_mesh.init(0)
     fn = jax.jit(lambda p, t, b: health_metrics(model, p, t, b))
     healthy = {k: float(v) for k, v in fn(state.params, state.target_params, batch).items()}
     pred, tgt, _ = jax.jit(lambda p, t, b: predictions_and_targets(model, p, t, b))(

@@ -149,3 +149,16 @@ def test_prefetch_order_and_errors():
     for v in prefetch(bad, 0, 5):
       got.append(v)
   assert got == [0, 1]
+
+
+def test_a_configured_epoch_length_is_honoured():
+  """steps_per_epoch=2 over 100 images of batch 20: a new permutation every 2 steps."""
+  short = Batches(ArraySource(IMAGES), 20, 1, MASKS, FULL, workers=2, steps_per_epoch=2)
+  whole = batches()  # 5 steps an epoch
+  assert (short.steps_per_epoch, whole.steps_per_epoch) == (2, 5)
+  np.testing.assert_array_equal(ids(short(1)), ids(whole(1)))  # the same first epoch's order
+  assert not np.array_equal(ids(short(2)), ids(whole(2)))       # then the next epoch's
+  epoch1 = np.random.default_rng([input_pipeline._EPOCH_STREAM, 1, 1]).permutation(100)
+  np.testing.assert_array_equal(ids(short(2)), epoch1[:20])
+  with pytest.raises(ValueError, match='more images than the dataset holds'):
+    Batches(ArraySource(IMAGES), 20, 1, MASKS, FULL, steps_per_epoch=6)

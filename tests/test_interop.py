@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from ijepa_jax import formats, layouts
-from ijepa_jax.config import build_model
+from ijepa_jax.spec import resolve
 from ijepa_jax.features import encode
 from ijepa_jax.models import Predictor, VisionTransformer
 from tests.reference.trees import randomize
@@ -90,6 +90,9 @@ def test_safetensors_round_trip(tmp_path):
   with open(tmp_path / 'a.safetensors', 'rb') as f:
     n = int.from_bytes(f.read(8), 'little')
   assert (8 + n) % 8 == 0  # data aligned, as the format recommends
+  mask = os.umask(0)
+  os.umask(mask)
+  assert os.stat(tmp_path / 'a.safetensors').st_mode & 0o777 == 0o666 & ~mask  # as any new file
   data = (tmp_path / 'a.safetensors').read_bytes()
   (tmp_path / 'cut.safetensors').write_bytes(data[:-4])  # a truncated download
   with pytest.raises(formats.InteropError, match='not a readable safetensors file'):
@@ -292,7 +295,7 @@ def test_released_model_layouts_match_hf_and_timm(config_name, tmp_path):
   IJepaModel and timm's VisionTransformer at that size (built on torch's meta device)."""
   from configs import vith14, vith16_448, vitg16  # pylint: disable=import-outside-toplevel
   config = {'vith14': vith14, 'vith16_448': vith16_448, 'vitg16': vitg16}[config_name].get_config()
-  model = build_model(config)
+  model = resolve(config, 1).model
   size, patch = config.data.image_size, config.model.patch_size
   grid = (size // patch,) * 2
   shapes = jax.eval_shape(lambda: nn.unbox(model.encoder.init(

@@ -203,6 +203,36 @@ def test_scan_layers_same_tree_outputs_and_gradients(remat):
                              rtol=1e-5, atol=1e-6)
 
 
+def test_intermediate_blocks_under_the_scan_and_unrolled():
+  """The encoder's block outputs are those of the same weights cut to fewer blocks (each
+  through the final norm, or raw), the same under the scan and unrolled; `encode`'s last4
+  pooling is equal under both settings."""
+  from ijepa_jax.features import encode
+  depth = 5
+  enc = {s: VisionTransformer(4, 32, depth, 4, dtype=F32, scan_layers=s) for s in (True, False)}
+  x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 16, 16, 3)), F32)
+  params = nn.unbox(enc[True].init(jax.random.key(2), x))['params']
+  want = []  # an independent reference: block k's output is the output of the first k blocks
+  for k in range(1, depth + 1):
+    cut = dict(params, blocks={'layers': jax.tree.map(lambda a: a[:k], params['blocks']['layers'])})
+    want.append(VisionTransformer(4, 32, k, 4, dtype=F32).apply({'params': cut}, x))
+  for scan, e in enc.items():
+    out, blocks = e.apply({'params': params}, x, blocks=(0, 2, -1))
+    np.testing.assert_allclose(out, want[-1], rtol=1e-5, atol=1e-6)
+    for got, k in zip(blocks, (0, 2, 4)):
+      np.testing.assert_allclose(got, want[k], rtol=1e-5, atol=1e-5, err_msg=f'scan={scan}')
+    _, (raw,) = e.apply({'params': params}, x, blocks=(-1,), normed=False)
+    assert not np.allclose(raw, want[-1], atol=1e-3)  # not through the final norm
+    np.testing.assert_allclose(nn.LayerNorm(epsilon=1e-6).apply({'params': params['norm']}, raw),
+                               want[-1], rtol=1e-5, atol=1e-5)
+  last4 = {s: encode(params, x, output='last4', num_heads=4, scan_layers=s) for s in (True, False)}
+  np.testing.assert_allclose(last4[False], last4[True], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(last4[True], np.mean([w.mean(1) for w in want[-4:]], axis=0),
+                             rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match='the encoder has 5 blocks'):
+    enc[False].apply({'params': params}, x, blocks=(5,))
+
+
 def test_odd_length_padding_for_cudnn(monkeypatch):
   """cuDNN gets an odd sequence padded by one masked key; the result is the unpadded one.
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from ijepa_jax import config as cfg_lib
+from ijepa_jax.spec import mask_config
 from ijepa_jax import fashion_mnist
 from ijepa_jax.masks import MaskSampler
 from ijepa_jax.monitor import feature_steps
@@ -95,10 +95,10 @@ def test_a_monitored_run(tmp_path):
   picture = np.asarray(Image.open(pics / 'masks.png').convert('RGB'))
   assert picture.shape[:2] == mask_picture_size(4, 4, 28, sections=2)
   config = load('demo')
-  masks = MaskSampler(cfg_lib.mask_config(config))(64, seed=0, step=0)._asdict()
+  masks = MaskSampler(mask_config(config))(64, seed=0, step=0)._asdict()
   check_section(picture, GAP, {k: v[:4] for k, v in masks.items()}, 4, 28, 7)
   config.masks.mode = 'official'
-  masks = MaskSampler(cfg_lib.mask_config(config))(4, seed=0, step=0)._asdict()
+  masks = MaskSampler(mask_config(config))(4, seed=0, step=0)._asdict()
   check_section(picture, GAP + mask_picture_size(4, 4, 28)[0] - GAP, masks, 4, 28, 7)
 
   # the same command again on the finished run: nothing to do, and nothing it wrote changes

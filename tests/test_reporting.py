@@ -10,7 +10,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ijepa_jax import sharding
-from ijepa_jax.loading import model_for
+from ijepa_jax.state import StepOnMesh
 from ijepa_jax.spec import resolve
 from ijepa_jax.reporting import (Console, MetricsLog, Progress, RunLog, TensorBoard,
                                  parameter_overview, tag_for)
@@ -117,10 +117,9 @@ def test_console_live_line_only_in_a_terminal(monkeypatch):
 
 def test_parameter_overview_counts_and_bytes_per_device():
   config = load('demo')
-  _, _, boxed = model_for(resolve(config, 1))
-  import flax.linen as nn
-  abstract = nn.unbox(boxed)
-  text = parameter_overview(abstract, sharding.logical_shardings(boxed, sharding.make_mesh(1, 1, jax.devices()[:1])))
+  on_mesh = StepOnMesh.build(resolve(config, 1), sharding.make_mesh(1, 1, jax.devices()[:1]))
+  abstract, boxed = on_mesh.abstract, on_mesh.boxed
+  text = parameter_overview(abstract, on_mesh.shardings)
   # by hand: patch_embed 4*4*1*64 + 64; each of 4 blocks: 2 LayerNorms 4*64, qkv 64*192 + 192,
   # proj 64*64 + 64, fc1 64*256 + 256, fc2 256*64 + 64; the final norm 2*64
   encoder = 4 * 4 * 64 + 64 + 4 * (4 * 64 + 64 * 192 + 192 + 64 * 64 + 64 + 64 * 256 + 256

@@ -10,6 +10,7 @@ import pytest
 from ijepa_jax import data as data_lib
 from ijepa_jax import trainer
 from ijepa_jax.config import ConfigError
+from ijepa_jax.input_pipeline import TransformConfig
 from ijepa_jax.probes import ProbeSettings
 from ijepa_jax.recipes import base_config
 from ijepa_jax.spec import (CheckpointSpec, DataSpec, EvalSpec, MonitorSpec, _section,
@@ -38,7 +39,7 @@ def test_a_field_the_dataclass_lacks_is_an_error():
 
 
 def test_the_demo_resolved():
-  run = resolve(load('demo'), num_devices=8, platform='cpu')
+  run = resolve(load('demo'), num_devices=8, platform='cpu', dataset_size=60000)
   a = run.arch
   assert (a.width, a.depth, a.num_heads, a.mlp_dim, a.patch_size, a.grid) == (64, 4, 4, 256, 4, (7, 7))
   assert (a.pred_width, a.pred_depth, a.pred_heads, a.pred_out) == (32, 2, 4, 64)
@@ -47,10 +48,10 @@ def test_the_demo_resolved():
   assert run.total_steps == int(1.25 * 468) == 585
   assert run.mesh == (8, 1)
   assert run.data.workers == (os.cpu_count() or 1)  # -1: one per core
-  assert run.data.transform.scale == (1.0, 1.0)
+  assert TransformConfig.of(run.data).scale == (1.0, 1.0)
   assert (run.evals.dataset, run.evals.data_dir) == ('fashion_mnist', '')  # '' -> data.*
   assert (run.evals.configured_dataset, run.evals.probe.knn_k) == ('', 20)
-  assert run.masks.context_len == 32 and run.sampler().context_len == 32
+  assert run.masks.context_len == 32 and run.sampler.context_len == 32
   assert run.model.anti_collapse.var_weight == 1.0
   assert run.config_dict()['data']['dataset_size'] == 60000
 
@@ -71,7 +72,9 @@ def test_without_a_dataset_size_the_schedule_is_unknown():
     resolve(c, 8)
   c.data.dataset_size = -1
   with pytest.raises(ConfigError, match='smaller than batch_size'):
-    resolve(c, 8, dataset_size=100, validated=True)
+    resolve(c, 8, dataset_size=100)
+  with pytest.raises(ConfigError, match='smaller than batch_size'):
+    run.sized(100)
 
 
 @pytest.mark.slow
@@ -99,3 +102,26 @@ def test_a_start_opens_each_split_once(tmp_path, monkeypatch):
   assert last['step'] == 2 and 'final_knn_top1' in last and 'baseline_knn_top1' in last
   assert sorted(opened) == [('image_folder', 'train'), ('image_folder', 'val')]
   assert os.path.exists(tmp_path / 'work' / 'pictures')
+
+
+def test_the_opened_data_sizes_the_run():
+  """A run resolved before its data is open is sized by it: a configured dataset size must
+  be the split's, a configured steps_per_epoch wins over the split's whole batches."""
+  c = load('demo')  # batch 128
+  c.data.dataset_size = 60000  # a template's size
+  with pytest.raises(ConfigError, match=r'data.dataset_size=60000 but my/split has 1000 images; '
+                     r'pass --config.data.dataset_size=-1'):
+    resolve(c, 8).sized(1000, 'my/split')
+  c.data.dataset_size = -1
+  run = resolve(c, 8)
+  assert (run.steps_per_epoch, run.total_steps) == (None, None)
+  sized = run.sized(1000)
+  assert (sized.steps_per_epoch, sized.total_steps) == (1000 // 128, int(1.25 * 7))
+  assert sized.model.schedules.total_steps == int(1.25 * 7)  # the schedules follow
+  assert sized.config_dict()['data']['dataset_size'] == 1000
+  assert sized.sampler is run.sampler  # built once
+  c.steps_per_epoch = 3
+  assert resolve(c, 8).sized(1000).steps_per_epoch == 3
+  c.steps_per_epoch = 10  # 1,280 images an epoch from 1,000
+  with pytest.raises(ConfigError, match='steps_per_epoch=10 x batch_size=128 is more images'):
+    resolve(c, 8).sized(1000)

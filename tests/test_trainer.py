@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import pytest
 
 from ijepa_jax import config as cfg_lib
+from ijepa_jax.spec import resolve
 from ijepa_jax.models import attention_implementation
 from helpers import load
 
@@ -20,15 +21,15 @@ def test_attention_choice():
   assert attention_implementation(None, 64, bf16, 'tpu') == 'xla'
   assert attention_implementation('xla', 64, bf16, 'gpu') == 'xla'
   c = load('vitl16')
-  assert cfg_lib.attention_backends(c, 'gpu') == {'encoder': 'cudnn', 'predictor': 'cudnn'}
-  assert cfg_lib.attention_backends(c, 'cpu') == {'encoder': 'xla', 'predictor': 'xla'}
+  assert resolve(c, 8, platform='gpu').arch.attention_backends == {'encoder': 'cudnn', 'predictor': 'cudnn'}
+  assert resolve(c, 8, platform='cpu').arch.attention_backends == {'encoder': 'xla', 'predictor': 'xla'}
   c.model.attention = 'cudnn'
   c.data.dataset_size = 1_000
   with pytest.raises(cfg_lib.ConfigError, match='needs a GPU'):
-    cfg_lib.validate(c, num_devices=8, platform='cpu')
+    resolve(c, 8, platform='cpu')
   c.model.pred_width = 320
   with pytest.raises(cfg_lib.ConfigError, match="predictor's head size 20"):
-    cfg_lib.validate(c, num_devices=8, platform='gpu')
+    resolve(c, 8, platform='gpu')
 
 
 def test_stop_agreement_uses_the_gathered_flags_only(monkeypatch):

@@ -40,14 +40,13 @@ flags.mark_flags_as_required(['config', 'mode', 'workdir'])
 
 
 def import_official(config, weights: str, workdir: str) -> str:
-  import flax.linen as nn  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from ijepa_jax import layouts, sharding  # pylint: disable=import-outside-toplevel
   from ijepa_jax.checkpoint import Checkpoints  # pylint: disable=import-outside-toplevel
-  from ijepa_jax.loading import check_architecture, model_for  # pylint: disable=import-outside-toplevel
+  from ijepa_jax.loading import check_architecture  # pylint: disable=import-outside-toplevel
   from ijepa_jax.spec import resolve  # pylint: disable=import-outside-toplevel
-  from ijepa_jax.state import init_state  # pylint: disable=import-outside-toplevel
+  from ijepa_jax.state import StepOnMesh  # pylint: disable=import-outside-toplevel
 
   run = resolve(config, jax.device_count(), jax.process_count(), jax.default_backend())
   directory = os.path.join(workdir, 'checkpoints')
@@ -60,10 +59,10 @@ def import_official(config, weights: str, workdir: str) -> str:
     raise ValueError(f'{weights} was trained on a {loaded["grid"][0]}x{loaded["grid"][1]} patch '
                      f'grid; the config has {grid[0]}x{grid[1]} (data.image_size / '
                      'model.patch_size): set data.image_size to match')
-  model, shapes, boxed = model_for(run)
-  mesh = sharding.make_mesh(*run.mesh)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-    fresh, shardings = init_state(model, mesh, shapes, run.seed, boxed)
+  on_mesh = StepOnMesh.build(run, sharding.make_mesh(*run.mesh))
+  shardings = on_mesh.shardings
+  with on_mesh.scope():
+    fresh = on_mesh.init(run.seed)
 
     def put(tree, sh):
       return jax.tree.map(lambda a, s: jax.device_put(np.asarray(a), s), tree, sh)
@@ -91,8 +90,8 @@ def export(config, workdir: str, step, fmt: str, which: str, out: str) -> str:
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from ijepa_jax import formats, layouts, sharding  # pylint: disable=import-outside-toplevel
-  from ijepa_jax.evaluation import encoder_params  # pylint: disable=import-outside-toplevel
   from ijepa_jax.loading import restore_state  # pylint: disable=import-outside-toplevel
+  from ijepa_jax.state import encoder_params  # pylint: disable=import-outside-toplevel
   from ijepa_jax.spec import resolve  # pylint: disable=import-outside-toplevel
 
   run = resolve(config, jax.device_count(), jax.process_count(), jax.default_backend())

@@ -31,11 +31,10 @@ flags.mark_flags_as_required(['config'])
 
 def main(argv):
   del argv
-  from ijepa_jax import config as cfg_lib  # pylint: disable=import-outside-toplevel
   from ijepa_jax import data as data_lib  # pylint: disable=import-outside-toplevel
   from ijepa_jax.monitor import mask_sections, picture_images  # pylint: disable=import-outside-toplevel
   from ijepa_jax.pictures import mask_picture, save_png  # pylint: disable=import-outside-toplevel
-  from ijepa_jax.spec import data_spec  # pylint: disable=import-outside-toplevel
+  from ijepa_jax.spec import data_spec, mask_config  # pylint: disable=import-outside-toplevel
 
   config = FLAGS.config
   if FLAGS.num_images < 1:
@@ -55,14 +54,14 @@ def main(argv):
     images = np.full((FLAGS.num_images, d.image_size, d.image_size, d.channels), 160, np.uint8)
     where = f'grey squares ({d.dataset} is not readable here: {str(e).splitlines()[0][:120]})'
   seed = config.seed if FLAGS.seed is None else FLAGS.seed
-  sections = mask_sections(cfg_lib.mask_config(config), len(images), seed, FLAGS.step)
+  sections = mask_sections(mask_config(config), len(images), seed, FLAGS.step)
   if not any(isinstance(m, dict) for _, m in sections):
     print('error: neither sampler mode can sample this config:\n  '
           + '\n  '.join(m for _, m in sections), file=sys.stderr)
     sys.exit(2)
   picture = mask_picture(images, sections, config.model.patch_size)
   save_png(FLAGS.out, picture)
-  grid = cfg_lib.grid(config)
+  grid = mask_config(config).grid
   print(f'wrote {FLAGS.out} ({picture.shape[1]}x{picture.shape[0]}): {len(images)} images from '
         f'{where}, a {grid[0]}x{grid[1]} patch grid, seed {seed}, step {FLAGS.step}')
   for title, masks in sections:

@@ -39,7 +39,6 @@ def main(argv):
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.ERROR)
   multihost.initialize_from_flags(FLAGS)  # before anything touches a device
-  import flax.linen as nn  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from ijepa_jax import sharding  # pylint: disable=import-outside-toplevel
@@ -68,7 +67,7 @@ def main(argv):
     extract = FeatureExtractor.for_run(run, mesh, FLAGS.output)
     log(f'embedding {len(indices):,} images of {split.name} with the {what}')
     emb, labels, kept, skipped = [], [], [], []
-    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    with sharding.scope(mesh):
       for chunk in split.chunks():
         emb.append(extract(params, chunk.images))
         labels.append(chunk.labels)

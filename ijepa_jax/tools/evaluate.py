@@ -38,7 +38,6 @@ def main(argv):
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.ERROR)  # orbax warns about every read-only open
   multihost.initialize_from_flags(FLAGS)  # before anything touches a device
-  import flax.linen as nn  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   from ijepa_jax import config as cfg_lib, sharding  # pylint: disable=import-outside-toplevel
   from ijepa_jax.checkpoint import CheckpointError  # pylint: disable=import-outside-toplevel
@@ -58,7 +57,7 @@ def main(argv):
     # the baseline is the run's own architecture drawn with its seed + 1, as at its end
     seed = meta.get('config', {}).get('seed', run.seed)
     log(f'evaluating the {what}')
-    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    with sharding.scope(mesh):
       evaluator = Evaluator(run, mesh, ev.final_train_examples, ev.final_test_examples,
                             ev.final_probes, cache=FLAGS.baseline)
       log(f'data: {evaluator.describe()}')
