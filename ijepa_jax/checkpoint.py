@@ -31,6 +31,21 @@ from etils import epath
 ITEMS = ('state', 'meta')
 
 
+class _ItemMetadataNote(logging.Filter):
+  """Drops orbax's warning that an item's folder (`<step>/state`, `<step>/meta`) has no
+  `_CHECKPOINT_METADATA`: orbax writes that file once per step, then looks for it in each
+  item on every restore, and the warning reads like damage on an ordinary resume. A step
+  folder without one is still reported."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    text = record.getMessage()
+    return not (text.startswith('Metadata file does not exist:')
+                and any(text.endswith(f'/{item}/_CHECKPOINT_METADATA') for item in ITEMS))
+
+
+logging.getLogger('absl').addFilter(_ItemMetadataNote())  # orbax logs through absl
+
+
 class CheckpointError(RuntimeError):
   """A checkpoint could not be written or read; the message names the directory."""
 
@@ -277,12 +292,6 @@ def _barrier(name: str) -> None:
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     multihost_utils.sync_global_devices(name)
-
-
-def restore_target(abstract: Any, shardings: Any) -> Any:
-  """Abstract state whose leaves carry the shardings to restore onto."""
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      abstract, shardings)
 
 
 def find_checkpoint(path: str) -> tuple[str, int]:

@@ -232,10 +232,19 @@ def write_torch(path: str, obj: Any, archive: str = 'archive') -> None:
     for key, arr in enumerate(w.storages):
       zf.writestr(f'{archive}/data/{key}', arr.astype(arr.dtype.newbyteorder('<')).tobytes())
     zf.writestr(f'{archive}/version', '3\n')
+  _readable(tmp)
   os.replace(tmp, path)  # never a half-written file under the real name
 
 
 # -- safetensors ----------------------------------------------------------------------------
+
+def _readable(path: str) -> None:
+  """Give a written file the mode a new file gets here (0644 under the usual umask): the
+  libraries that write through a temporary file leave it 0600."""
+  mask = os.umask(0)
+  os.umask(mask)
+  os.chmod(path, 0o666 & ~mask)
+
 
 def write_safetensors(path: str, tensors: dict[str, np.ndarray],
                       metadata: dict[str, str] | None = None) -> None:
@@ -247,6 +256,7 @@ def write_safetensors(path: str, tensors: dict[str, np.ndarray],
                                 metadata=dict(metadata or {}))
   except (ValueError, TypeError, safetensors.SafetensorError) as e:
     raise InteropError(f'cannot write {path} as safetensors: {e}') from None
+  _readable(tmp)
   os.replace(tmp, path)
 
 

@@ -221,6 +221,12 @@ def _probes_in(rows: Sequence[dict]) -> list[str]:
 _COLOURS = ('tab:blue', 'tab:orange', 'tab:green', 'tab:red', 'tab:purple', 'tab:brown')
 
 
+def _marker(x: np.ndarray) -> str | None:
+  """A visible point on each value of a short series: a line through one or a few points
+  draws nothing or hides where they are (a run of a few steps, a health check or two)."""
+  return 'o' if len(x) <= 20 else None
+
+
 def curves_image(rows: Sequence[dict]) -> np.ndarray:
   """The six panels as an RGB array [800, 1500, 3] uint8."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=import-outside-toplevel
@@ -233,7 +239,7 @@ def curves_image(rows: Sequence[dict]) -> np.ndarray:
             ('weight_decay', 'weight decay', False), ('momentum', 'EMA momentum', False)]
   for ax, (key, title, logy) in zip(axes, panels):
     x, y = _series(rows, key)
-    ax.plot(x, y, color='tab:blue')
+    ax.plot(x, y, color='tab:blue', marker=_marker(x), markersize=4)
     if logy and len(y) and (y > 0).all():
       ax.set_yscale('log')
     ax.set_title(title)
@@ -260,13 +266,13 @@ def curves_image(rows: Sequence[dict]) -> np.ndarray:
 
   ax = axes[5]
   x, y = _series(rows, 'health_effective_rank')
-  ax.plot(x, y, color='tab:green')
+  ax.plot(x, y, color='tab:green', marker=_marker(x), markersize=4)
   ax.set_title('representation health')
   ax.set_ylabel('effective rank (RankMe)', color='tab:green')
   x, y = _series(rows, 'health_feature_std_mean')
   if len(x):
     twin = ax.twinx()
-    twin.plot(x, y, color='tab:red')
+    twin.plot(x, y, color='tab:red', marker=_marker(x), markersize=4)
     twin.set_ylabel('mean per-dimension feature std', color='tab:red')
   else:
     ax.text(0.5, 0.5, 'no health checks yet (monitor.health_every)', ha='center',

@@ -81,6 +81,7 @@ def test_sigkill_then_resume_is_bitwise_identical(reference, tmp_path):
   again = run(tmp_path, '--config.max_steps=8', '--config.checkpoint.every=4')
   assert again.returncode == 0, again.stderr[-3000:]
   assert 'resumed from checkpoint 4' in again.stdout
+  assert 'Metadata file does not exist' not in again.stderr  # no alarm on an ordinary resume
   assert_same_state(final_state(tmp_path, 8), final_state(reference, 8))
   ref = losses(reference)
   got = losses(tmp_path)

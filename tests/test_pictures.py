@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ijepa_jax import config as cfg_lib
+from ijepa_jax.spec import mask_config
 from ijepa_jax import fashion_mnist
 from ijepa_jax.masks import MaskSampler
 from ijepa_jax.pictures import (GAP, TITLE, feature_picture, feature_picture_size,
@@ -25,7 +25,7 @@ from helpers import ROOT, check_section, load
 def test_mask_picture_shows_the_samplers_indices(tmp_path, mode):
   config = load('vitb16')  # 224 px, 14 x 14 patches of 16 px
   config.masks.mode = mode
-  masks = MaskSampler(cfg_lib.mask_config(config))(3, seed=5, step=7)._asdict()
+  masks = MaskSampler(mask_config(config))(3, seed=5, step=7)._asdict()
   rng = np.random.default_rng(0)
   images = np.repeat(rng.integers(0, 256, (3, 224, 224, 1), dtype=np.uint8), 3, axis=-1)
   picture = mask_picture(images, [(f'{mode} mode', masks)], patch=16)
@@ -44,9 +44,9 @@ def test_mask_picture_of_each_strategy(strategy, m):
   from ijepa_jax.monitor import mask_sections
   config = load('vitb16')
   config.masks.mode, config.masks.strategy = 'corrected', strategy
-  sections = mask_sections(cfg_lib.mask_config(config), 3, seed=5, step=7)
+  sections = mask_sections(mask_config(config), 3, seed=5, step=7)
   assert [t.split(':')[0] for t, _ in sections] == [f'{strategy} strategy, corrected mode (this config)']
-  masks = MaskSampler(cfg_lib.mask_config(config))(3, seed=5, step=7)._asdict()
+  masks = MaskSampler(mask_config(config))(3, seed=5, step=7)._asdict()
   for k, v in masks.items():
     np.testing.assert_array_equal(sections[0][1][k], v)
   rng = np.random.default_rng(0)
@@ -79,7 +79,7 @@ def test_draw_masks_command(tmp_path):
     section = TITLE + 2 * stride
     for s, mode in enumerate(sorted(('official', 'corrected'), key=lambda x: x != config.masks.mode)):
       config.masks.mode = mode
-      masks = MaskSampler(cfg_lib.mask_config(config))(2, seed=config.seed, step=3)._asdict()
+      masks = MaskSampler(mask_config(config))(2, seed=config.seed, step=3)._asdict()
       check_section(picture, GAP + s * section, masks, 2, size, size // patch)
   assert 'grey squares' in proc.stdout  # ImageNet is not on this machine
   # an impossible setting is an error that names the fields, exit 2
@@ -140,3 +140,20 @@ def test_plot_command(tmp_path):
   proc = subprocess.run([sys.executable, '-m', 'ijepa_jax.tools.plot', f'--workdir={tmp_path / "no"}'],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 2 and 'metrics.jsonl does not exist' in proc.stderr
+
+
+def test_short_runs_draw_their_points():
+  """A run of one log line and one health check draws them (a line through one point draws
+  nothing): the loss panel and the health panel change when the point is there."""
+  from ijepa_jax.pictures import curves_image
+  empty = curves_image([])
+  one = curves_image([{'step': 20, 'loss': 0.5, 'lr': 1e-3, 'weight_decay': 0.04,
+                       'momentum': 0.996},
+                      {'step': 20, 'health_effective_rank': 5.0, 'health_feature_std_mean': 0.04}])
+  ys, xs = np.nonzero((one != empty).any(axis=-1))
+  loss_panel = (ys < 400) & (xs < 500)
+  health_panel = (ys > 400) & (xs > 1000)
+  # the axes' tick labels move too; the markers add a dot's worth of coloured pixels
+  blue = (one[..., 2] > 150) & (one[..., 0] < 100)
+  assert blue[:400, :500].sum() > 10 and loss_panel.sum() > 10 and health_panel.sum() > 10
+
