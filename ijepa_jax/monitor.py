@@ -49,8 +49,8 @@ def mask_sections(config: MaskConfig, num_images: int, seed: int, step: int,
     mine = ' (this config)' if mode == config.mode else ''
     sections.append((
         f'{strategy_name(sampler)}{mode} mode{mine}: context ({masks["ctx_len"].mean():.0f} of '
-        f'{sampler.num_patches} patches on average, cut to {sampler.context_len}) | {sampler.num_targets} '
-        f'target blocks | all', masks))
+        f'{sampler.num_patches} patches on average, cut to {sampler.context_len}) | '
+        f'{sampler.num_targets} target blocks | all', masks))
   return sections
 
 

@@ -13,7 +13,8 @@ from helpers import load
 
 
 
-@pytest.mark.parametrize('name', ['demo', 'fashion_mnist_long', 'vits16', 'vitb16', 'vitl16', 'vith14', 'vith16_448', 'vitg16'])
+@pytest.mark.parametrize('name', ['demo', 'fashion_mnist_long', 'vits16', 'vitb16', 'vitl16',
+                                  'vith14', 'vith16_448', 'vitg16'])
 def test_configs_validate(name):
   c = load(name)
   cfg_lib.validate(c, num_devices=8)
@@ -46,13 +47,16 @@ def test_paper_recipes_keep_the_official_objective(name):
 
 def test_paper_recipes():
   c = load('vith14')
-  assert (c.model.patch_size, c.data.image_size, c.num_epochs, c.optim.warmup_epochs) == (14, 224, 300, 40)
+  assert (c.model.patch_size, c.data.image_size, c.num_epochs,
+          c.optim.warmup_epochs) == (14, 224, 300, 40)
   assert cfg_lib.steps_per_epoch(c) == 625 and c.batch_size == 2048
   assert (c.optim.start_lr, c.optim.lr, c.optim.final_lr) == (2e-4, 1e-3, 1e-6)
-  assert (c.optim.weight_decay, c.optim.final_weight_decay, tuple(c.optim.ema)) == (0.04, 0.4, (0.996, 1.0))
+  assert (c.optim.weight_decay, c.optim.final_weight_decay,
+          tuple(c.optim.ema)) == (0.04, 0.4, (0.996, 1.0))
   assert c.masks.mode == 'official' and c.masks.min_keep == 10 and c.loss == 'smooth_l1'
   g = load('vitg16')
-  assert (g.model.variant, g.model.pred_depth, g.num_epochs, g.optim.warmup_epochs) == ('giant', 16, 44, 3)
+  assert (g.model.variant, g.model.pred_depth, g.num_epochs,
+          g.optim.warmup_epochs) == ('giant', 16, 44, 3)
   h448 = load('vith16_448')
   assert (h448.model.patch_size, h448.data.image_size) == (16, 448)
   assert load('vitl16').model.variant == 'large'
@@ -93,8 +97,10 @@ def test_paper_recipes():
     ('init_from_mode', 'optimizer', 'init_from_mode'),
     ('max_steps', 0, 'max_steps'),
     ('log_every', 0, 'log_every'),
-    ('checkpoint.keep_every', 250, 'checkpoint.keep_every=250 must be a multiple of checkpoint.every=100'),
-    ('anti_collapse.var_weight', -1.0, 'anti_collapse.var_weight=-1.0 must be a finite number >= 0'),
+    ('checkpoint.keep_every', 250,
+     'checkpoint.keep_every=250 must be a multiple of checkpoint.every=100'),
+    ('anti_collapse.var_weight', -1.0,
+     'anti_collapse.var_weight=-1.0 must be a finite number >= 0'),
     ('anti_collapse.sigreg_weight', float('nan'), 'anti_collapse.sigreg_weight'),
     ('anti_collapse.embeddings', 'tokens', "anti_collapse.embeddings='tokens'"),
     ('anti_collapse.sigreg_points', 1, 'sigreg_points=1'),

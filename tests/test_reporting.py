@@ -120,7 +120,8 @@ def test_parameter_overview_counts_and_bytes_per_device():
   _, _, boxed = model_for(resolve(config, 1))
   import flax.linen as nn
   abstract = nn.unbox(boxed)
-  text = parameter_overview(abstract, sharding.logical_shardings(boxed, sharding.make_mesh(1, 1, jax.devices()[:1])))
+  mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
+  text = parameter_overview(abstract, sharding.logical_shardings(boxed, mesh))
   # by hand: patch_embed 4*4*1*64 + 64; each of 4 blocks: 2 LayerNorms 4*64, qkv 64*192 + 192,
   # proj 64*64 + 64, fc1 64*256 + 256, fc2 256*64 + 64; the final norm 2*64
   encoder = 4 * 4 * 64 + 64 + 4 * (4 * 64 + 64 * 192 + 192 + 64 * 64 + 64 + 64 * 256 + 256
