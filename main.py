@@ -2,13 +2,11 @@
 
 import faulthandler
 import signal
-import sys
 
 from absl import app, flags, logging
-from ijepa_jax import cli
 from ml_collections import config_flags
 
-from ijepa_jax import multihost
+from ijepa_jax import cli, multihost
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py); override fields '
@@ -21,25 +19,21 @@ multihost.define_flags(flags)
 
 def main(argv):
   del argv
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO; -v 0 shows it
   # `kill -USR1 <pid>` prints every thread's stack (a hung process tells where it waits)
   faulthandler.register(signal.SIGUSR1, all_threads=True)
-  multihost.initialize_from_flags(FLAGS)  # before anything touches a device
+  cli.start(logging.WARNING)  # -v 0 shows orbax's INFO lines
   from ijepa_jax.checkpoint import CheckpointError, DamagedCheckpointsError
   from ijepa_jax.config import ConfigError
   from ijepa_jax.data import CorruptImageError
   from ijepa_jax.trainer import NonFiniteError, train_and_evaluate
   try:
     train_and_evaluate(FLAGS.config, FLAGS.workdir)  # returns normally when preempted, too
-  except (ConfigError, FileNotFoundError, CorruptImageError, DamagedCheckpointsError) as e:  # the user's to fix: no
-    # traceback, just the fix (a missing or unlabelled dataset, images that will not decode,
-    # every checkpoint damaged: a restarter must not loop on it)
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+  except (ConfigError, FileNotFoundError, CorruptImageError, DamagedCheckpointsError) as e:
+    # the user's to fix: no traceback, just the fix (a missing or unlabelled dataset, images
+    # that will not decode, every checkpoint damaged: a restarter must not loop on it)
+    cli.fail(e)
   except (CheckpointError, NonFiniteError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+    cli.fail(e, 1)
 
 
 if __name__ == '__main__':

@@ -5,23 +5,20 @@ filled with random numbers, which do not compress) on the devices and
 saves it `--saves` times through the trainer's `Checkpoints` (async orbax),
 as the loop does.
 
-  python bench/bench_checkpoint.py --config=configs/demo.py
-  python bench/bench_checkpoint.py --config=configs/vitl16.py --config.batch_size=8
+  python -m bench.bench_checkpoint --config=configs/demo.py
+  python -m bench.bench_checkpoint --config=configs/vitl16.py --config.batch_size=8
 """
 
 import os
 import shutil
-import sys
 import tempfile
 import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from ijepa_jax import cli  # noqa: E402
-
-from bench.stepping import random_state  # noqa: E402
+from bench.stepping import random_state
+from ijepa_jax import cli
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'configs/*.py', lock_config=True)

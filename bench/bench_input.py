@@ -17,11 +17,10 @@ same again on copies of the folder made by `ijepa_jax.tools.prepare` at those sh
 What normalising (mean/std) on the host would cost is printed too; the trainer does it on
 the device.
 
-  python bench/bench_input.py --images=2048 --batch=256 --threads=1,2 [--short_side=320]
+  python -m bench.bench_input --images=2048 --batch=256 --threads=1,2 [--short_side=320]
       [--jpeg_size=1000x750]
 """
 
-import argparse
 import os
 import subprocess
 import sys
@@ -29,15 +28,27 @@ import tempfile
 import time
 
 import numpy as np
+from absl import app, flags
 from PIL import Image
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from bench.jpegs import make_jpegs  # noqa: E402
-from ijepa_jax import data  # noqa: E402
-from ijepa_jax.input_pipeline import Batches, TransformConfig  # noqa: E402
-from ijepa_jax.masks import MaskConfig, MaskSampler  # noqa: E402
-from ijepa_jax.pixels import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from bench import ROOT
+from bench.jpegs import make_jpegs
+from ijepa_jax import cli, data
+from ijepa_jax.input_pipeline import Batches, TransformConfig
+from ijepa_jax.masks import MaskConfig, MaskSampler
+from ijepa_jax.pixels import IMAGENET_MEAN, IMAGENET_STD
+
+flags.DEFINE_integer('images', 2048, 'JPEGs written and read per measurement.')
+flags.DEFINE_integer('batch', 256, 'Images per batch.')
+flags.DEFINE_integer('size', 224, 'The crops\' side in pixels.')
+flags.DEFINE_string('jpeg_size', '', 'WxH of every JPEG (default: ImageNet-like, about 500x375)')
+flags.DEFINE_string('short_side', '',
+                    'also measure copies prepared at these short sides (comma-separated)')
+flags.DEFINE_string('threads', ','.join(str(t) for t in sorted({1, os.cpu_count() or 1})),
+                    'Worker thread counts to measure (comma-separated).')
+flags.DEFINE_integer('repeats', 2, 'Measurements per way and thread count (the best is kept).')
+flags.DEFINE_bool('masks', False, 'also sample the official masks per batch')
+FLAGS = flags.FLAGS
 
 DIFF_IMAGES = 200
 
@@ -111,41 +122,31 @@ def measure(root: str, label: str, args, masks) -> None:
         f'{mad:.3f} uint8 levels (bicubic vs bilinear on the same crops: {filters:.3f})')
 
 
-def main():
-  p = argparse.ArgumentParser()
-  p.add_argument('--images', type=int, default=2048)
-  p.add_argument('--batch', type=int, default=256)
-  p.add_argument('--size', type=int, default=224)
-  p.add_argument('--jpeg_size', default='', help='WxH of every JPEG (default: ImageNet-like, '
-                 'about 500x375)')
-  p.add_argument('--short_side', default='',
-                 help='also measure copies prepared at these short sides (comma-separated)')
-  p.add_argument('--threads', default=','.join(str(t) for t in sorted({1, os.cpu_count() or 1})))
-  p.add_argument('--repeats', type=int, default=2)
-  p.add_argument('--masks', action='store_true', help='also sample the official masks per batch')
-  args = p.parse_args()
-  jpeg_size = tuple(int(v) for v in args.jpeg_size.split('x')) if args.jpeg_size else None
+def main(argv):
+  del argv
+  jpeg_size = tuple(int(v) for v in FLAGS.jpeg_size.split('x')) if FLAGS.jpeg_size else None
   with tempfile.TemporaryDirectory() as tmp:
     root = os.path.join(tmp, 'jpegs')
     t0 = time.perf_counter()
-    stats = make_jpegs(root, args.images, size=jpeg_size)
-    print(f'wrote {args.images} JPEGs of {args.jpeg_size or "about 500x375"} ({stats["mean_kb"]:.1f} '
-          f'KiB each, {stats["min_kb"]:.0f}-{stats["max_kb"]:.0f}) in {time.perf_counter() - t0:.1f}s')
-    grid = args.size // 16
+    stats = make_jpegs(root, FLAGS.images, size=jpeg_size)
+    print(f'wrote {FLAGS.images} JPEGs of {FLAGS.jpeg_size or "about 500x375"} '
+          f'({stats["mean_kb"]:.1f} KiB each, {stats["min_kb"]:.0f}-{stats["max_kb"]:.0f}) in '
+          f'{time.perf_counter() - t0:.1f}s')
+    grid = FLAGS.size // 16
     masks = MaskSampler(MaskConfig(grid=(grid, grid), mode='official'))
-    if not args.masks:
-      masks = lambda n, seed, step, proc: type('M', (), {'_asdict': lambda self: {}})()  # noqa: E731
-    measure(root, 'original', args, masks)
-    for short in (int(s) for s in args.short_side.split(',') if s):
+    if not FLAGS.masks:
+      masks = lambda n, seed, step, proc: type('M', (), {'_asdict': lambda self: {}})()
+    measure(root, 'original', FLAGS, masks)
+    for short in (int(s) for s in FLAGS.short_side.split(',') if s):
       prepared = os.path.join(tmp, f'prepared{short}')
       done = subprocess.run([sys.executable, '-m', 'ijepa_jax.tools.prepare', f'--src={root}',
                              f'--dst={prepared}', f'--short_side={short}'], check=True,
                             capture_output=True, text=True, cwd=ROOT)
       kib = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(prepared)
-                for f in fs) / 1024 / args.images
+                for f in fs) / 1024 / FLAGS.images
       print(f'prepare --short_side={short}: {done.stdout.strip()}; {kib:.1f} KiB each')
-      measure(prepared, f'prepared {short}', args, masks)
-  batch = np.random.default_rng(0).integers(0, 256, (args.batch, args.size, args.size, 3),
+      measure(prepared, f'prepared {short}', FLAGS, masks)
+  batch = np.random.default_rng(0).integers(0, 256, (FLAGS.batch, FLAGS.size, FLAGS.size, 3),
                                             dtype=np.uint8)
   mean = np.asarray(IMAGENET_MEAN, np.float32)
   std = np.asarray(IMAGENET_STD, np.float32)
@@ -161,4 +162,4 @@ def main():
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,6 +1,6 @@
 """Per-device memory and compile time of the train step on a simulated CPU mesh.
 
-  python bench/bench_memory.py --devices=64 --configs=vitl16,vith14,vitg16 \
+  python -m bench.bench_memory --devices=64 --configs=vitl16,vith14,vitg16 \
       --meshes=64x1,8x8,1x64 --remat=none,full --per_device_batch=128
 
 Nothing is allocated: the step is compiled from shapes alone (`compile_abstract_step`)
@@ -12,12 +12,11 @@ compilers usually need less for temporaries).
 """
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-from ijepa_jax import cli  # noqa: E402
+from bench import load_config
+from ijepa_jax import cli
 
 flags.DEFINE_integer('devices', 8, 'Simulated CPU devices.')
 flags.DEFINE_list('configs', ['vitl16', 'vith14', 'vitg16'], 'configs/<name>.py to compile.')
@@ -34,8 +33,6 @@ def main(argv):
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                              f' --xla_force_host_platform_device_count={FLAGS.devices}')
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-  import importlib
-
   import jax
 
   from ijepa_jax import sharding
@@ -43,8 +40,8 @@ def main(argv):
   from ijepa_jax.state import compile_abstract_step
 
   print(f'{jax.device_count()} simulated {jax.devices()[0].platform} devices, '
-        f'{FLAGS.per_device_batch} images per device, blocks {"scanned" if FLAGS.scan else "unrolled"}, '
-        f'jax {jax.__version__}')
+        f'{FLAGS.per_device_batch} images per device, blocks '
+        f'{"scanned" if FLAGS.scan else "unrolled"}, jax {jax.__version__}')
   print('| config | mesh data x fsdp | remat | state+batch GiB/device | temporaries GiB/device '
         '| total GiB/device | compile s |')
   print('|---|---|---|---|---|---|---|')
@@ -52,7 +49,7 @@ def main(argv):
     for mesh_spec in FLAGS.meshes:
       data, fsdp = (int(v) for v in mesh_spec.split('x'))
       for remat in FLAGS.remat:
-        c = importlib.import_module(f'configs.{name}').get_config()
+        c = load_config(name)
         c.batch_size = FLAGS.per_device_batch * jax.device_count()
         c.model.remat_policy = remat
         c.model.scan_layers = FLAGS.scan

@@ -1,6 +1,6 @@
 """Time the I-JEPA train step for a config: compile time, step time, images/s, MFU.
 
-  python bench/bench_step.py --config=configs/demo.py [--config.batch_size=...] [--steps=20]
+  python -m bench.bench_step --config=configs/demo.py [--config.batch_size=...] [--steps=20]
       [--breakdown]
 
 Runs on synthetic images (no dataset needed) with real masks from the config's
@@ -17,16 +17,11 @@ them together) is the remainder, which may be negative. Each part's analytic FLO
 its share of the step's are printed with it.
 """
 
-import os
-import sys
+from absl import app, flags
+from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app, flags  # noqa: E402
-from ijepa_jax import cli  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from bench.stepping import breakdown_table, step_breakdown, time_step  # noqa: E402
+from bench.stepping import breakdown_table, step_breakdown, time_step
+from ijepa_jax import cli
 
 config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
 flags.DEFINE_integer('steps', 20, 'Timed steps (after one warm-up step).')

@@ -1,6 +1,6 @@
 """What a stop costs: the processes' agreement per step, and the time from SIGTERM to exit 0.
 
-  python bench/bench_stop.py [--steps=150] [--checks=1,10] [--vitl]
+  python -m bench.bench_stop [--steps=150] [--checks=1,10] [--vitl]
 
 Prints one table:
 - **agreement**: two processes (one CPU device each, a tiny model whose step takes a few
@@ -24,13 +24,11 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-from ijepa_jax import cli  # noqa: E402
-
-from bench.faults import TINY  # noqa: E402
+from bench import ROOT, load_config
+from bench.faults import TINY, env
+from ijepa_jax import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer('steps', 150, 'Steps of each two-process run (21 to 187: the tiny schedule '
@@ -38,11 +36,6 @@ flags.DEFINE_integer('steps', 150, 'Steps of each two-process run (21 to 187: th
 flags.DEFINE_list('checks', ['1', '10'], 'checkpoint.stop_check_every values to compare.')
 flags.DEFINE_bool('vitl', False, 'Also time SIGTERM to exit with a ViT-L/16-sized state.')
 flags.DEFINE_bool('child', False, 'Internal: the ViT-L/16-sized process.')
-
-
-def _env(devices: int = 1) -> dict:
-  return dict(os.environ, PYTHONPATH=ROOT, PYTHONUNBUFFERED='1', JAX_PLATFORMS='cpu',
-              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
 
 
 def _port() -> int:
@@ -55,12 +48,12 @@ def agreement(steps: int, check: int) -> float:
   """Steps/s of two processes after step 20, stopping agreed every `check` steps."""
   wd = tempfile.mkdtemp(prefix='bench_stop_')
   port = _port()
-  args = lambda i: [sys.executable, 'main.py', '--config=configs/demo.py', f'--workdir={wd}',  # noqa: E731
+  args = lambda i: [sys.executable, 'main.py', '--config=configs/demo.py', f'--workdir={wd}',
                     *TINY, '--config.checkpoint.every=100000', f'--config.max_steps={steps}',
                     f'--config.checkpoint.stop_check_every={check}',
                     f'--coordinator_address=localhost:{port}', '--num_processes=2',
                     f'--process_id={i}']
-  procs = [subprocess.Popen(args(i), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+  procs = [subprocess.Popen(args(i), cwd=ROOT, env=env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL) for i in range(2)]
   if [p.wait() for p in procs] != [0, 0]:
     raise RuntimeError(f'the two-process run with stop_check_every={check} failed ({wd})')
@@ -70,10 +63,10 @@ def agreement(steps: int, check: int) -> float:
   return (steps - 20) / (rows[steps] - rows[20])
 
 
-def sigterm_to_exit(cmd: list[str], ready: str, env: dict) -> tuple[float, str]:
+def sigterm_to_exit(cmd: list[str], ready: str) -> tuple[float, str]:
   """Seconds from SIGTERM (sent once `ready` is printed) to the process's exit, and its last
   line."""
-  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), text=True, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT)
   lines = []
   for line in proc.stdout:
@@ -97,7 +90,7 @@ def vitl_child() -> None:
   from ijepa_jax.checkpoint import Checkpoints  # pylint: disable=import-outside-toplevel
   from ijepa_jax.spec import resolve_here  # pylint: disable=import-outside-toplevel
   from ijepa_jax.stop import StopRequest  # pylint: disable=import-outside-toplevel
-  config = cli.load_config_file(os.path.join(ROOT, 'configs', 'vitl16.py'))
+  config = load_config('vitl16')
   config.batch_size = 8  # the batch does not enter the state; a small one builds it faster
   state = random_state(resolve_here(config))
   root = tempfile.mkdtemp(prefix='bench_stop_vitl_')
@@ -131,12 +124,11 @@ def main(argv):
       [sys.executable, 'main.py', '--config=configs/demo.py', f'--workdir={wd}',
        '--config.evals.every=0', '--config.evals.at_end=False', '--config.log_every=1',
        '--config.monitor.health_every=0', '--config.monitor.pictures=False'],
-      'step     10/', _env())
+      'step     10/')
   shutil.rmtree(wd)
   rows.append(('SIGTERM to exit 0, demo (checkpoint of 3.4 MiB)', f'{dt:.2f} s'))
   if FLAGS.vitl:
-    dt, last = sigterm_to_exit([sys.executable, 'bench/bench_stop.py', '--child'], 'holding',
-                               _env())
+    dt, last = sigterm_to_exit([sys.executable, '-m', 'bench.bench_stop', '--child'], 'holding')
     rows.append(('SIGTERM to exit 0, ViT-L/16-sized state (4.8 GiB)', f'{dt:.2f} s'))
   print('| measurement | value |\n|---|---|')
   for name, value in rows:

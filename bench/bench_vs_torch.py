@@ -1,7 +1,7 @@
 """Our train step beside the official PyTorch step (bench/torch_step.py) in one run, on the
 same model sizes, masks and batch; prints both and the ratio.
 
-  python bench/bench_vs_torch.py --config=configs/demo.py [--config.*=...] [--steps=20]
+  python -m bench.bench_vs_torch --config=configs/demo.py [--config.*=...] [--steps=20]
       [--torch_python=.venv-torch/bin/python] [--device=cpu]
 
 Ours runs in this process (absl flags, any `--config.*` override); the PyTorch step runs in
@@ -11,16 +11,11 @@ padded lengths as ours for the corrected one (bench/torch_step.py). On a CPU bot
 use every core of the machine (XLA's default; torch.set_num_threads(os.cpu_count())).
 """
 
-import os
-import sys
+from absl import app, flags
+from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app, flags  # noqa: E402
-from ijepa_jax import cli  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from bench.stepping import run_torch, time_step  # noqa: E402
+from bench.stepping import run_torch, time_step
+from ijepa_jax import cli
 
 config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
 flags.DEFINE_integer('steps', 20, 'Timed steps of each (after one warm-up step).')

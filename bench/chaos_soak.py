@@ -1,6 +1,6 @@
 """A chaos soak: one training run under a driver that kills, stops and damages it K times.
 
-  python bench/chaos_soak.py --faults=20 --steps=80 [--seed=0] [--workdir=/tmp/soak]
+  python -m bench.chaos_soak --faults=20 --steps=80 [--seed=0] [--workdir=/tmp/soak]
 
 The driver runs `main.py` (a tiny model on the embedded Fashion-MNIST, one CPU device,
 a checkpoint every 2 steps) and, until K faults have happened, does one of these at a random
@@ -27,13 +27,11 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-from ijepa_jax import cli  # noqa: E402
-
-from bench.faults import command, compare_states, env, soak  # noqa: E402
+from bench import ROOT
+from bench.faults import command, compare_states, env, soak
+from ijepa_jax import cli
 
 FLAGS = flags.FLAGS
 

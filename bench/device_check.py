@@ -2,8 +2,8 @@
 with SDPA attention, where the step's time goes, and `main.py` end to end on realistic JPEGs,
 on one device, within one call of at most 8 minutes; prints one table, writes a JSON.
 
-  python bench/device_check.py [--out docs/device_check/h200.json] [--budget_s 420]   # one GPU
-  python bench/device_check.py --smoke                                                  # CPU, tiny
+  python -m bench.device_check [--out docs/device_check/h200.json] [--budget_s 420]   # one GPU
+  python -m bench.device_check --smoke                                                  # CPU, tiny
 
 Parts, in this order (the PyTorch runs first, in subprocesses, before JAX takes most of the
 GPU's memory; the goals' figures before the parts that explain them); a part that would start
@@ -32,8 +32,7 @@ cut off at its limit keeps what it measured:
 `--smoke` runs every part at tiny sizes on the CPU (a test runs it); its figures mean nothing.
 """
 
-import argparse
-import importlib.util
+import functools
 import json
 import math
 import os
@@ -42,19 +41,14 @@ import sys
 import time
 import traceback
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from absl import app, flags
 
-from bench.stepping import run_torch, step_breakdown, step_masks, time_step  # noqa: E402
+from bench import ROOT, load_config
+from bench.stepping import run_torch, step_breakdown, step_masks, time_step
+from ijepa_jax import cli
 
-BF16_RTOL = 5e-2  # of the largest magnitude; bf16 keeps 8 mantissa bits (0.4% a rounding), several deep
-
-
-def load_config(name: str):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'configs', f'{name}.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+# of the largest magnitude; bf16 keeps 8 mantissa bits (0.4% a rounding), several deep
+BF16_RTOL = 5e-2
 
 
 def tiny(config):
@@ -99,6 +93,30 @@ def torch_reference(configs: dict, steps: int, device: str, deadline: float) -> 
   return rows
 
 
+def _attention(heads: int, dtype, impl: str, params, x, kv_len, real, cot):
+  """Our Attention's output (zero in the padded rows `real` leaves out) and its gradients
+  (params, x) under the fixed cotangent `cot`, in `dtype` through `impl`."""
+  import jax
+  import jax.numpy as jnp
+
+  from ijepa_jax.models import Attention
+
+  def loss(p, x):
+    out = Attention(heads, dtype, impl).apply({'params': p}, x, kv_len).astype(jnp.float32)
+    return jnp.sum(jnp.where(real, out, 0.0) * cot), out
+  (_, out), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(params, x)
+  return jnp.where(real, out, 0.0), grads
+
+
+def _rel(a, b) -> float:
+  """The largest |a - b| of a pair of leaves, relative to b's largest magnitude."""
+  import jax
+  import jax.numpy as jnp
+
+  leaves = zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  return max(float(jnp.max(jnp.abs(u - v)) / (jnp.max(jnp.abs(v)) + 1e-12)) for u, v in leaves)
+
+
 def attention_parity(smoke: bool) -> list[dict]:
   """Part 2: each bf16 implementation of our Attention against float32, and cuDNN vs XLA."""
   import jax
@@ -117,37 +135,28 @@ def attention_parity(smoke: bool) -> list[dict]:
     params = Attention(h, jnp.float32, 'xla').init(kp, x, None)['params']
     for padded in (False, True):
       kv_len = jax.random.randint(kl, (b,), n // 2, n + 1) if padded else None
-      real = (jnp.arange(n)[None, :, None] < (kv_len if padded else jnp.full((b,), n))[:, None, None])
-
-      def run(dtype, impl):
-        def loss(p, x):
-          out = Attention(h, dtype, impl).apply({'params': p}, x, kv_len).astype(jnp.float32)
-          return jnp.sum(jnp.where(real, out, 0.0) * cot), out
-        (_, out), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(params, x)
-        return jnp.where(real, out, 0.0), grads
-
-      def rel(a, b):
-        leaves = zip(jax.tree.leaves(a), jax.tree.leaves(b))
-        return max(float(jnp.max(jnp.abs(u - v)) / (jnp.max(jnp.abs(v)) + 1e-12)) for u, v in leaves)
-
+      real = (jnp.arange(n)[None, :, None]
+              < (kv_len if padded else jnp.full((b,), n))[:, None, None])
+      run = functools.partial(_attention, h, params=params, x=x, kv_len=kv_len, real=real,
+                              cot=cot)
       ref = run(jnp.float32, 'xla')
       impls = ['xla'] + (['cudnn'] if gpu and cudnn_flash_fits(hd, jnp.bfloat16) else [])
       got = {}
       for impl in impls:
         try:
           got[impl] = run(jnp.bfloat16, impl)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001  (an implementation that fails: recorded)
           rows.append({'part': 'attention', 'shape': [b, n, h, hd], 'padded': padded,
                        'implementation': impl, 'error': f'{type(e).__name__}: {str(e)[:300]}'})
           continue
         rows.append({'part': 'attention', 'shape': [b, n, h, hd], 'padded': padded,
                      'implementation': f'{impl} bf16 vs float32',
-                     'out_rel': rel(got[impl][0], ref[0]), 'grad_rel': rel(got[impl][1], ref[1])})
+                     'out_rel': _rel(got[impl][0], ref[0]), 'grad_rel': _rel(got[impl][1], ref[1])})
       if 'cudnn' in got and 'xla' in got:
         rows.append({'part': 'attention', 'shape': [b, n, h, hd], 'padded': padded,
                      'implementation': 'cudnn vs xla (both bf16)',
-                     'out_rel': rel(got['cudnn'][0], got['xla'][0]),
-                     'grad_rel': rel(got['cudnn'][1], got['xla'][1])})
+                     'out_rel': _rel(got['cudnn'][0], got['xla'][0]),
+                     'grad_rel': _rel(got['cudnn'][1], got['xla'][1])})
   for r in rows:
     if 'out_rel' in r:
       r['ok'] = r['out_rel'] < BF16_RTOL and r['grad_rel'] < BF16_RTOL
@@ -197,7 +206,7 @@ def step_grid(configs: dict, steps: int, deadline: float, smoke: bool,
           r.pop('masks')
           rows.append(dict(row, batch=batch, **r))
           break
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001  (an OOM halves the batch; the rest is recorded)
           text = f'{type(e).__name__}: {e}'
           if ('RESOURCE_EXHAUSTED' in text or 'out of memory' in text.lower()) and batch > 8:
             batch //= 2  # the largest batch that fits
@@ -259,7 +268,7 @@ def breakdown_part(configs: dict, steps: int, deadline: float) -> list[dict]:
     return [dict(r, model=label, batch=config.batch_size, **{'part': 'breakdown',
                                                               'piece': r['part']})
             for r in step_breakdown(resolve_here(config), steps)]
-  except Exception as e:  # noqa: BLE001
+  except Exception as e:  # noqa: BLE001  (recorded in the table, not fatal)
     return [{'part': 'breakdown', 'model': label, 'error': _error(e)}]
 
 
@@ -345,13 +354,14 @@ def input_part(images: int, batch: int, threads: str, deadline: float) -> list[d
   row = {'part': 'input', 'model': 'host', 'threads': threads}
   if time.time() > deadline:
     return [dict(row, skipped='time budget')]
-  proc = subprocess.run([sys.executable, os.path.join(ROOT, 'bench', 'bench_input.py'),
+  proc = subprocess.run([sys.executable, '-m', 'bench.bench_input',
                          f'--images={images}', f'--batch={batch}', f'--threads={threads}',
                          '--repeats=1'], capture_output=True, text=True, cwd=ROOT)
   if proc.returncode != 0:
     return [dict(row, error=proc.stderr.strip()[-300:])]
   rows = []
-  for line in proc.stdout.splitlines():  # 'original, reduced decode, threads 16: 5,120 img/s, 320 img/s per thread'
+  # 'original, reduced decode, threads 16: 5,120 img/s, 320 img/s per thread'
+  for line in proc.stdout.splitlines():
     if 'decode, threads' in line and 'per thread' in line:
       head, figs = line.split(':', 1)
       rows.append(dict(row, setting=head.strip(), threads=int(head.rsplit(' ', 1)[1]),
@@ -363,18 +373,19 @@ def xla_flags_part(config_name: str, variants: list[str], deadline: float,
                    smoke: bool) -> list[dict]:
   """Part 6: the config's step (bench/bench_step.py) under each XLA_FLAGS variant."""
   rows = []
-  for flags in variants:
-    row = {'part': 'xla_flags', 'model': config_name, 'flags': flags or '(none)'}
+  for variant in variants:
+    row = {'part': 'xla_flags', 'model': config_name, 'flags': variant or '(none)'}
     if time.time() > deadline:
       rows.append(dict(row, skipped='time budget'))
       continue
-    args = [sys.executable, os.path.join(ROOT, 'bench', 'bench_step.py'),
+    args = [sys.executable, '-m', 'bench.bench_step',
             f'--config={os.path.join(ROOT, "configs", config_name + ".py")}',
             f'--config.batch_size={4 if smoke else 128}', f'--steps={1 if smoke else 5}']
     if smoke:
       args += ['--config.model.depth=2', '--config.model.width=32', '--config.model.num_heads=2',
                '--config.model.pred_width=16', '--config.model.pred_depth=1']
-    env = dict(os.environ, XLA_FLAGS=' '.join(filter(None, [os.environ.get('XLA_FLAGS', ''), flags])))
+    env = dict(os.environ,
+               XLA_FLAGS=' '.join(filter(None, [os.environ.get('XLA_FLAGS', ''), variant])))
     proc = subprocess.run(args, capture_output=True, text=True, env=env, cwd=ROOT)
     if proc.returncode != 0:
       rows.append(dict(row, error=proc.stderr.strip()[-300:]))
@@ -402,7 +413,8 @@ def table(rows: list[dict]) -> str:
       pad = 'padded' if r['padded'] else 'full'
       figs = (f"out {r['out_rel']:.2e}, grad {r['grad_rel']:.2e} {'ok' if r['ok'] else 'FAIL'}"
               if 'out_rel' in r else r.get('error', ''))
-      lines.append(f"| attention | {r['shape']} {pad} | {r['implementation']} | | | | | | | {figs} |")
+      lines.append(f"| attention | {r['shape']} {pad} | {r['implementation']} | | | | | | | "
+                   f"{figs} |")
       continue
     if part == 'torch':
       setting = (f"PyTorch {r.get('torch', '')}, {r.get('attention', '')} attention, "
@@ -423,9 +435,9 @@ def table(rows: list[dict]) -> str:
                    f"{r.get('skipped') or r.get('error')} |")
       continue
     if part == 'breakdown':
-      lines.append(f"| breakdown | {r['model']} | {setting} | {r.get('batch', '')} | {r['ms']:,.2f} | | "
-                   f"| | | {100 * r['time_share']:.1f}% of the time, {100 * r['flop_share']:.1f}% "
-                   'of the FLOPs |')
+      lines.append(f"| breakdown | {r['model']} | {setting} | {r.get('batch', '')} | "
+                   f"{r['ms']:,.2f} | | | | | {100 * r['time_share']:.1f}% of the time, "
+                   f"{100 * r['flop_share']:.1f}% of the FLOPs |")
       continue
     other = ''
     if part == 'e2e':
@@ -452,92 +464,92 @@ PARTS = ('torch', 'attention', 'step', 'input', 'e2e', 'breakdown', 'more_steps'
 XLA_VARIANTS = ('', '--xla_gpu_enable_latency_hiding_scheduler=true',
                 '--xla_gpu_enable_triton_gemm=false')
 
+flags.DEFINE_bool('smoke', False, 'tiny sizes on the CPU (for the tests)')
+flags.DEFINE_string('out', 'device_check.json', 'the JSON to write (after every part)')
+flags.DEFINE_float('budget_s', 420.0, 'seconds after which no further part or setting is started')
+flags.DEFINE_integer('steps', 0, 'timed steps per setting (0: 5; smoke 1)')
+flags.DEFINE_integer('e2e_steps', 0, "main.py's steps (0: 300; smoke 6)")
+flags.DEFINE_integer('e2e_images', 0, 'JPEGs written (0: 4096; smoke 24)')
+flags.DEFINE_string('xla_flags', '|'.join(XLA_VARIANTS),
+                    "'|'-separated XLA_FLAGS variants for part 6 ('' is the baseline)")
+flags.DEFINE_bool('skip_torch', False, 'leave out the PyTorch reference')
+flags.DEFINE_list('parts', list(PARTS), f"which parts, comma-separated (of {','.join(PARTS)})")
+flags.DEFINE_string('e2e_args', '', "more main.py overrides for the e2e part; '|' separates "
+                    "variants, each run in turn (e.g. '|--config.monitor.health_every=0')")
+flags.DEFINE_string('keep', '', "a folder for main.py's output and metrics.jsonl")
+flags.DEFINE_list('models', [], "only these models, e.g. 'ViT-L/16'")
+flags.DEFINE_string('input_threads', '1,16', 'thread counts for the input part')
+flags.DEFINE_bool('grid', False, 'also the scan x remat x attention grid')
+flags.DEFINE_list('attention', [],
+                  'the grid with only these attentions (e.g. cudnn; implies --grid)')
+FLAGS = flags.FLAGS
 
-def main() -> None:
-  ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  ap.add_argument('--smoke', action='store_true', help='tiny sizes on the CPU (for the tests)')
-  ap.add_argument('--out', default='device_check.json')
-  ap.add_argument('--budget_s', type=float, default=420.0,
-                  help='seconds after which no further part or setting is started')
-  ap.add_argument('--steps', type=int, default=0, help='timed steps per setting (0: 5; smoke 1)')
-  ap.add_argument('--e2e_steps', type=int, default=0, help="main.py's steps (0: 300; smoke 6)")
-  ap.add_argument('--e2e_images', type=int, default=0, help='JPEGs written (0: 4096; smoke 24)')
-  ap.add_argument('--xla_flags', default='|'.join(XLA_VARIANTS),
-                  help="'|'-separated XLA_FLAGS variants for part 6 ('' is the baseline)")
-  ap.add_argument('--skip_torch', action='store_true', help='leave out the PyTorch reference')
-  ap.add_argument('--parts', default=','.join(PARTS),
-                  help=f"which parts, comma-separated (of {','.join(PARTS)})")
-  ap.add_argument('--e2e_args', default='', help="more main.py overrides for the e2e part; "
-                  "'|' separates variants, each run in turn (e.g. '|--config.monitor.health_every=0')")
-  ap.add_argument('--keep', default='', help="a folder for main.py's output and metrics.jsonl")
-  ap.add_argument('--models', default='', help="only these models, e.g. 'ViT-L/16'")
-  ap.add_argument('--input_threads', default='1,16', help='thread counts for the input part')
-  ap.add_argument('--grid', action='store_true', help='also the scan x remat x attention grid')
-  ap.add_argument('--attention', default='',
-                  help='the grid with only these attentions (e.g. cudnn; implies --grid)')
-  args = ap.parse_args()
+
+def main(argv) -> None:
+  del argv
   start = time.time()
-  deadline = start + args.budget_s
-  steps = args.steps or (1 if args.smoke else 5)
-  configs = model_configs(args.smoke)
-  if args.models:
-    configs = {k: v for k, v in configs.items() if k in args.models.split(',')}
+  deadline = start + FLAGS.budget_s
+  steps = FLAGS.steps or (1 if FLAGS.smoke else 5)
+  configs = model_configs(FLAGS.smoke)
+  if FLAGS.models:
+    configs = {k: v for k, v in configs.items() if k in FLAGS.models}
     if not configs:
-      ap.error(f'--models: none of {args.models!r} is among {", ".join(model_configs(args.smoke))}')
+      cli.fail(f'--models: none of {",".join(FLAGS.models)!r} is among '
+               f'{", ".join(model_configs(FLAGS.smoke))}')
 
-  parts = set(args.parts.split(','))
+  parts = set(FLAGS.parts)
   unknown = parts - set(PARTS)
   if unknown:
-    ap.error(f"--parts: no part {', '.join(sorted(unknown))}; the parts are {', '.join(PARTS)}")
-  torch_rows = ([] if args.skip_torch or 'torch' not in parts else
-                torch_reference(configs, steps, 'cpu' if args.smoke else 'cuda', deadline))
+    cli.fail(f"--parts: no part {', '.join(sorted(unknown))}; the parts are {', '.join(PARTS)}")
+  torch_rows = ([] if FLAGS.skip_torch or 'torch' not in parts else
+                torch_reference(configs, steps, 'cpu' if FLAGS.smoke else 'cuda', deadline))
   import jax
   device = f'{jax.device_count()} x {jax.devices()[0].device_kind} ({jax.default_backend()})'
   print(f'device: {device} | jax {jax.__version__}', flush=True)
-  rows = torch_rows + (attention_parity(args.smoke) if 'attention' in parts else [])
+  rows = torch_rows + (attention_parity(FLAGS.smoke) if 'attention' in parts else [])
 
   def save() -> None:  # after every part: a call cut off at its limit keeps what it measured
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, 'w') as f:
+    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
+    with open(FLAGS.out, 'w') as f:
       json.dump({'device': device, 'jax': jax.__version__, 'seconds': time.time() - start,
-                 'smoke': args.smoke, 'rows': rows}, f, indent=1, default=str)
+                 'smoke': FLAGS.smoke, 'rows': rows}, f, indent=1, default=str)
     print(table(rows), flush=True)
 
   # the figures the issue's goals name first (L/16 and H/14 at 128, then main.py end to end),
   # then the parts that explain them, then the larger batches and ViT-g/16
   first = next(iter(configs))
   main_configs = {k: v for k, v in configs.items() if k != 'ViT-g/16'}
-  step_rows = (shipped_steps(main_configs, steps, deadline, args.smoke, factors=(1,))
+  step_rows = (shipped_steps(main_configs, steps, deadline, FLAGS.smoke, factors=(1,))
                if 'step' in parts else [])
   rows += step_rows
   save()
   if 'input' in parts:
-    rows += input_part(64 if args.smoke else 512, 16 if args.smoke else 128,
-                       '1,2' if args.smoke else args.input_threads, deadline)
+    rows += input_part(64 if FLAGS.smoke else 512, 16 if FLAGS.smoke else 128,
+                       '1,2' if FLAGS.smoke else FLAGS.input_threads, deadline)
     save()
   if 'e2e' in parts:
-    for variant in args.e2e_args.split('|'):
-      rows += e2e_part(first, 'vitl16', args.e2e_steps or (6 if args.smoke else 300),
-                       args.e2e_images or (24 if args.smoke else 4096), deadline, args.smoke,
-                       step_rows, tuple(variant.split()), args.keep)
+    for variant in FLAGS.e2e_args.split('|'):
+      rows += e2e_part(first, 'vitl16', FLAGS.e2e_steps or (6 if FLAGS.smoke else 300),
+                       FLAGS.e2e_images or (24 if FLAGS.smoke else 4096), deadline, FLAGS.smoke,
+                       step_rows, tuple(variant.split()), FLAGS.keep)
       save()
   if 'breakdown' in parts:
     rows += breakdown_part(configs, steps, deadline)
     save()
-  if 'more_steps' in parts and not args.smoke:
-    rows += shipped_steps(configs, steps, deadline, args.smoke, factors=(1, 2),
+  if 'more_steps' in parts and not FLAGS.smoke:
+    rows += shipped_steps(configs, steps, deadline, FLAGS.smoke, factors=(1, 2),
                           skip=[(r['model'], r['batch']) for r in step_rows])
     save()
   if 'xla_flags' in parts:
-    variants = args.xla_flags.split('|') if not args.smoke else ['']
-    rows += xla_flags_part('demo' if args.smoke else 'vitl16', variants, deadline, args.smoke)
-  if args.grid or args.attention:
+    variants = FLAGS.xla_flags.split('|') if not FLAGS.smoke else ['']
+    rows += xla_flags_part('demo' if FLAGS.smoke else 'vitl16', variants, deadline, FLAGS.smoke)
+  if FLAGS.grid or FLAGS.attention:
     rows += step_grid({k: v for k, v in configs.items() if k != 'ViT-g/16'}, steps, deadline,
-                      args.smoke, tuple(a for a in args.attention.split(',') if a))
+                      FLAGS.smoke, tuple(FLAGS.attention))
   print(f'\n# device check: {device}, jax {jax.__version__}, {time.time() - start:.0f} s\n')
   save()
-  print(f'\nwritten: {args.out}')
+  print(f'\nwritten: {FLAGS.out}')
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main, flags_parser=cli.parse_flags)

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from bench import ROOT
 
 FAULTS = ('sigkill', 'sigkill_saving', 'sigterm', 'damage')
 # a tiny model: each start is dominated by Python imports and the compile, like a restart is
@@ -105,7 +105,7 @@ def soak(workdir: str, steps: int, faults: int, seed: int = 0, log=print) -> dic
   rng = random.Random(seed)
   starts, kinds = [], {k: 0 for k in FAULTS}
   t0 = time.time()
-  finished = lambda: (os.path.exists(os.path.join(workdir, 'final.json'))  # noqa: E731
+  finished = lambda: (os.path.exists(os.path.join(workdir, 'final.json'))
                       or (starts and starts[-1].fault == 'none' and starts[-1].rc == 0
                           and checkpoints(workdir)[-1:] == [steps]))  # killed after the end
   while not finished():

@@ -1,6 +1,6 @@
 """How strongly each term of the objective pulls on the context encoder, at initialisation.
 
-  python bench/grad_balance.py --config=configs/demo.py [--config.anti_collapse.sigreg_weight=...]
+  python -m bench.grad_balance --config=configs/demo.py [--config.anti_collapse.sigreg_weight=...]
 
 AdamW normalises each parameter's step, so when one term's gradient is far larger than the
 others it alone decides the encoder's update, whatever its weight within a wide range
@@ -11,14 +11,11 @@ terms are computed whatever their weights (weight 1 where the config has 0).
 """
 
 import dataclasses
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app, flags
+from ml_collections import config_flags
 
-from absl import app, flags  # noqa: E402
-from ijepa_jax import cli  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from ijepa_jax import cli
 
 config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
 FLAGS = flags.FLAGS

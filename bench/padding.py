@@ -8,35 +8,34 @@ fixed shapes) against the useful ones (`flops.useful_step_flops`, each image's r
 lengths: what the official step computes on the same masks, since it cuts contexts to the
 batch minimum and draws one target size per batch), and where the excess is.
 
-  python bench/padding.py [--steps 100] [--batch 128] [--configs vitl16,vith14]
+  python -m bench.padding [--steps 100] [--batch 128] [--configs vitl16,vith14]
 """
 
-import argparse
-import importlib
-import os
-import sys
+from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench import load_config
+from bench.stepping import padding_rows
+from ijepa_jax import cli
 
-from bench.stepping import padding_rows  # noqa: E402
+flags.DEFINE_integer('steps', 100, 'global batches sampled per config')
+flags.DEFINE_integer('batch', 128, 'images per batch (official: per GPU)')
+flags.DEFINE_list('configs', ['vits16', 'vitb16', 'vitl16', 'vith14', 'vith16_448', 'vitg16',
+                              'demo'], 'configs/<name>.py to count')
+FLAGS = flags.FLAGS
 
 
-def main() -> None:
-  ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  ap.add_argument('--steps', type=int, default=100, help='global batches sampled per config')
-  ap.add_argument('--batch', type=int, default=128, help='images per batch (official: per GPU)')
-  ap.add_argument('--configs', default='vits16,vitb16,vitl16,vith14,vith16_448,vitg16,demo')
-  args = ap.parse_args()
+def main(argv) -> None:
+  del argv
   print('| config | masks | grid | Kc | Kt | mean context | mean target | executed GFLOP/img '
         '| useful GFLOP/img | excess | context encoder excess | predictor excess |')
   print('|' + '---|' * 12)
-  for name in args.configs.split(','):
-    base = importlib.import_module(f'configs.{name}').get_config()
+  for name in FLAGS.configs:
+    base = load_config(name)
     other = base.copy_and_resolve_references()
     other.masks.mode = 'corrected' if base.masks.mode == 'official' else 'official'
     for label, config in ((name, base), (f'{name}, masks.mode={other.masks.mode}', other)):
       try:
-        r = padding_rows(config, args.steps, args.batch)
+        r = padding_rows(config, FLAGS.steps, FLAGS.batch)
       except ValueError as e:  # e.g. the official sampler cannot be built on the demo's grid
         print(f'| {label} | {config.masks.mode} | | | | | | | | {str(e)[:80]} | | |')
         continue
@@ -47,4 +46,4 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,6 +1,6 @@
 """Where the train step's time goes: a jax.profiler trace of a few steps, summed by XLA op.
 
-  python bench/profile_step.py --config=configs/demo.py [--config.*=...] [--steps=3] [--top=25]
+  python -m bench.profile_step --config=configs/demo.py [--config.*=...] [--steps=3] [--top=25]
 
 Prints the step's wall time, then the time of its compiled ops (thunks) grouped three ways:
 by kind (matmuls and reductions, elementwise fusions, copies, dynamic slices, broadcasts),
@@ -16,14 +16,12 @@ import gzip
 import json
 import os
 import re
-import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app, flags
+from ml_collections import config_flags
 
-from absl import app, flags  # noqa: E402
-from ijepa_jax import cli  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from ijepa_jax import cli
 
 config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
 flags.DEFINE_integer('steps', 3, 'Profiled steps (after one warm-up step).')

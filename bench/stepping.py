@@ -255,7 +255,8 @@ def step_breakdown(run, steps: int) -> list[dict]:
 
 def breakdown_table(rows: list[dict]) -> str:
   """The rows of `step_breakdown` as a markdown table."""
-  lines = ['| part | ms | share of the time | GFLOP | share of the FLOPs |', '|---|---|---|---|---|']
+  lines = ['| part | ms | share of the time | GFLOP | share of the FLOPs |',
+           '|---|---|---|---|---|']
   for r in rows:
     lines.append(f"| {r['part']} | {r['ms']:,.2f} | {100 * r['time_share']:.1f}% | "
                  f"{r['gflop']:,.1f} | {100 * r['flop_share']:.1f}% |")

@@ -5,7 +5,10 @@ bench/device_check.py).
   python bench/torch_step.py --job job.npz --out result.json [--threads 2] [--device cpu|cuda]
       [--attention official|sdpa]
 
-Needs only torch and numpy (it runs in .venv-torch here and in the GPU image). job.npz holds
+Needs only torch and numpy (it runs in .venv-torch here and in the GPU image), so unlike the
+other benchmarks it is a standalone script, run by path with argparse (bench/stepping.py's
+`run_torch` starts it): that Python has neither this package nor absl, and importing the
+`bench` package would import them. job.npz holds
 the model sizes and the masks of every step, from our sampler; the step follows DESIGN.md's
 account of the official modules:
 
@@ -51,7 +54,8 @@ def sincos_2d(dim: int, grid: int) -> np.ndarray:
 
 
 def apply_masks(x: torch.Tensor, masks: list[torch.Tensor]) -> torch.Tensor:
-  """The official apply_masks: for each mask [B, K], gather x [B, N, D] -> [B, K, D]; concat on batch."""
+  """The official apply_masks: for each mask [B, K], gather x [B, N, D] -> [B, K, D]; concat on
+  batch."""
   return torch.cat([torch.gather(x, 1, m.unsqueeze(-1).expand(-1, -1, x.size(-1))) for m in masks])
 
 
@@ -173,7 +177,8 @@ def main() -> None:
   enc_params, tgt_params = list(encoder.parameters()), list(target.parameters())
   cuda = dev.type == 'cuda'
 
-  ctx_idx, ctx_len, tgt_idx, tgt_len = (job[k] for k in ('ctx_idx', 'ctx_len', 'tgt_idx', 'tgt_len'))
+  ctx_idx, ctx_len, tgt_idx, tgt_len = (job[k]
+                                        for k in ('ctx_idx', 'ctx_len', 'tgt_idx', 'tgt_len'))
   steps, b = ctx_idx.shape[0], ctx_idx.shape[1]
   images = torch.randn(b, size['channels'], size['image'], size['image'], device=dev)
   batches = []
@@ -217,7 +222,8 @@ def main() -> None:
   seconds = (time.perf_counter() - t0) / (steps - 1)
   result = {
       'step_ms': 1000 * seconds, 'images_per_sec': b / seconds, 'loss': loss,
-      'cut': args.cut, 'attention': args.attention, 'threads': torch.get_num_threads(), 'torch': torch.__version__, 'device': args.device,
+      'cut': args.cut, 'attention': args.attention, 'threads': torch.get_num_threads(),
+      'torch': torch.__version__, 'device': args.device,
       'mean_context_len': float(np.mean([int(c.min()) for c in ctx_len[1:]])),
       'mean_target_len': float(np.mean([int(t.min()) for t in tgt_len[1:]])),
       'peak_memory_gib': torch.cuda.max_memory_allocated() / 2**30 if cuda else math.nan,

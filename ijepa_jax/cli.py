@@ -1,16 +1,20 @@
-"""Flag parsing for main.py and the tools: a mistyped flag or config field is one line and exit 2.
+"""The command line of main.py, the tools and the benchmarks: a mistyped flag or config field
+is one line and exit 2.
 
 ml_collections raises a bare KeyError / AttributeError (a Python traceback) for an unknown
 `--config.<field>`; absl prints usage and exits 1 for a value of the wrong type. Both are the
 user's to fix, so `parse_flags` (pass it to `app.run(main, flags_parser=parse_flags)`) turns
-them into `error: ...` naming the field and the closest valid one, and exit 2.
+them into `error: ...` naming the field and the closest valid one, and exit 2 (`fail`).
+`load_config_file` is the one loader of a config file outside absl's flag; `start` opens the
+`main` of main.py and of the tools that load a model.
 """
 
 import difflib
 import importlib.util
 import sys
+from typing import NoReturn
 
-from absl import flags
+from absl import flags, logging
 import ml_collections
 
 PREFIX = '--config.'
@@ -78,9 +82,24 @@ def config_typos(argv: list[str]) -> list[str]:
   return [m for m in (unknown_field(config, n) for n in names) if m]
 
 
-def fail(message: str) -> None:
+def fail(message, code: int = 2) -> NoReturn:
+  """`error: <message>` on stderr, and exit `code`: 2 for what the user must fix (a flag, a
+  config, missing data), 1 for a failure of the run itself."""
   print(f'error: {message}', file=sys.stderr)
-  sys.exit(2)
+  sys.exit(code)
+
+
+def start(level: int, distributed: bool = True) -> None:
+  """An entry point's first step, after its flags are parsed: absl's logging at `level` unless
+  --verbosity / -v was given (orbax logs every file it writes at INFO and warns about every
+  read-only open), then, with `distributed`, this process joins the multi-process run that the
+  flags of `multihost.define_flags` describe (their clash: error, exit 2), before anything
+  touches a device."""
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(level)
+  if distributed:  # multihost imports jax: here, not when a program imports this module
+    from ijepa_jax import multihost  # pylint: disable=import-outside-toplevel
+    multihost.initialize_from_flags(flags.FLAGS)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

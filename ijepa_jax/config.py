@@ -87,7 +87,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
           'number of seconds (a little under the scheduler\'s grace period)')
   require(k.keep >= 1, f'checkpoint.keep={k.keep} must be >= 1 (the latest is what resumes)')
   require(k.keep_every >= 0, f'checkpoint.keep_every={k.keep_every} must be >= 0 (0: none)')
-  require(config.nonfinite in NONFINITE, f'nonfinite={config.nonfinite!r}: choose one of {NONFINITE}')
+  require(config.nonfinite in NONFINITE,
+          f'nonfinite={config.nonfinite!r}: choose one of {NONFINITE}')
   require(config.init_from_mode in INIT_FROM_MODES,
           f'init_from_mode={config.init_from_mode!r}: choose one of {INIT_FROM_MODES}')
   require(not config.init_from or os.path.exists(config.init_from),
@@ -117,7 +118,8 @@ def _validate_evals(ev: ml_collections.ConfigDict, log_every: int) -> None:
   require(ev.every >= 0, f'evals.every={ev.every} must be >= 0 (0: no evaluation during training)')
   for name in ('periodic_probes', 'final_probes'):
     bad = [p for p in ev[name] if p not in probe_names()]
-    require(not bad, f'evals.{name}={tuple(ev[name])}: unknown {bad}; choose from {", ".join(probe_names())}')
+    require(not bad, f'evals.{name}={tuple(ev[name])}: unknown {bad}; choose from '
+            f'{", ".join(probe_names())}')
   require(ev.encoder in ENCODERS, f'evals.encoder={ev.encoder!r}: choose one of {ENCODERS}')
   require(ev.pool in POOLS,
           f'evals.pool={ev.pool!r}: choose {", ".join(POOLS[:-1])} or {POOLS[-1]}')
@@ -138,7 +140,8 @@ def _validate_evals(ev: ml_collections.ConfigDict, log_every: int) -> None:
           'evals.attentive_epochs, evals.attentive_batch and evals.attentive_queries must be '
           'positive')
   require(len(ev.attentive_lrs) > 0 and all(v > 0 for v in ev.attentive_lrs),
-          f'evals.attentive_lrs={tuple(ev.attentive_lrs)} must be a non-empty list of positive rates')
+          f'evals.attentive_lrs={tuple(ev.attentive_lrs)} must be a non-empty list of positive '
+          'rates')
   require(ev.attentive_wd >= 0 and ev.attentive_heads >= 0 and ev.attentive_mlp_ratio > 0
           and ev.attentive_cache_gib >= 0,
           f'evals.attentive_wd={ev.attentive_wd}, evals.attentive_heads={ev.attentive_heads} '

@@ -208,7 +208,9 @@ class FolderSource:
 
 def _version(name: str) -> tuple[int, ...] | None:
   parts = name.split('.')
-  return tuple(int(p) for p in parts) if len(parts) == 3 and all(p.isdigit() for p in parts) else None
+  if len(parts) == 3 and all(p.isdigit() for p in parts):
+    return tuple(int(p) for p in parts)
+  return None
 
 
 def tfds_dataset_dir(name: str, data_dir: str) -> str:
@@ -224,8 +226,8 @@ def tfds_dataset_dir(name: str, data_dir: str) -> str:
   if not versions:
     configs = [d.name for d in base.iterdir() if d.is_dir()] if base.is_dir() else []
     if configs:
-      raise DataMissingError(f'data.dataset={name!r}: {base} holds builder configs {sorted(configs)}'
-                             f', not versions; set data.dataset={name}/<config>')
+      raise DataMissingError(f'data.dataset={name!r}: {base} holds builder configs '
+                             f'{sorted(configs)}, not versions; set data.dataset={name}/<config>')
     raise DataMissingError(f'data.dataset={name!r}: no prepared TFDS dataset under {base}; '
                            + TFDS_HOW_TO.format(name=name.split('/')[0]))
   return str(max(versions)[1])
@@ -356,7 +358,7 @@ class TfdsSource:
   def open(self, index: int) -> Image.Image:
     try:
       record = self._get(int(index))
-    except Exception as e:  # a damaged record: skip it like a damaged image
+    except Exception as e:  # noqa: BLE001  (any damaged record: skipped like a damaged image)
       raise CorruptImageError(f'{self.name(index)}: unreadable record: {e}') from None
     return open_image(record['image'], self.name(index))
 
@@ -406,7 +408,8 @@ class Sources:
 # -- transforms ---------------------------------------------------------------
 
 def random_resized_crop_box(rng: np.random.Generator, height: int, width: int,
-                            scale: Sequence[float], ratio: Sequence[float]) -> tuple[int, int, int, int]:
+                            scale: Sequence[float],
+                            ratio: Sequence[float]) -> tuple[int, int, int, int]:
   """(top, left, h, w) as torchvision's RandomResizedCrop.get_params draws it.
 
   Ten tries for a box of area fraction in `scale` and aspect (w/h) in
@@ -490,7 +493,10 @@ def eval_transform(img: Image.Image, size: int, channels: int,
     img = img.convert(_mode(channels))
   short = int(round(size / crop_fraction))
   w, h = img.size
-  nw, nh = (short, max(short, round(h * short / w))) if w <= h else (max(short, round(w * short / h)), short)
+  if w <= h:
+    nw, nh = short, max(short, round(h * short / w))
+  else:
+    nw, nh = max(short, round(w * short / h)), short
   img = img.resize((nw, nh), Image.Resampling.BILINEAR)
   left, top = (nw - size) // 2, (nh - size) // 2
   return _to_array(img.crop((left, top, left + size, top + size)), channels)

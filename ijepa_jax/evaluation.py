@@ -201,7 +201,8 @@ PIXEL_VALUES = 4096  # raw pixels up to this many values per image; above it, pa
 
 def _normalised(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
   """uint8 images as the encoder sees them: (x / 255 - mean) / std, float32."""
-  return (images.astype(np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+  mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+  return (images.astype(np.float32) / 255.0 - mean) / std
 
 
 def pixel_features(images: np.ndarray, mean: Sequence[float], std: Sequence[float],

@@ -1,4 +1,5 @@
-"""Reader for the embedded default data: Fashion-MNIST IDX files (Debian's dataset-fashion-mnist)."""
+"""Reader for the embedded default data: Fashion-MNIST IDX files (Debian's
+dataset-fashion-mnist)."""
 
 import gzip
 import os
@@ -12,7 +13,8 @@ FILES = {
 }
 MEAN, STD = 0.2860, 0.3530  # pixel statistics of the training split (in [0, 1])
 NUM_CLASSES = 10
-HOW_TO_GET = ('install it with `sudo apt-get update && sudo apt-get install -y dataset-fashion-mnist` '
+HOW_TO_GET = ('install it with '
+              '`sudo apt-get update && sudo apt-get install -y dataset-fashion-mnist` '
               f'(it lands in {DEFAULT_DIR}), or put the four IDX .gz files of '
               'https://github.com/zalandoresearch/fashion-mnist in a folder and pass '
               '--config.data.data_dir=<that folder>')

@@ -25,7 +25,7 @@ from ijepa_jax.models import VARIANTS, VisionTransformer
 from ijepa_jax.pixels import IMAGENET_MEAN, IMAGENET_STD, normalize
 
 OUTPUTS = ('mean', 'last4', 'tokens')
-ENCODERS = ('target', 'context')  # which of a run's encoders to evaluate: the EMA or the trained one
+ENCODERS = ('target', 'context')  # a run's encoder to evaluate: the EMA or the trained one
 _HEADS_BY_WIDTH = {width: heads for width, _, heads, _ in VARIANTS.values()}
 
 
@@ -39,7 +39,8 @@ def encoder_dims(params: Any, num_heads: int | None = None) -> dict[str, int]:
     params['norm']['scale']
   except (KeyError, TypeError) as e:
     raise ValueError(f'not an I-JEPA encoder parameter tree (missing {e}): expected '
-                     "{'patch_embed': {'proj': ...}, 'blocks': {'layers': ...}, 'norm': ...}") from None
+                     "{'patch_embed': {'proj': ...}, 'blocks': {'layers': ...}, "
+                     "'norm': ...}") from None
   width = kernel.shape[-1]
   if num_heads is None:
     num_heads = _HEADS_BY_WIDTH.get(width)
@@ -79,7 +80,8 @@ def encode(params: Any, images: jax.Array, *, output: str = 'mean',
     raise ValueError(f'output={output!r}: choose one of {OUTPUTS}')
   d = encoder_dims(params, num_heads)
   p = d['patch_size']
-  if images.ndim != 4 or images.shape[1] % p or images.shape[2] % p or images.shape[3] != d['channels']:
+  if (images.ndim != 4 or images.shape[1] % p or images.shape[2] % p
+      or images.shape[3] != d['channels']):
     raise ValueError(f'images must be [B, H, W, {d["channels"]}] with H and W multiples of '
                      f'the patch size {p}; got {images.shape}')
   if output == 'last4' and d['depth'] < LAST_BLOCKS:

@@ -169,7 +169,7 @@ def prefetch(make: Callable[[int], dict], start: int, stop: int, depth: int = 2)
         if stop_flag.is_set():
           return
         put((make(step), None))
-    except Exception as e:  # surfaced in the consumer thread
+    except Exception as e:  # noqa: BLE001  (any error: surfaced in the consumer thread)
       put((None, e))
 
   thread = threading.Thread(target=work, daemon=True)

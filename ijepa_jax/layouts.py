@@ -232,7 +232,8 @@ def load_official(path: str) -> dict[str, Any]:
   grids = {}
   for part in ('encoder', 'target_encoder'):
     out[part], grids[part] = official_to_encoder(ckpt[part], f'{path}: {part}')
-  out['predictor'], grids['predictor'] = official_to_predictor(ckpt['predictor'], f'{path}: predictor')
+  out['predictor'], grids['predictor'] = official_to_predictor(ckpt['predictor'],
+                                                               f'{path}: predictor')
   if len(set(grids.values())) != 1:
     raise InteropError(f'{path}: the parts disagree on the patch grid: {grids}')
   a, t = architecture(out['encoder']), architecture(out['target_encoder'])
@@ -290,8 +291,9 @@ def encoder_to_hf(params: Any, grid: tuple[int, int], num_heads: int
   for i in range(depth):
     b, h = f'blocks.{i}', f'encoder.layer.{i}'
     for j, name in enumerate(('query', 'key', 'value')):  # qkv packs [q; k; v] on its rows
-      out[f'{h}.attention.attention.{name}.weight'] = sd[f'{b}.attn.qkv.weight'][j * width:(j + 1) * width]
-      out[f'{h}.attention.attention.{name}.bias'] = sd[f'{b}.attn.qkv.bias'][j * width:(j + 1) * width]
+      rows = slice(j * width, (j + 1) * width)
+      out[f'{h}.attention.attention.{name}.weight'] = sd[f'{b}.attn.qkv.weight'][rows]
+      out[f'{h}.attention.attention.{name}.bias'] = sd[f'{b}.attn.qkv.bias'][rows]
     for ours, theirs in (('attn.proj', 'attention.output.dense'), ('mlp.fc1', 'intermediate.dense'),
                          ('mlp.fc2', 'output.dense'), ('norm1', 'layernorm_before'),
                          ('norm2', 'layernorm_after')):

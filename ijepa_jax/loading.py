@@ -54,7 +54,8 @@ def check_architecture(ours: Arch, arch: dict[str, int], what: str) -> None:
 def encoder_from(run: Run, mesh: jax.sharding.Mesh, *,
                  workdir: str | None = None, weights: str | None = None, step: int | None = None,
                  which: str = 'target') -> tuple[Any, str, dict]:
-  """(encoder params on `mesh`, a description, the checkpoint's metadata or {}) from a run (`workdir`, its latest or `step`
+  """(encoder params on `mesh`, a description, the checkpoint's metadata or {}) from a run
+  (`workdir`, its latest or `step`
   checkpoint) or a weights file (an official `.pth.tar`, a timm/official encoder state dict,
   our safetensors export); `which`: the target (EMA) or the context encoder."""
   if bool(workdir) == bool(weights):

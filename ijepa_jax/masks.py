@@ -173,7 +173,8 @@ class MaskSampler:
   # -- sizes -----------------------------------------------------------------
 
   def _hw(self, keep, ar):
-    """Block (h, w) for `keep` patches at aspect ratio `ar`, as the official code rounds and clips."""
+    """Block (h, w) for `keep` patches at aspect ratio `ar`, as the official code rounds and
+    clips."""
     h = np.round(np.sqrt(keep * ar)).astype(np.int64)
     w = np.round(np.sqrt(keep / ar)).astype(np.int64)
     cut = 1 if self._official else 0  # official: `while h >= height: h -= 1`
@@ -284,7 +285,8 @@ class MaskSampler:
     th, tw = self._target_sizes(rng, size_rng, b, m)
     ch, cw = self._context_sizes(rng, size_rng, b)
     if (th * tw).max() > self.target_len:  # _area_range is exact; this guards against a bug
-      raise AssertionError(f'target block of {(th * tw).max()} patches exceeds Kt={self.target_len}')
+      raise AssertionError(f'target block of {(th * tw).max()} patches exceeds '
+                           f'Kt={self.target_len}')
     top, left = np.zeros((b, m), np.int64), np.zeros((b, m), np.int64)
     ctop, cleft = np.zeros(b, np.int64), np.zeros(b, np.int64)
     todo = np.arange(b)
@@ -334,9 +336,9 @@ class MaskSampler:
   def _rasterized(self, rng, b):
     hh, ww, kt = self.height, self.width, self.target_len
     (r0, r1), (c0, c1) = _halves(hh), _halves(ww)
-    quads = [(t, l, h, w) for t, h in ((0, r0), (r0, r1)) for l, w in ((0, c0), (c0, c1))]
-    masks = np.stack([_rect(np.array(t), np.array(l), np.array(h), np.array(w), hh, ww).ravel()
-                      for t, l, h, w in quads])  # [4, N]
+    quads = [(t, left, h, w) for t, h in ((0, r0), (r0, r1)) for left, w in ((0, c0), (c0, c1))]
+    masks = np.stack([_rect(np.array(t), np.array(left), np.array(h), np.array(w), hh, ww).ravel()
+                      for t, left, h, w in quads])  # [4, N]
     idx = np.stack([np.pad(np.flatnonzero(q), (0, kt - q.sum())) for q in masks])  # [4, Kt]
     lens = masks.sum(1)
     ctx = rng.integers(0, 4, b)
@@ -360,12 +362,13 @@ class MaskSampler:
     integral[:, 1:, 1:] = union.cumsum(1).cumsum(2)
     extra = 0 if self._official else 1
     t = np.arange(hh)[None, :, None]
-    l = np.arange(ww)[None, None, :]
+    left = np.arange(ww)[None, None, :]
     h3, w3 = h[:, None, None], w[:, None, None]
-    inside = (t < hh - h3 + extra) & (l < ww - w3 + extra)
+    inside = (t < hh - h3 + extra) & (left < ww - w3 + extra)
     bi = np.arange(b)[:, None, None]
-    t2, l2 = np.minimum(t + h3, hh), np.minimum(l + w3, ww)
-    covered = integral[bi, t2, l2] - integral[bi, t, l2] - integral[bi, t2, l] + integral[bi, t, l]
+    t2, l2 = np.minimum(t + h3, hh), np.minimum(left + w3, ww)
+    covered = (integral[bi, t2, l2] - integral[bi, t, l2] - integral[bi, t2, left]
+               + integral[bi, t, left])
     ok = inside & (h3 * w3 - covered > self.config.min_keep)
     score = np.where(ok, rng.random(ok.shape), -1.0).reshape(b, -1)
     pick = score.argmax(1)
@@ -393,7 +396,8 @@ def _validate(c: MaskConfig) -> None:
   def pair(name, lo, hi, low_ok, high_ok):
     v = getattr(c, name)
     if len(v) != 2 or not (low_ok(v[0]) and v[0] <= v[1] and high_ok(v[1])):
-      raise ValueError(f'masks.{name}={tuple(v)} must be a pair (lo, hi) with {lo} and lo <= hi{hi}')
+      raise ValueError(f'masks.{name}={tuple(v)} must be a pair (lo, hi) with {lo} and '
+                       f'lo <= hi{hi}')
 
   if c.mode not in MODES:
     raise ValueError(f"masks.mode={c.mode!r}: choose one of {MODES}")

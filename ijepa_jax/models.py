@@ -279,7 +279,8 @@ class VisionTransformer(nn.Module):
     (tokens, [block tokens, ...]): the intermediates an evaluation pools, under the scan and
     unrolled alike."""
     h, w = images.shape[1] // self.patch_size, images.shape[2] // self.patch_size
-    x = PatchEmbed(self.patch_size, self.width, self.dtype, self.patch_init, name='patch_embed')(images)
+    x = PatchEmbed(self.patch_size, self.width, self.dtype, self.patch_init,
+                   name='patch_embed')(images)
     x = x.astype(jnp.float32) + jnp.asarray(sincos_2d(self.width, (h, w)))[None]
     if keep_idx is not None:
       x = gather_tokens(x, keep_idx)  # after adding positions, as the official code
@@ -340,7 +341,8 @@ class Predictor(nn.Module):
     src = jnp.where(p < cl, p, jnp.where(p < cl + tl, kc + p - cl, p))
     x = gather_tokens(x, src)
     x = BlockStack(self.depth, self.num_heads, self.mlp_dim or 4 * self.width, self.dtype,
-                   self.remat_policy, self.attention, self.scan_layers, name='predictor_blocks')(x, (cl + tl)[:, 0])
+                   self.remat_policy, self.attention, self.scan_layers,
+                   name='predictor_blocks')(x, (cl + tl)[:, 0])
     x = _layer_norm('predictor_norm', 'pred_embed')(x)
     x = gather_tokens(x, jnp.minimum(cl + jnp.arange(kt)[None], kc + kt - 1))  # target slots
     out = self.embed_dim if self.out_dim is None else self.out_dim

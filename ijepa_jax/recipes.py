@@ -23,14 +23,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every = 50
   c.nonfinite = 'stop'         # a non-finite loss or gradient: 'stop' (keep the last good
                                # checkpoint) or 'skip' (leave the state as it was; count it)
-  c.init_from = ''             # start from another run: its workdir, checkpoints/ or checkpoints/<step>
-  c.init_from_mode = 'weights'  # 'weights': params + EMA, fresh optimizer, step 0; 'full': all of it
+  c.init_from = ''             # start from another run: its workdir, checkpoints/ or
+                               # checkpoints/<step>
+  c.init_from_mode = 'weights'  # 'weights': params + EMA, fresh optimizer, step 0;
+                                # 'full': all of it
 
   # Anti-collapse terms on the context encoder's output (ijepa_jax/objective.py), all off
   # (weight 0) in the official method: loss = jepa + var_weight * variance hinge
   # + cov_weight * off-diagonal covariance (C-JEPA / VICReg) + sigreg_weight * SIGReg (LeJEPA).
   c.anti_collapse = ml_collections.ConfigDict()
-  c.anti_collapse.embeddings = 'pooled'  # 'pooled' (each image's mean token) or 'patch' (every token)
+  # 'pooled' (each image's mean token) or 'patch' (every token)
+  c.anti_collapse.embeddings = 'pooled'
   c.anti_collapse.var_weight = 0.0
   c.anti_collapse.cov_weight = 0.0
   c.anti_collapse.target_std = 1.0  # the variance hinge's floor on each dimension's std
@@ -95,7 +98,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.masks.min_keep = 10
   c.masks.context_len = -1     # -1: derived (ijepa_jax/masks.py)
   c.masks.truncation_batch = 128  # official per-GPU batch (2048 on 16 GPUs)
-  c.masks.strategy = 'multiblock'  # or random, block, rasterized (the paper's ablation; corrected mode)
+  # or random, block, rasterized (the paper's ablation; corrected mode)
+  c.masks.strategy = 'multiblock'
   c.masks.target_fraction = 0.6  # random / block: the targets' share of the grid (the paper's)
 
   c.optim = ml_collections.ConfigDict()
@@ -117,7 +121,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.fsdp = 1
 
   c.evals = ml_collections.ConfigDict()  # frozen-feature evaluation (ijepa_jax/evaluation.py)
-  c.evals.every = 0            # pretraining steps between evaluations on the periodic subset (0: none)
+  c.evals.every = 0            # pretraining steps between evaluations on the periodic subset
+                               # (0: none)
   c.evals.at_end = False       # a full evaluation after the last step
   c.evals.baseline = False     # at the end, also the same network at random initialisation
   c.evals.dataset = ''         # labelled data: '' = data.dataset (any source of the input pipeline)
@@ -151,7 +156,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.evals.attentive_heads = 0      # its heads (0: the encoder's)
   c.evals.attentive_queries = 1    # learnable query tokens
   c.evals.attentive_mlp_ratio = 4.0
-  c.evals.attentive_cache_gib = 8.0  # a split's tokens kept in memory up to this; beyond, recomputed
+  # a split's tokens kept in memory up to this; beyond, recomputed
+  c.evals.attentive_cache_gib = 8.0
 
   c.monitor = ml_collections.ConfigDict()  # what the run shows (ijepa_jax/monitor.py)
   c.monitor.tensorboard = True  # event files in the workdir, beside metrics.jsonl

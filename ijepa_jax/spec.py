@@ -75,7 +75,8 @@ class Arch:
   dtype: str         # compute dtype name ('bfloat16' or 'float32'); parameters stay float32
   remat_policy: str
   scan_layers: bool
-  attention: tuple[tuple[str, str], ...]  # (('encoder', impl), ('predictor', impl)) on this platform
+  # (('encoder', impl), ('predictor', impl)) on this platform
+  attention: tuple[tuple[str, str], ...]
 
   @property
   def grid(self) -> tuple[int, int]:
@@ -117,7 +118,8 @@ def arch_of(config: ml_collections.ConfigDict, platform: str) -> Arch:
   width, depth, heads = (v if v != -1 else b for v, b in zip((m.width, m.depth, m.num_heads), base))
   for name, v in (('width', width), ('depth', depth), ('num_heads', heads)):
     require(v > 0, f'model.{name}={v} must be a positive integer (required for variant=custom)')
-  mlp_dim = m.mlp_dim if m.mlp_dim != -1 else (base[3] if m.width == -1 and base[3] > 0 else 4 * width)
+  variant_mlp = base[3] if m.width == -1 and base[3] > 0 else 4 * width
+  mlp_dim = m.mlp_dim if m.mlp_dim != -1 else variant_mlp
   require(mlp_dim > 0, f'model.mlp_dim={mlp_dim} must be positive (or -1 for the default)')
   require(d.image_size % m.patch_size == 0,
           f'data.image_size={d.image_size} must be a positive multiple of model.patch_size='
@@ -129,8 +131,8 @@ def arch_of(config: ml_collections.ConfigDict, platform: str) -> Arch:
   require(width % 4 == 0, f'model.width={width} must be divisible by 4 (2-D sin-cos positions)')
   pred_heads = heads if m.pred_heads == -1 else m.pred_heads
   require(pred_heads > 0 and m.pred_width % pred_heads == 0,
-          f'model.pred_width={m.pred_width} must be divisible by the predictor heads ({pred_heads}; '
-          'set model.pred_heads)')
+          f'model.pred_width={m.pred_width} must be divisible by the predictor heads '
+          f'({pred_heads}; set model.pred_heads)')
   head_dims = {'encoder': width // heads, 'predictor': m.pred_width // pred_heads}
   if m.attention == 'cudnn':
     require(platform in ('gpu', 'cuda'), f'model.attention=cudnn needs a GPU (this run is on '

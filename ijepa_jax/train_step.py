@@ -17,7 +17,8 @@ from ijepa_jax.models import Predictor, VisionTransformer, gather_tokens
 from ijepa_jax.objective import AntiCollapse, jepa_loss, normalize_targets, pixel_targets
 from ijepa_jax.schedules import Schedules
 
-Batch = dict[str, jax.Array]  # images [B,H,W,C], ctx_idx [B,Kc], ctx_len [B], tgt_idx [B,M,Kt], tgt_len [B,M]
+# images [B,H,W,C], ctx_idx [B,Kc], ctx_len [B], tgt_idx [B,M,Kt], tgt_len [B,M]
+Batch = dict[str, jax.Array]
 
 
 @flax.struct.dataclass

@@ -214,7 +214,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if acct.get(f'{key}_seconds'):
           name = 'periodic_eval' if key == 'eval' else key
           last[f'{name}_seconds'] = acct[f'{key}_seconds']
-          last[f'{name}_fraction'] = acct[f'{key}_seconds'] / max(last.get('train_seconds', 0), 1e-9)
+          train = max(last.get('train_seconds', 0), 1e-9)
+          last[f'{name}_fraction'] = acct[f'{key}_seconds'] / train
   except BaseException as e:
     in_flight = e
     raise
@@ -255,7 +256,8 @@ class _Loop:
     self.wait_log, self.useful_log = 0.0, 0.0  # since the last log line
     self.train_seconds0, self.t_train = self.acct['train_seconds'], time.time()
     self.eval_seconds0 = self.acct.get('eval_seconds', 0.0)
-    with contextlib.closing(prefetch(batches, start, self.total, self.spec.data.prefetch)) as stream:
+    stream = prefetch(batches, start, self.total, self.spec.data.prefetch)
+    with contextlib.closing(stream):
       return self._steps(state, start, stream)
 
   def _steps(self, state: TrainState, start: int, stream) -> tuple[TrainState, dict]:
@@ -412,7 +414,8 @@ def final_evaluation(run: Run, mesh: jax.sharding.Mesh, state: TrainState,
   `evals.baseline`, of the same network at random initialisation (seed + 1)."""
   ev = run.evals
   evaluator = Evaluator(run, mesh, ev.final_train_examples, ev.final_test_examples,
-                        ev.final_probes, cache=ev.baseline, sources=sources)  # decoded once for both
+                        ev.final_probes, cache=ev.baseline,
+                        sources=sources)  # decoded once for both
   log(f'final evaluation: {evaluator.describe()}')
   baseline = random_encoder(run, mesh, run.seed + 1, ev.encoder) if ev.baseline else None
   return with_baseline(evaluator, 'final', encoder_params(state, ev.encoder), baseline, log)

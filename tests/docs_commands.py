@@ -14,9 +14,9 @@ once, and each gets one treatment (`plan`, first rule that matches):
 - `smoke`: as written, with `SMOKE` flags added to each main.py / evaluate / embed / local.sh
   invocation (a few steps, a few thousand images), so the run takes seconds.
 - `check`: the measurement commands of PERFORMANCE.md and RESULTS.md take hours at full
-  size: absl's `--only_check_args` is added to each absl program in them (every flag and
-  `--config.*` field they use must still exist); the argparse benchmarks run at a small size
-  (the GPU check with `--smoke`, on the CPU).
+  size: absl's `--only_check_args` is added to each program of `ABSL_PROGRAMS` in them (every
+  flag and `--config.*` field they use must still exist); the benchmarks of `SMOKE` run at a
+  small size (the GPU check with `--smoke`, on the CPU).
 - `missing`: needs what this machine cannot have (ImageNet, the official weights): runs as
   written and must exit 2 with the message that says what is missing.
 - `stub`: the Cloud TPU and SLURM launchers, against stand-in `gcloud`, `sbatch`, `srun`,
@@ -36,11 +36,11 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PAGES = ['README.md', 'docs/quickstart.md', 'docs/configs.md', 'docs/anti_collapse.md', 'docs/data.md',
-         'docs/checkpoints.md', 'docs/evaluation.md', 'docs/weights.md', 'docs/masks.md', 'docs/ablations.md',
-         'docs/monitoring.md', 'docs/pure_functions.md', 'docs/scaling.md', 'docs/launch_local.md',
-         'docs/launch_tpu.md', 'docs/launch_slurm.md', 'docs/ARCHITECTURE.md', 'docs/RESULTS.md',
-         'docs/PERFORMANCE.md']
+PAGES = ['README.md', 'docs/quickstart.md', 'docs/configs.md', 'docs/anti_collapse.md',
+         'docs/data.md', 'docs/checkpoints.md', 'docs/evaluation.md', 'docs/weights.md',
+         'docs/masks.md', 'docs/ablations.md', 'docs/monitoring.md', 'docs/pure_functions.md',
+         'docs/scaling.md', 'docs/launch_local.md', 'docs/launch_tpu.md', 'docs/launch_slurm.md',
+         'docs/ARCHITECTURE.md', 'docs/RESULTS.md', 'docs/PERFORMANCE.md']
 CI_COMMAND = 'IJEPA_TORCH_REF=1 bash launch/setup.sh && .venv/bin/python -m pytest -q tests'
 MEASUREMENT_PAGES = ('docs/RESULTS.md', 'docs/PERFORMANCE.md')
 
@@ -53,15 +53,16 @@ SMOKE = {
                            '--config.evals.probe_steps=100',
                            '--config.evals.attentive_epochs=2'],
     'ijepa_jax.tools.embed': ['--limit=64'],
-    'bench/bench_input.py': ['--images=64', '--batch=32'],
-    'bench/bench_masks.py': ['--batches=2'],
-    'bench/device_check.py': ['--smoke'],
-    'bench/padding.py': ['--steps=2'],
+    'bench.bench_input': ['--images=64', '--batch=32'],
+    'bench.bench_masks': ['--batches=2'],
+    'bench.device_check': ['--smoke'],
+    'bench.padding': ['--steps=2'],
 }
-ABSL_PROGRAMS = ('main.py', 'ijepa_jax.tools.evaluate', 'ijepa_jax.tools.embed', 'ijepa_jax.tools.convert',
-                 'bench/bench_memory.py', 'bench/bench_checkpoint.py', 'bench/bench_step.py',
-                 'bench/bench_vs_torch.py', 'bench/profile_step.py', 'bench/grad_balance.py',
-                 'bench/chaos_soak.py', 'bench/bench_stop.py')
+SMALL_BENCHMARKS = tuple(p for p in SMOKE if p.startswith('bench.'))  # `check` runs them small
+ABSL_PROGRAMS = ('main.py', 'ijepa_jax.tools.evaluate', 'ijepa_jax.tools.embed',
+                 'ijepa_jax.tools.convert', 'bench.bench_memory', 'bench.bench_checkpoint',
+                 'bench.bench_step', 'bench.bench_vs_torch', 'bench.profile_step',
+                 'bench.grad_balance', 'bench.chaos_soak', 'bench.bench_stop')
 # (a regex the command matches, the output it must print) for kind 'missing'
 MISSING = [
     (r'--images=my_photos/', "--images='my_photos/' is not a folder"),
@@ -123,14 +124,14 @@ def _invocations(command: str, program: str) -> re.Pattern:
 
 def rewrite(kind: str, command: str) -> str:
   """The command as it is run: smoke flags or --only_check_args added."""
-  if kind == 'smoke' or (kind == 'check' and re.search(r'bench/(bench_input|bench_masks|device_check|padding)',
-                                                       command)):
+  if kind == 'smoke' or (kind == 'check' and any(_invocations(command, p).search(command)
+                                                  for p in SMALL_BENCHMARKS)):
     for program, extra in SMOKE.items():
       key = 'main.py' if program == 'main.py' else program
       if program == 'main.py' and 'launch/local.sh' in command:
         key = 'launch/local.sh'
       command = _invocations(command, key).sub(
-          lambda m: f'{m.group(1)} {" ".join(extra)}{m.group(2)}', command)
+          lambda m, extra=extra: f'{m.group(1)} {" ".join(extra)}{m.group(2)}', command)
   if kind == 'check':
     for program in ABSL_PROGRAMS:
       command = _invocations(command, program).sub(
@@ -156,7 +157,8 @@ for a in "$@"; do case "$a" in *.sbatch) bash -n "$a" || exit 1 ;; esac; done
 echo "Submitted batch job 1"
 ''',
     'srun': '#!/usr/bin/env bash\necho "srun $*" >> "$STUB_LOG"\n',
-    'squeue': '#!/usr/bin/env bash\necho "squeue $*" >> "$STUB_LOG"\necho "JOBID PARTITION NAME ST"\n',
+    'squeue': ('#!/usr/bin/env bash\necho "squeue $*" >> "$STUB_LOG"\n'
+               'echo "JOBID PARTITION NAME ST"\n'),
     'scancel': '#!/usr/bin/env bash\necho "scancel $*" >> "$STUB_LOG"\n',
 }
 

@@ -2,7 +2,6 @@
 mask picture's read-back, and the comparisons of runs. Test modules import this, never
 each other."""
 
-import importlib.util
 import json
 import os
 
@@ -10,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bench import load_config
 from bench.faults import DAMAGE_KINDS, damage
 from ijepa_jax.masks import MaskConfig, MaskSampler
 from ijepa_jax.models import Predictor, VisionTransformer
@@ -22,21 +22,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 F32 = jnp.float32
 B = 16  # the tiny model's batch
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
-
-
-def load(name):
-  """configs/<name>.py's config."""
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'configs', f'{name}.py'))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
+load = load_config  # configs/<name>.py's config, by name
 
 
 # ------------------------------------------------------------------ the tiny model on 24 px RGB
 
 def tiny_model(grad_clip=0.0):
   sched = Schedules.from_epochs(steps_per_epoch=10, num_epochs=10, warmup_epochs=1)
-  return IJepa(VisionTransformer(4, 32, 2, 4, dtype=F32), Predictor((6, 6), 32, 16, 1, 4, dtype=F32),
+  return IJepa(VisionTransformer(4, 32, 2, 4, dtype=F32),
+               Predictor((6, 6), 32, 16, 1, 4, dtype=F32),
                make_optimizer(sched, grad_clip=grad_clip), sched)
 
 
@@ -76,7 +70,7 @@ def check_section(picture, y0, masks, k, size, grid):
   m = masks['tgt_idx'].shape[1]
   for i in range(k):
     y = y0 + TITLE + i * stride
-    panel = lambda j: picture[y:y + p, GAP + j * stride:GAP + j * stride + p]
+    panel = lambda j, y=y: picture[y:y + p, GAP + j * stride:GAP + j * stride + p]
     image = panel(0)
     assert (image.max(-1) == image.min(-1)).all()  # the (grey) image itself: no colour
     ctx = set(masks['ctx_idx'][i, :masks['ctx_len'][i]].tolist())
@@ -93,8 +87,8 @@ def check_section(picture, y0, masks, k, size, grid):
 # ------------------------------------------------------------------ runs compared
 
 def losses(workdir):
-  return {r['step']: r['loss'] for r in map(json.loads, open(os.path.join(workdir, 'metrics.jsonl')))
-          if 'loss' in r}  # evaluation rows have none
+  rows = map(json.loads, open(os.path.join(workdir, 'metrics.jsonl')))
+  return {r['step']: r['loss'] for r in rows if 'loss' in r}  # evaluation rows have none
 
 
 def assert_same_state(a, b):

@@ -14,7 +14,8 @@ from helpers import load
 
 
 
-@pytest.mark.parametrize('name', ['demo', 'fashion_mnist_long', 'vits16', 'vitb16', 'vitl16', 'vith14', 'vith16_448', 'vitg16'])
+@pytest.mark.parametrize('name', ['demo', 'fashion_mnist_long', 'vits16', 'vitb16', 'vitl16',
+                                  'vith14', 'vith16_448', 'vitg16'])
 def test_configs_validate(name):
   c = load(name)
   run = resolve(c, num_devices=8)
@@ -27,7 +28,8 @@ def test_blocks_unrolled_by_default_except_on_tpus(name):
   for platform, scan in (('gpu', False), ('cpu', False), ('tpu', True)):
     run = resolve(c, 8, platform=platform)
     model = run.model
-    assert (model.encoder.scan_layers, model.predictor.scan_layers, run.arch.scan_layers) == (scan,) * 3
+    scans = (model.encoder.scan_layers, model.predictor.scan_layers, run.arch.scan_layers)
+    assert scans == (scan,) * 3
   c.model.scan_layers = True  # a set value wins everywhere
   assert resolve(c, 8, platform='gpu').model.encoder.scan_layers
   c.model.scan_layers = False
@@ -47,13 +49,16 @@ def test_paper_recipes_keep_the_official_objective(name):
 
 def test_paper_recipes():
   c = load('vith14')
-  assert (c.model.patch_size, c.data.image_size, c.num_epochs, c.optim.warmup_epochs) == (14, 224, 300, 40)
+  assert (c.model.patch_size, c.data.image_size, c.num_epochs,
+          c.optim.warmup_epochs) == (14, 224, 300, 40)
   assert resolve(c, 8).steps_per_epoch == 625 and c.batch_size == 2048
   assert (c.optim.start_lr, c.optim.lr, c.optim.final_lr) == (2e-4, 1e-3, 1e-6)
-  assert (c.optim.weight_decay, c.optim.final_weight_decay, tuple(c.optim.ema)) == (0.04, 0.4, (0.996, 1.0))
+  assert (c.optim.weight_decay, c.optim.final_weight_decay,
+          tuple(c.optim.ema)) == (0.04, 0.4, (0.996, 1.0))
   assert c.masks.mode == 'official' and c.masks.min_keep == 10 and c.loss == 'smooth_l1'
   g = load('vitg16')
-  assert (g.model.variant, g.model.pred_depth, g.num_epochs, g.optim.warmup_epochs) == ('giant', 16, 44, 3)
+  assert (g.model.variant, g.model.pred_depth, g.num_epochs,
+          g.optim.warmup_epochs) == ('giant', 16, 44, 3)
   h448 = load('vith16_448')
   assert (h448.model.patch_size, h448.data.image_size) == (16, 448)
   assert load('vitl16').model.variant == 'large'
@@ -94,8 +99,10 @@ def test_paper_recipes():
     ('init_from_mode', 'optimizer', 'init_from_mode'),
     ('max_steps', 0, 'max_steps'),
     ('log_every', 0, 'log_every'),
-    ('checkpoint.keep_every', 250, 'checkpoint.keep_every=250 must be a multiple of checkpoint.every=100'),
-    ('anti_collapse.var_weight', -1.0, 'anti_collapse.var_weight=-1.0 must be a finite number >= 0'),
+    ('checkpoint.keep_every', 250,
+     'checkpoint.keep_every=250 must be a multiple of checkpoint.every=100'),
+    ('anti_collapse.var_weight', -1.0,
+     'anti_collapse.var_weight=-1.0 must be a finite number >= 0'),
     ('anti_collapse.sigreg_weight', float('nan'), 'anti_collapse.sigreg_weight'),
     ('anti_collapse.embeddings', 'tokens', "anti_collapse.embeddings='tokens'"),
     ('anti_collapse.sigreg_points', 1, 'sigreg_points=1'),

@@ -99,7 +99,8 @@ def test_tfds_tfrecord_source_without_tensorflow(tiny_tfds, tmp_path):
   values = sorted(int(np.asarray(src.load(i))[0, 0, 0]) for i in range(24))
   assert values == [10 * i for i in range(24)]
   # a shard cut mid-record: the whole records before the cut are still read
-  shard = next(p for p in (tmp_path / 'tiny_images' / '1.0.0').iterdir() if 'train.tfrecord' in p.name)
+  shard = next(p for p in (tmp_path / 'tiny_images' / '1.0.0').iterdir()
+               if 'train.tfrecord' in p.name)
   raw = shard.read_bytes()
   shard.write_bytes(raw[:len(raw) - 10])
   assert len(data.open_source('tiny_images', 'train', str(tmp_path))) == 23
@@ -113,7 +114,8 @@ def test_record_header_crc_matches_an_independent_crc32c():
 
 def test_damaged_record_header_ends_that_files_index(tiny_tfds, tmp_path, capsys):
   _as_tfrecord(os.path.join(tiny_tfds, 'tiny_images', '1.0.0'), tmp_path / 'tiny_images' / '1.0.0')
-  shard = next(p for p in (tmp_path / 'tiny_images' / '1.0.0').iterdir() if 'train.tfrecord' in p.name)
+  shard = next(p for p in (tmp_path / 'tiny_images' / '1.0.0').iterdir()
+               if 'train.tfrecord' in p.name)
   raw = bytearray(shard.read_bytes())
   first = int.from_bytes(raw[:8], 'little')
   third = 2 * (12 + first + 4)  # records of one PNG size: the third header starts here
@@ -223,7 +225,7 @@ def test_only_opened_jpegs_decode_reduced():
   jpeg = photo_jpeg(640, 480)
   buf = io.BytesIO()
   data.decode(jpeg, 'photo').save(buf, format='PNG')
-  rng = lambda: np.random.default_rng(3)  # noqa: E731
+  rng = lambda: np.random.default_rng(3)
   top, left, h, w = data.random_resized_crop_box(rng(), 480, 640, SCALE, RATIO)
   assert data.draft_scale(w, h, 64) > 1
   for img in (data.open_image(buf.getvalue(), 'png'), data.decode(jpeg, 'photo')):
@@ -257,8 +259,8 @@ def test_eval_transform_resizes_short_side_and_centre_crops():
   assert out.shape == (224, 224, 3)
   short = round(224 / 0.875)  # 256
   resized = img.resize((round(400 * short / 300), short), Image.BILINEAR)
-  l, t = (resized.width - 224) // 2, (256 - 224) // 2
-  np.testing.assert_array_equal(out, np.asarray(resized)[t:t + 224, l:l + 224])
+  left, top = (resized.width - 224) // 2, (256 - 224) // 2
+  np.testing.assert_array_equal(out, np.asarray(resized)[top:top + 224, left:left + 224])
 
 
 def test_normalize_on_device():

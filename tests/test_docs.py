@@ -36,7 +36,8 @@ def test_every_config_field_is_documented_and_no_other():
   assert known - documented == set(), 'fields without a row in docs/configs.md'
   assert documented - known == set(), 'rows in docs/configs.md that are not config fields'
   for page in PAGES:  # a dotted config name anywhere must exist
-    for name in re.findall(r'`(?:--config\.)?([a-z_]+\.[a-z_0-9]+)(?:=[^`]*)?`', open(os.path.join(ROOT, page)).read()):
+    text = open(os.path.join(ROOT, page)).read()
+    for name in re.findall(r'`(?:--config\.)?([a-z_]+\.[a-z_0-9]+)(?:=[^`]*)?`', text):
       if name.split('.')[0] in groups and not re.search(r'\.(py|png|md|json|jsonl|npz|sh)$', name):
         assert name in known, f'{page}: `{name}` is not a config field'
 
@@ -82,12 +83,18 @@ def test_every_command_has_a_treatment_and_ci_runs_them():
   assert kinds['external'] == [c for c in kinds['external'] if c.startswith('tfds build')]
   ci = open(os.path.join(ROOT, '.ci/run')).read()
   assert docs_commands.CI_COMMAND in ci and 'tests/docs_commands.py' in ci
+  # the linter before the tests, at the version requirements-dev.txt pins
+  assert -1 < ci.find('.venv/bin/ruff check ') < ci.find(docs_commands.CI_COMMAND)
+  assert re.search(r'^ruff==[\d.]+', open(os.path.join(ROOT, 'requirements-dev.txt')).read(), re.M)
 
 
 def test_smoke_and_check_rewrites():
   r = docs_commands.rewrite
-  assert r('check', 'for s in 0 1; do .venv/bin/python main.py --config=c --config.seed=$s; done') == \
-      'for s in 0 1; do .venv/bin/python main.py --config=c --config.seed=$s --only_check_args; done'
+  assert r('check', 'for s in 0 1; do .venv/bin/python main.py --config=c --config.seed=$s; done') \
+      == ('for s in 0 1; do .venv/bin/python main.py --config=c --config.seed=$s '
+          '--only_check_args; done')
   smoke = r('smoke', '.venv/bin/python main.py --config=configs/demo.py --workdir=w')
-  assert smoke.startswith('.venv/bin/python main.py --config=configs/demo.py --workdir=w --config.max_steps=')
-  assert r('smoke', 'bash launch/local.sh 2 4 --config=x').startswith('bash launch/local.sh 2 4 --config=x --config.max_steps=')
+  assert smoke.startswith(
+      '.venv/bin/python main.py --config=configs/demo.py --workdir=w --config.max_steps=')
+  assert r('smoke', 'bash launch/local.sh 2 4 --config=x').startswith(
+      'bash launch/local.sh 2 4 --config=x --config.max_steps=')

@@ -14,14 +14,14 @@ import jax
 import numpy as np
 import pytest
 
+from bench.faults import TINY, data_files, final_state
+from helpers import DAMAGE, assert_same_state, losses
 from ijepa_jax import fashion_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = [pytest.mark.skipif(fashion_mnist.missing_files(None),
                                  reason='dataset-fashion-mnist not installed'),
               pytest.mark.slow]  # subprocess runs: the default suite, not the fast tier
-from bench.faults import TINY, data_files, final_state  # noqa: F401,E402
-from helpers import DAMAGE, assert_same_state, losses  # noqa: E402
 
 
 def command(workdir, *overrides):
@@ -126,7 +126,7 @@ def test_non_finite_stops_by_default_and_skip_counts(tmp_path):
   skip = run(tmp_path / 'skip', '--config.max_steps=4', '--config.optim.lr=1e38',
              '--config.optim.start_lr=1e38', '--config.nonfinite=skip')
   assert skip.returncode == 0, skip.stderr[-3000:]
-  rows = [json.loads(l) for l in open(tmp_path / 'skip' / 'metrics.jsonl')]
+  rows = [json.loads(line) for line in open(tmp_path / 'skip' / 'metrics.jsonl')]
   assert [r['nonfinite_steps'] for r in rows] == [1, 2, 3, 4]
   state = dict((jax.tree_util.keystr(p), x) for p, x in final_state(tmp_path / 'skip', 4))
   assert all(np.isfinite(x).all() for x in state.values())  # the weights never saw a bad step
@@ -142,7 +142,8 @@ def test_full_disk_is_a_clear_error_and_keeps_earlier_checkpoints(reference, tmp
   full = run(tmp_path, '--config.max_steps=4', '--config.checkpoint.every=2',
              preexec_fn=small_files)
   assert full.returncode == 1, full.stderr[-3000:]
-  assert 'failed' in full.stderr and 'Checkpoints already complete there are untouched' in full.stderr
+  assert 'failed' in full.stderr
+  assert 'Checkpoints already complete there are untouched' in full.stderr
   done = sorted(int(p) for p in os.listdir(tmp_path / 'checkpoints') if p.isdigit())
   assert done[0] == 2 and final_state(tmp_path, 2)  # checkpoint 2 still restores
 
@@ -169,7 +170,7 @@ def test_image_folder_run_counts_corrupt_images_then_init_from(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'broken.jpg' in proc.stdout and 'empty.png' in proc.stdout
   assert 'data: image_folder/train, 32 images' in proc.stdout
-  rows = [json.loads(l) for l in open(tmp_path / 'run' / 'metrics.jsonl')]
+  rows = [json.loads(line) for line in open(tmp_path / 'run' / 'metrics.jsonl')]
   assert rows[-1]['skipped_images'] == 2
   for mode in ('weights', 'full'):
     nxt = run(tmp_path / mode, *folder, '--config.max_steps=3',
@@ -207,7 +208,7 @@ def test_damaged_latest_checkpoint_is_moved_aside_and_the_previous_resumes(
   assert 'resumed from checkpoint 4' in again.stdout
   assert (wd / 'damaged_checkpoints' / '6' / 'state').is_dir()  # kept, never deleted
   assert json.load(open(wd / 'final.json'))['damaged_checkpoints'] == 1
-  rows = [json.loads(l) for l in open(wd / 'metrics.jsonl')]
+  rows = [json.loads(line) for line in open(wd / 'metrics.jsonl')]
   assert [r['damaged_checkpoints'] for r in rows if r['step'] > 4] == [1] * 4
   assert_same_state(final_state(wd, 8), final_state(reference, 8))
   assert losses(wd) == losses(reference)
@@ -222,7 +223,7 @@ def test_every_checkpoint_damaged_is_exit_2_and_nothing_moved(six_steps, tmp_pat
   again = run(wd, '--config.max_steps=8', '--config.checkpoint.every=2')
   assert again.returncode == 2, again.stderr[-3000:]
   assert 'Traceback' not in again.stderr, again.stderr[-3000:]  # orbax's late reads: dropped
-  errors = [l for l in again.stderr.splitlines() if l.startswith('error:')]
+  errors = [line for line in again.stderr.splitlines() if line.startswith('error:')]
   assert len(errors) == 1 and 'every checkpoint in' in errors[0], again.stderr[-3000:]
   assert 'is damaged: 6: ' in errors[0] and 'Nothing was moved' in errors[0]
   assert sorted(os.listdir(wd / 'checkpoints')) == ['2', '4', '6']

@@ -21,7 +21,8 @@ def test_vitb16_step_equals_a_hand_count():
   dp, lp, hp = 384, 12, 1536  # the predictor: width 384, 12 blocks, MLP 4 x 384
   # multiply-adds, one image
   patch = n * (p * p * ch) * d                            # the patch conv, whole image
-  block = lambda t, w, h: t * (3 * w * w + w * w + 2 * w * h) + 2 * t * t * w  # qkv, proj, MLP; QK^T, PV
+  # qkv, proj, MLP; QK^T, PV
+  block = lambda t, w, h: t * (3 * w * w + w * w + 2 * w * h) + 2 * t * t * w
   target_fwd = patch + depth * block(n, d, hidden)
   context_fwd = patch + depth * block(kc, d, hidden)
   predictor_fwd = kc * d * dp + m * lp * block(kc + kt, dp, hp) + m * kt * dp * d

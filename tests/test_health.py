@@ -81,7 +81,8 @@ def test_health_of_the_model_at_init_and_collapsed():
     pred, tgt, _ = jax.jit(lambda p, t, b: predictions_and_targets(model, p, t, b))(
         state.params, state.target_params, batch)
     # the final LayerNorm's scale at 0: every token is its bias, every image the same
-    target = dict(state.target_params, norm={'scale': jnp.zeros(64), 'bias': state.target_params['norm']['bias']})
+    target = dict(state.target_params,
+                  norm={'scale': jnp.zeros(64), 'bias': state.target_params['norm']['bias']})
     collapsed = {k: float(v) for k, v in fn(state.params, target, batch).items()}
   assert healthy['feature_std_mean'] > 1e-2 and healthy['effective_rank'] > 3
   # the prediction-target cosine, in numpy over the real (unpadded) target positions
@@ -90,5 +91,6 @@ def test_health_of_the_model_at_init_and_collapsed():
   real = np.arange(pred.shape[2])[None, None] < np.asarray(batch['tgt_len'])[..., None]
   assert healthy['pred_cosine'] == pytest.approx(cos[real].mean(), abs=1e-5)
   assert ALARM.check(healthy) is None
-  assert collapsed['feature_std_mean'] < 1e-6 and collapsed['effective_rank'] == pytest.approx(1, abs=1e-3)
+  assert collapsed['feature_std_mean'] < 1e-6
+  assert collapsed['effective_rank'] == pytest.approx(1, abs=1e-3)
   assert ALARM.check(collapsed) is not None

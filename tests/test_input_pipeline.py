@@ -81,7 +81,8 @@ def test_image_folder_skips_and_counts_corrupt_images(tmp_path):
   for c, cls in enumerate(('cat', 'dog')):
     os.makedirs(root / cls)
     for i in range(10):
-      _write(root / cls / f'{i}.{"png" if i % 2 else "jpg"}', 10 * c + i, 'PNG' if i % 2 else 'JPEG')
+      _write(root / cls / f'{i}.{"png" if i % 2 else "jpg"}', 10 * c + i,
+             'PNG' if i % 2 else 'JPEG')
   (root / 'dog' / 'bad.jpg').write_bytes(b'not an image at all')
   good = io.BytesIO()
   _write(good, 7, 'JPEG')

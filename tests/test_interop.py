@@ -132,7 +132,8 @@ def test_bad_files_give_clear_errors(small, tmp_path):
     formats.read_torch(str(legacy))
 
   good = str(tmp_path / 'good.pth.tar')
-  formats.write_torch(good, layouts.official_checkpoint(small['ep'], small['tp'], small['pp'], GRID))
+  formats.write_torch(good, layouts.official_checkpoint(small['ep'], small['tp'], small['pp'],
+                                                        GRID))
   data = open(good, 'rb').read()
   cut = tmp_path / 'cut.pth.tar'
   cut.write_bytes(data[:len(data) // 2])  # a truncated download
@@ -175,13 +176,16 @@ def test_mismatched_checkpoints_give_clear_errors(small, tmp_path):
     layouts.load_official(write(bad))
   bad = dict(ck, encoder=collections.OrderedDict(ck['encoder']))
   del bad['encoder']['module.blocks.1.mlp.fc2.bias']
-  with pytest.raises(formats.InteropError, match=r"encoder: missing keys \['blocks.1.mlp.fc2.bias'\]"):
+  with pytest.raises(formats.InteropError,
+                     match=r"encoder: missing keys \['blocks.1.mlp.fc2.bias'\]"):
     layouts.load_official(write(bad))
-  bad = dict(ck, predictor=collections.OrderedDict(ck['predictor'], **{'module.extra.w': np.ones(2)}))
+  bad = dict(ck, predictor=collections.OrderedDict(ck['predictor'],
+                                                  **{'module.extra.w': np.ones(2)}))
   with pytest.raises(formats.InteropError, match=r"predictor: unexpected keys \['extra.w'\]"):
     layouts.load_official(write(bad))
   bad = dict(ck, target_encoder=collections.OrderedDict(ck['target_encoder']))
-  bad['target_encoder']['module.blocks.0.attn.proj.weight'] = np.ones((WIDTH, WIDTH + 1), np.float32)
+  bad['target_encoder']['module.blocks.0.attn.proj.weight'] = np.ones((WIDTH, WIDTH + 1),
+                                                                      np.float32)
   with pytest.raises(formats.InteropError, match=r'shape mismatch at blocks.0.attn.proj.weight: '
                      r'\(32, 33\) \(expected \(32, 32\)\)'):
     layouts.load_official(write(bad))
@@ -207,7 +211,7 @@ def test_encode_outputs(small):
   p4 = randomize(nn.unbox(enc4.init(jax.random.key(5), x))['params'], 6)
   want = []
   for k in range(1, 5):
-    pk = dict(p4, blocks={'layers': jax.tree.map(lambda a: a[:k], p4['blocks']['layers'])})
+    pk = dict(p4, blocks={'layers': jax.tree.map(lambda a, k=k: a[:k], p4['blocks']['layers'])})
     want.append(VisionTransformer(PATCH, WIDTH, k, HEADS, dtype=jnp.float32).apply(
         {'params': pk}, x).mean(1))
   np.testing.assert_allclose(encode(p4, x, output='last4', num_heads=HEADS),

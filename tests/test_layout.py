@@ -137,3 +137,25 @@ def test_no_benchmark_is_both_a_program_and_a_library():
                 [a.name for a in n.names] if isinstance(n, ast.Import) else [])
         users += [(f, m) for m in mods if m.startswith('bench.') and m.split('.')[1] in programs]
   assert not users, users
+
+
+def test_the_benchmarks_are_modules_with_absl_flags():
+  """Every bench/ program runs as `python -m bench.<name>` with absl flags and
+  `cli.parse_flags`, as main.py and the tools do; but torch_step.py, a standalone script for a
+  Python with only torch and numpy. No file of bench/ or tests/ edits `sys.path`."""
+  bench = os.path.join(ROOT, 'bench')
+  programs = []
+  for folder in (bench, os.path.join(ROOT, 'tests')):
+    for f in sorted(os.listdir(folder)):
+      if not f.endswith('.py'):
+        continue
+      text = open(os.path.join(folder, f)).read()
+      tree = ast.parse(text)
+      assert not [n for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == 'path'
+                  and isinstance(n.value, ast.Name) and n.value.id == 'sys'], f
+      if folder == bench and "if __name__ == '__main__':" in text and f != 'torch_step.py':
+        programs.append(f[:-3])
+        assert 'app.run(main, flags_parser=cli.parse_flags)' in text, f
+        assert 'argparse' not in {a.name for n in ast.walk(tree) if isinstance(n, ast.Import)
+                                  for a in n.names}, f
+  assert {'bench_input', 'bench_masks', 'device_check', 'padding', 'bench_step'} <= set(programs)

@@ -98,7 +98,8 @@ def test_corrected_removes_defects():
   u = np.linspace(0, 1, 2001)
   keep = np.floor(196 * (0.15 + u[:, None] * 0.05))
   ar = 0.75 + u[None, :] * 0.75
-  smallest = (np.clip(np.round(np.sqrt(keep * ar)), 1, 14) * np.clip(np.round(np.sqrt(keep / ar)), 1, 14)).min()
+  smallest = (np.clip(np.round(np.sqrt(keep * ar)), 1, 14)
+              * np.clip(np.round(np.sqrt(keep / ar)), 1, 14)).min()
   assert smallest == 24 and s.context_len == 196 - 24
   rng = np.random.default_rng(3)
   raw = np.concatenate([s._untruncated(rng, 64)[1] for _ in range(50)])

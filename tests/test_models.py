@@ -176,7 +176,8 @@ def test_scan_layers_same_tree_outputs_and_gradients(remat):
   rng = np.random.default_rng(3)
   x = jnp.asarray(rng.normal(size=(2, 16, 16, 3)), F32)
   ctx_idx, ctx_len = jnp.array([[0, 1, 2, 3, 4, 0], [5, 6, 7, 8, 9, 10]]), jnp.array([5, 6])
-  tgt, tlen = jnp.array([[[12, 13, 0], [14, 15, 11]], [[0, 1, 2], [3, 4, 0]]]), jnp.array([[2, 3], [3, 2]])
+  tgt = jnp.array([[[12, 13, 0], [14, 15, 11]], [[0, 1, 2], [3, 4, 0]]])
+  tlen = jnp.array([[2, 3], [3, 2]])
   pe = nn.unbox(enc_s.init(jax.random.key(0), x, ctx_idx, ctx_len))['params']
   pe_u = nn.unbox(enc_u.init(jax.random.key(0), x, ctx_idx, ctx_len))['params']
   assert jax.tree.structure(pe) == jax.tree.structure(pe_u)
@@ -214,7 +215,8 @@ def test_intermediate_blocks_under_the_scan_and_unrolled():
   params = nn.unbox(enc[True].init(jax.random.key(2), x))['params']
   want = []  # an independent reference: block k's output is the output of the first k blocks
   for k in range(1, depth + 1):
-    cut = dict(params, blocks={'layers': jax.tree.map(lambda a: a[:k], params['blocks']['layers'])})
+    layers = jax.tree.map(lambda a, k=k: a[:k], params['blocks']['layers'])
+    cut = dict(params, blocks={'layers': layers})
     want.append(VisionTransformer(4, 32, k, 4, dtype=F32).apply({'params': cut}, x))
   for scan, e in enc.items():
     out, blocks = e.apply({'params': params}, x, blocks=(0, 2, -1))
@@ -248,7 +250,7 @@ def test_odd_length_padding_for_cudnn(monkeypatch):
   q, k, v = (jnp.asarray(rng.normal(size=(2, 49, 4, 16)), F32) for _ in range(3))
   real_rows = jnp.arange(49)[None, :, None, None] < jnp.array([30, 49])[:, None, None, None]
   for kv_len in (None, jnp.array([30, 49])):
-    def f(impl):
+    def f(impl, kv_len=kv_len):
       return jax.value_and_grad(lambda q, k, v: jnp.sum(jnp.where(
           real_rows if kv_len is not None else True,
           models.dot_product_attention(q, k, v, 0.25, impl, kv_len), 0.0) ** 2),

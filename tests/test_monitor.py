@@ -54,7 +54,7 @@ def test_a_monitored_run(tmp_path):
   final = json.load(open(run / 'final.json'))
   assert final['collapse_warnings'] == 2
 
-  rows = [json.loads(l) for l in open(run / 'metrics.jsonl')]
+  rows = [json.loads(line) for line in open(run / 'metrics.jsonl')]
   health = [r for r in rows if 'health_effective_rank' in r]
   assert [r['step'] for r in health] == [3, 6]
   assert all(r['health_collapse_warning'] == 1.0 for r in health)

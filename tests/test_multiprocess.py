@@ -54,7 +54,7 @@ def local_sh(workdir, processes, devices, *overrides):
                         *main_args(workdir, *overrides)[1:]], cwd=ROOT, env=env(devices),
                        capture_output=True, text=True, timeout=600)
   logs = [open(os.path.join(workdir, f'process_{i}.log')).read() for i in range(1, processes)]
-  assert out.returncode == 0, out.stdout[-3000:] + '\n'.join(l[-2000:] for l in logs)
+  assert out.returncode == 0, out.stdout[-3000:] + '\n'.join(log[-2000:] for log in logs)
   return out.stdout, logs
 
 
@@ -74,13 +74,13 @@ def test_same_training_on_1_device_8_devices_and_2_processes_x_4_devices(tmp_pat
   local_sh(multi, 2, 4, '--config.max_steps=2', *fsdp)
   out, logs = local_sh(multi, 2, 4, f'--config.max_steps={STEPS}', *fsdp, *evals)
   assert f'eval at step {STEPS}' in out
-  ev_one, ev_multi = ([json.loads(l) for l in open(d / 'metrics.jsonl') if 'eval_knn_top1' in l]
-                      for d in (one, multi))
+  ev_one, ev_multi = ([json.loads(line) for line in open(d / 'metrics.jsonl')
+                       if 'eval_knn_top1' in line] for d in (one, multi))
   assert len(ev_one) == len(ev_multi) == 1
   for key in ('eval_knn_top1', 'eval_linear_top1'):  # 200 test images: one flip is 0.005
     assert abs(ev_one[0][key] - ev_multi[0][key]) <= 0.01, (key, ev_one, ev_multi)
   # the health statistics: one global batch, whatever the mesh
-  h_one, h_multi = ([json.loads(l) for l in open(d / 'metrics.jsonl') if 'health_' in l]
+  h_one, h_multi = ([json.loads(line) for line in open(d / 'metrics.jsonl') if 'health_' in line]
                     for d in (one, multi))
   assert [r['step'] for r in h_one] == [r['step'] for r in h_multi] == [STEPS]
   for key in ('health_feature_std_mean', 'health_effective_rank', 'health_pred_cosine'):

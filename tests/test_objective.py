@@ -1,7 +1,11 @@
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ijepa_jax.objective import jepa_loss, normalize_targets
+from ijepa_jax.objective import (AntiCollapse, context_embeddings, covariance_loss, epps_pulley,
+                                 jepa_loss, normalize_targets, sigreg_directions, sigreg_loss,
+                                 variance_loss)
 
 
 def test_smooth_l1_hand_case():
@@ -48,12 +52,6 @@ def test_unknown_loss():
 
 
 # --- anti-collapse terms ------------------------------------------------------------------
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-from ijepa_jax.objective import (AntiCollapse, context_embeddings, covariance_loss,  # noqa: E402
-                                 epps_pulley, sigreg_directions, sigreg_loss, variance_loss)
 
 
 def test_variance_and_covariance_equal_numpy():
@@ -150,7 +148,8 @@ def test_terms_are_global_batch_statistics(embeddings):
   z = rng.normal(size=(16, 10, 8)).astype(np.float32) * np.linspace(0.1, 2, 8)
   lens = rng.integers(3, 11, size=16).astype(np.int32)
   one = ac.terms(jnp.asarray(z), jnp.asarray(lens), jnp.int32(7))
-  mesh = jax.make_mesh((8,), ('data',), axis_types=(jax.sharding.AxisType.Auto,))  # as the trainer's
+  # as the trainer's
+  mesh = jax.make_mesh((8,), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
   zs = jax.device_put(z, NamedSharding(mesh, P('data')))
   ls = jax.device_put(lens, NamedSharding(mesh, P('data')))
   eight = jax.jit(lambda a, b: ac.terms(a, b, jnp.int32(7)))(zs, ls)

@@ -45,7 +45,8 @@ def test_mask_picture_of_each_strategy(strategy, m):
   config = load('vitb16')
   config.masks.mode, config.masks.strategy = 'corrected', strategy
   sections = mask_sections(mask_config(config), 3, seed=5, step=7)
-  assert [t.split(':')[0] for t, _ in sections] == [f'{strategy} strategy, corrected mode (this config)']
+  assert [t.split(':')[0] for t, _ in sections] == [
+      f'{strategy} strategy, corrected mode (this config)']
   masks = MaskSampler(mask_config(config))(3, seed=5, step=7)._asdict()
   for k, v in masks.items():
     np.testing.assert_array_equal(sections[0][1][k], v)
@@ -63,10 +64,12 @@ def test_draw_masks_command(tmp_path):
   squares): the PNG's size and, for both modes, the coloured patches = the sampler's."""
   env = dict(os.environ, PYTHONPATH=ROOT)
   env.pop('XLA_FLAGS', None)
-  for name, size, patch, extra in (('demo', 28, 4, []), ('vitl16', 224, 16, ['--config.masks.num_targets=3'])):
+  for name, size, patch, extra in (('demo', 28, 4, []),
+                                   ('vitl16', 224, 16, ['--config.masks.num_targets=3'])):
     out = tmp_path / f'{name}.png'
-    proc = subprocess.run([sys.executable, '-m', 'ijepa_jax.tools.draw_masks', f'--config=configs/{name}.py',
-                           f'--out={out}', '--num_images=2', '--step=3', *extra],
+    proc = subprocess.run([sys.executable, '-m', 'ijepa_jax.tools.draw_masks',
+                           f'--config=configs/{name}.py', f'--out={out}', '--num_images=2',
+                           '--step=3', *extra],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     config = load(name)
@@ -77,14 +80,16 @@ def test_draw_masks_command(tmp_path):
     assert picture.shape[:2] == mask_picture_size(2, m, size, sections=2)
     p, stride = panel_layout(size)
     section = TITLE + 2 * stride
-    for s, mode in enumerate(sorted(('official', 'corrected'), key=lambda x: x != config.masks.mode)):
+    modes = sorted(('official', 'corrected'), key=lambda x: x != config.masks.mode)
+    for s, mode in enumerate(modes):
       config.masks.mode = mode
       masks = MaskSampler(mask_config(config))(2, seed=config.seed, step=3)._asdict()
       check_section(picture, GAP + s * section, masks, 2, size, size // patch)
   assert 'grey squares' in proc.stdout  # ImageNet is not on this machine
   # an impossible setting is an error that names the fields, exit 2
-  proc = subprocess.run([sys.executable, '-m', 'ijepa_jax.tools.draw_masks', '--config=configs/demo.py',
-                         f'--out={tmp_path / "x.png"}', '--config.masks.min_keep=40'],
+  proc = subprocess.run([sys.executable, '-m', 'ijepa_jax.tools.draw_masks',
+                         '--config=configs/demo.py', f'--out={tmp_path / "x.png"}',
+                         '--config.masks.min_keep=40'],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 2 and 'min_keep' in proc.stderr and not (tmp_path / 'x.png').exists()
 
@@ -107,7 +112,8 @@ def test_feature_picture_layout():
   images[:, 10:20, 10:20] = 200
   tokens = np.random.default_rng(0).normal(size=(3, 49, 16))
   pic = feature_picture(images, tokens, (7, 7), 'step 0')
-  assert pic.shape == feature_picture_size(3, 28) + (3,) == (TITLE + 3 * 116 + GAP, GAP + 3 * 116, 3)
+  assert pic.shape == feature_picture_size(3, 28) + (3,) == (TITLE + 3 * 116 + GAP,
+                                                             GAP + 3 * 116, 3)
   p = 112
   np.testing.assert_array_equal(pic[TITLE + GAP + 40:TITLE + GAP + 80, GAP + 40:GAP + 80], 200)
   fmap = pic[TITLE + GAP + (p + GAP):TITLE + GAP + (p + GAP) + p, GAP:GAP + p]
@@ -137,8 +143,9 @@ def test_plot_command(tmp_path):
   other = curves_image([dict(r, loss=float(r['step'])) if 'loss' in r else r for r in rows])
   ys, xs = np.nonzero((other != curves_image(rows)).any(axis=-1))
   assert len(ys) > 1000 and ys.max() < 400 and xs.max() < 500
-  proc = subprocess.run([sys.executable, '-m', 'ijepa_jax.tools.plot', f'--workdir={tmp_path / "no"}'],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  proc = subprocess.run([sys.executable, '-m', 'ijepa_jax.tools.plot',
+                         f'--workdir={tmp_path / "no"}'], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
   assert proc.returncode == 2 and 'metrics.jsonl does not exist' in proc.stderr
 
 

@@ -51,9 +51,9 @@ def test_copy_has_the_layout_sizes_and_leaves_out_corrupt_images(folder, tmp_pat
   counts = prepare_folder(str(folder), str(dst), short_side=128, threads=2, report=lines.append)
   assert {k: counts[k] for k in ('resized', 'copied', 'done_before', 'corrupt')} == {
       'resized': 3, 'copied': 1, 'done_before': 0, 'corrupt': 2}
-  assert sorted(l.split(': ')[1] for l in lines) == [
+  assert sorted(line.split(': ')[1] for line in lines) == [
       f'{folder}/train/b/cut.jpg', f'{folder}/train/b/garbage.jpg']
-  assert all(l.startswith('skipped a corrupt image: ') for l in lines)
+  assert all(line.startswith('skipped a corrupt image: ') for line in lines)
   files = sorted(str(p.relative_to(dst)) for p in dst.rglob('*') if p.is_file())
   assert files == ['train/a/small.jpg', 'train/a/wide.jpg', 'train/b/square.jpg',
                    'validation/a/tall.JPEG']  # the PNG became a JPEG; no temporary files
@@ -75,7 +75,8 @@ def test_a_second_run_skips_what_is_done_and_redoes_a_killed_write(folder, tmp_p
   (dst / 'train/a/wide.jpg.part').write_bytes(b'half')
   before = (dst / 'train/b/square.jpg').stat().st_mtime_ns
   counts = prepare_folder(str(folder), str(dst), short_side=128, report=lambda line: None)
-  assert (counts['resized'], counts['copied'], counts['done_before'], counts['corrupt']) == (1, 0, 3, 2)
+  assert (counts['resized'], counts['copied'], counts['done_before'],
+          counts['corrupt']) == (1, 0, 3, 2)
   assert Image.open(dst / 'train/a/wide.jpg').size == (192, 128)
   assert not (dst / 'train/a/wide.jpg.part').exists()
   assert (dst / 'train/b/square.jpg').stat().st_mtime_ns == before  # not written again

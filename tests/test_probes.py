@@ -122,8 +122,9 @@ def test_streamed_tokens_train_the_same_head_as_kept_ones():
   kept = probes.TokenArray(x)
   subset = np.sort(np.random.default_rng(0).permutation(600)[:500])
   for rng_seed in (None, 3):
-    a = list(kept.batches(subset, 64, None if rng_seed is None else np.random.default_rng(rng_seed)))
-    b = list(streamed.batches(subset, 64, None if rng_seed is None else np.random.default_rng(rng_seed)))
+    rng = lambda seed=rng_seed: None if seed is None else np.random.default_rng(seed)
+    a = list(kept.batches(subset, 64, rng()))
+    b = list(streamed.batches(subset, 64, rng()))
     assert len(a) == len(b) == 8
     for (ia, xa), (ib, xb) in zip(a, b):
       np.testing.assert_array_equal(ia, ib)
@@ -153,7 +154,8 @@ def test_pixel_tokens_hand_computed():
   # the second square of the first row: rows 0-3, columns 4-7, raster order inside it
   np.testing.assert_allclose(tok[1, 1] - pos[1], img[1, :4, 4:, 0].reshape(-1), atol=1e-4)
   np.testing.assert_allclose(tok[0, 2] - pos[2], img[0, 4:, :4, 0].reshape(-1), atol=1e-4)
-  odd = pixel_tokens(np.zeros((1, 6, 6, 1), np.uint8), (0.0,), (1.0,), 3)  # 9 values: 8 carry the position
+  # 9 values: 8 carry the position
+  odd = pixel_tokens(np.zeros((1, 6, 6, 1), np.uint8), (0.0,), (1.0,), 3)
   np.testing.assert_allclose(odd[0, :, :8], sincos_2d(8, (2, 2)))
   assert not odd[0, :, 8].any()
 

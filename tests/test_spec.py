@@ -41,7 +41,8 @@ def test_a_field_the_dataclass_lacks_is_an_error():
 def test_the_demo_resolved():
   run = resolve(load('demo'), num_devices=8, platform='cpu', dataset_size=60000)
   a = run.arch
-  assert (a.width, a.depth, a.num_heads, a.mlp_dim, a.patch_size, a.grid) == (64, 4, 4, 256, 4, (7, 7))
+  assert (a.width, a.depth, a.num_heads, a.mlp_dim, a.patch_size,
+          a.grid) == (64, 4, 4, 256, 4, (7, 7))
   assert (a.pred_width, a.pred_depth, a.pred_heads, a.pred_out) == (32, 2, 4, 64)
   assert a.attention_backends == {'encoder': 'xla', 'predictor': 'xla'}
   assert run.steps_per_epoch == 60000 // 128 == 468

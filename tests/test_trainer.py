@@ -21,8 +21,9 @@ def test_attention_choice():
   assert attention_implementation(None, 64, bf16, 'tpu') == 'xla'
   assert attention_implementation('xla', 64, bf16, 'gpu') == 'xla'
   c = load('vitl16')
-  assert resolve(c, 8, platform='gpu').arch.attention_backends == {'encoder': 'cudnn', 'predictor': 'cudnn'}
-  assert resolve(c, 8, platform='cpu').arch.attention_backends == {'encoder': 'xla', 'predictor': 'xla'}
+  backends = {p: resolve(c, 8, platform=p).arch.attention_backends for p in ('gpu', 'cpu')}
+  assert backends['gpu'] == {'encoder': 'cudnn', 'predictor': 'cudnn'}
+  assert backends['cpu'] == {'encoder': 'xla', 'predictor': 'xla'}
   c.model.attention = 'cudnn'
   c.data.dataset_size = 1_000
   with pytest.raises(cfg_lib.ConfigError, match='needs a GPU'):

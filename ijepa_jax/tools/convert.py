@@ -19,7 +19,6 @@ export: a run's checkpoint -> `--format`
 """
 
 import os
-import sys
 
 from absl import app, flags, logging
 from ijepa_jax import cli
@@ -97,7 +96,7 @@ def export(config, workdir: str, step, fmt: str, which: str, out: str) -> str:
   run = resolve(config, jax.device_count(), jax.process_count(), jax.default_backend())
   mesh = sharding.make_mesh(*run.mesh)
   state, step, _ = restore_state(run, workdir, mesh, step)
-  host = lambda tree: jax.tree.map(np.asarray, jax.device_get(tree))  # noqa: E731
+  host = lambda tree: jax.tree.map(np.asarray, jax.device_get(tree))
   grid = run.arch.grid
   if fmt == 'official':
     spe = run.steps_per_epoch or 0
@@ -114,8 +113,7 @@ def export(config, workdir: str, step, fmt: str, which: str, out: str) -> str:
 
 def main(argv):
   del argv
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.ERROR)  # orbax warns about every read-only open
+  cli.start(logging.ERROR, distributed=False)
   from ijepa_jax.config import ConfigError  # pylint: disable=import-outside-toplevel
   from ijepa_jax.formats import InteropError  # pylint: disable=import-outside-toplevel
   try:
@@ -128,8 +126,7 @@ def main(argv):
         raise ValueError('--mode=export needs --out=<file or folder>')
       msg = export(FLAGS.config, FLAGS.workdir, FLAGS.step, FLAGS.format, FLAGS.which, FLAGS.out)
   except (ConfigError, InteropError, FileNotFoundError, FileExistsError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    cli.fail(e)
   print(msg)
 
 

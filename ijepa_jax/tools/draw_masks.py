@@ -11,8 +11,6 @@ not on this machine, plain grey squares of the config's image size stand in. A m
 cannot sample the config shows its error. Exit 2 on a config error.
 """
 
-import sys
-
 import numpy as np
 from absl import app, flags
 from ijepa_jax import cli
@@ -38,13 +36,11 @@ def main(argv):
 
   config = FLAGS.config
   if FLAGS.num_images < 1:
-    print('error: --num_images must be >= 1', file=sys.stderr)
-    sys.exit(2)
+    cli.fail('--num_images must be >= 1')
   d = config.data
   if d.image_size % config.model.patch_size:
-    print(f'error: data.image_size={d.image_size} is not a multiple of model.patch_size='
-          f'{config.model.patch_size}', file=sys.stderr)
-    sys.exit(2)
+    cli.fail(f'data.image_size={d.image_size} is not a multiple of model.patch_size='
+             f'{config.model.patch_size}')
   try:
     source = data_lib.open_source(d.dataset, d.split, d.data_dir)
     images = picture_images(source, data_spec(config), config.evals.crop_fraction,
@@ -56,9 +52,8 @@ def main(argv):
   seed = config.seed if FLAGS.seed is None else FLAGS.seed
   sections = mask_sections(mask_config(config), len(images), seed, FLAGS.step)
   if not any(isinstance(m, dict) for _, m in sections):
-    print('error: neither sampler mode can sample this config:\n  '
-          + '\n  '.join(m for _, m in sections), file=sys.stderr)
-    sys.exit(2)
+    cli.fail('neither sampler mode can sample this config:\n  '
+             + '\n  '.join(m for _, m in sections))
   picture = mask_picture(images, sections, config.model.patch_size)
   save_png(FLAGS.out, picture)
   grid = mask_config(config).grid

@@ -13,10 +13,9 @@ import os
 import sys
 
 from absl import app, flags, logging
-from ijepa_jax import cli
 from ml_collections import config_flags
 
-from ijepa_jax import multihost
+from ijepa_jax import cli, multihost
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file of the model (configs/*.py).',
@@ -36,9 +35,7 @@ multihost.define_flags(flags)
 
 def main(argv):
   del argv
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.ERROR)
-  multihost.initialize_from_flags(FLAGS)  # before anything touches a device
+  cli.start(logging.ERROR)
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from ijepa_jax import sharding  # pylint: disable=import-outside-toplevel
@@ -60,7 +57,8 @@ def main(argv):
     mesh = sharding.make_mesh(*run.mesh)
     params, what, _ = encoder_from(run, mesh, workdir=FLAGS.workdir, weights=FLAGS.weights,
                                 step=FLAGS.step, which=ev.encoder)
-    indices = subset_indices(len(source), FLAGS.limit) if FLAGS.limit > 0 else np.arange(len(source))
+    indices = (subset_indices(len(source), FLAGS.limit) if FLAGS.limit > 0
+               else np.arange(len(source)))
     split = LabelledSplit(source, indices, d.image_size, d.channels, ev.crop_fraction, d.workers,
                           False, FLAGS.images or FLAGS.split,
                           labelled=bool(getattr(source, 'num_classes', None)))  # else names only
@@ -75,8 +73,7 @@ def main(argv):
         skipped += chunk.skipped
     emb = np.concatenate(emb)
   except (ConfigError, FileNotFoundError, InteropError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    cli.fail(e)
   for name in skipped:
     print(f'skipped an unreadable image: {name}', file=sys.stderr)
   names = [source.name(int(i)) for i in np.concatenate(kept)]

@@ -10,13 +10,11 @@ dict, or our safetensors export). Prints the results and writes them as JSON
 
 import json
 import os
-import sys
 
 from absl import app, flags, logging
-from ijepa_jax import cli
 from ml_collections import config_flags
 
-from ijepa_jax import multihost
+from ijepa_jax import cli, multihost
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py) of the model and of '
@@ -35,9 +33,7 @@ multihost.define_flags(flags)
 
 def main(argv):
   del argv
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.ERROR)  # orbax warns about every read-only open
-  multihost.initialize_from_flags(FLAGS)  # before anything touches a device
+  cli.start(logging.ERROR)
   import jax  # pylint: disable=import-outside-toplevel
   from ijepa_jax import config as cfg_lib, sharding  # pylint: disable=import-outside-toplevel
   from ijepa_jax.checkpoint import CheckpointError  # pylint: disable=import-outside-toplevel
@@ -65,11 +61,9 @@ def main(argv):
       results = {'evaluated': what, 'config': json.loads(config.to_json_best_effort())}
       results.update(with_baseline(evaluator, 'eval', params, baseline, log))
   except (cfg_lib.ConfigError, FileNotFoundError, InteropError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    cli.fail(e)
   except CheckpointError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+    cli.fail(e, 1)
   out = FLAGS.output
   if out is None:
     base = FLAGS.workdir if FLAGS.workdir else os.path.dirname(os.path.abspath(FLAGS.weights))

@@ -4,9 +4,10 @@
 
 Six panels against the step: the loss (log scale), the learning rate, the weight decay,
 the EMA momentum, the evaluation top-1 (each probe's periodic figure as a line, the final
-ones as points, the random-init baseline dashed and the raw pixels dotted) and the representation health (effective
-rank, feature std). Writes `<workdir>/pictures/curves.png` unless `--out` is given; the
-trainer draws the same picture at the end of a run (`pictures.curves_image`).
+ones as points, the random-init baseline dashed and the raw pixels dotted) and the
+representation health (effective rank, feature std). Writes `<workdir>/pictures/curves.png`
+unless `--out` is given; the trainer draws the same picture at the end of a run
+(`pictures.curves_image`).
 """
 
 import os

@@ -34,7 +34,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string('src', None, 'The image folder to copy (e.g. the root holding train/ and '
                     'validation/).')
 flags.DEFINE_string('dst', None, 'Where to write the copy (created; files already there are kept).')
-flags.DEFINE_integer('short_side', 320, 'Shrink so that the short side is at most this (0: no limit).')
+flags.DEFINE_integer('short_side', 320,
+                     'Shrink so that the short side is at most this (0: no limit).')
 flags.DEFINE_integer('max_side', 0, 'Shrink so that the long side is at most this (0: no limit).')
 flags.DEFINE_integer('quality', 90, 'JPEG quality of the images that are re-encoded.')
 flags.DEFINE_integer('threads', 0, 'Worker threads (0: one per CPU core).')
