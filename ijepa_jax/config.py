@@ -77,6 +77,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
           f'optim.ema={tuple(o.ema)} must be (start, end) with 0 <= start <= end <= 1')
   require(0 <= o.b1 < 1 and 0 <= o.b2 < 1 and o.eps > 0,
           f'optim.b1={o.b1}, b2={o.b2} must be in [0, 1) and optim.eps={o.eps} positive')
+  require(o.accum_steps >= 1, f'optim.accum_steps={o.accum_steps} must be >= 1 (1: no gradient '
+          'accumulation)')
   require(config.log_every > 0, f'log_every={config.log_every} must be positive')
   _validate_data(d)
   k = config.checkpoint

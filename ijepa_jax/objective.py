@@ -37,14 +37,22 @@ def pixel_targets(images: jax.Array, patch: int, tgt_idx: jax.Array) -> jax.Arra
   return out.reshape(b, m, kt, -1)
 
 
+def real_tokens(tgt_len: jax.Array, target_len: int) -> jax.Array:
+  """How many real target tokens a batch's tgt_len [B, M] marks (of `target_len` slots each)."""
+  return jnp.sum(jnp.minimum(tgt_len, target_len)).astype(jnp.float32)
+
+
 def jepa_loss(pred: jax.Array, target: jax.Array, tgt_len: jax.Array,
-              kind: str = 'smooth_l1') -> jax.Array:
+              kind: str = 'smooth_l1', tokens: jax.Array | None = None) -> jax.Array:
   """Mean loss over every real element.
 
   pred, target [B, M, Kt, D]; tgt_len [B, M] (entries k >= tgt_len are padding
   and do not count). `smooth_l1` is torch's F.smooth_l1_loss with beta=1 (the
   official code); `l2` is the mean squared error (the paper's L2). With no
-  padding this is exactly the official mean over all elements.
+  padding this is exactly the official mean over all elements. `tokens`: divide by this
+  many real target tokens (x D) instead of this batch's own: a whole batch's
+  (`real_tokens`) when this is one micro-batch of it, so the micro-batches' losses add up
+  to the batch's.
   """
   pred, target = pred.astype(jnp.float32), target.astype(jnp.float32)
   if kind == 'smooth_l1':
@@ -55,7 +63,8 @@ def jepa_loss(pred: jax.Array, target: jax.Array, tgt_len: jax.Array,
     raise ValueError(f'loss={kind!r}: choose one of {LOSSES}')
   valid = (jnp.arange(pred.shape[2])[None, None] < tgt_len[..., None]).astype(jnp.float32)
   total = jnp.sum(per.sum(-1) * valid)
-  return total / jnp.maximum(valid.sum() * pred.shape[-1], 1.0)
+  count = valid.sum() if tokens is None else tokens
+  return total / jnp.maximum(count * pred.shape[-1], 1.0)
 
 
 # ---------------------------------------------------------------------------------------------

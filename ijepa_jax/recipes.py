@@ -115,6 +115,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.b1 = 0.9
   c.optim.b2 = 0.999
   c.optim.eps = 1e-8
+  c.optim.accum_steps = 1      # gradient accumulation: each batch in this many micro-batches
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1             # -1: the rest of the devices

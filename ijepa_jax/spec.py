@@ -285,6 +285,7 @@ class OptimSpec:
   b1: float
   b2: float
   eps: float
+  accum_steps: int   # micro-batches per batch (gradient accumulation)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -377,6 +378,10 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int, num_processes: 
           f'the mesh ({mesh[0]} data x {mesh[1]} fsdp); use a multiple of {devices}')
   require(config.batch_size % num_processes == 0,
           f'batch_size={config.batch_size} must be divisible by the {num_processes} processes')
+  k = config.optim.accum_steps
+  require(config.batch_size % (k * devices) == 0,
+          f'batch_size={config.batch_size} must be divisible by optim.accum_steps={k} x the '
+          f'{devices} devices ({k * devices}): each micro-batch is split over the devices')
   masks = mask_config(config)
   try:
     sampler = MaskSampler(masks)
@@ -395,7 +400,8 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int, num_processes: 
       out_dim=None if arch.pred_out == arch.width else arch.pred_out)
   optim = _section(OptimSpec, config.optim)
   model = IJepa(encoder, predictor, loss=config.loss, anti_collapse=anti_collapse(config),
-                target_space=config.target_space, **_optimization(optim, 1, config.num_epochs))
+                target_space=config.target_space, accum_steps=optim.accum_steps,
+                **_optimization(optim, 1, config.num_epochs))
   run = Run(
       seed=config.seed, batch_size=config.batch_size, steps_per_epoch=None, total_steps=None,
       num_epochs=config.num_epochs, max_steps=config.max_steps, log_every=config.log_every,

@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import optax
 
 from ijepa_jax.models import Predictor, VisionTransformer, gather_tokens
-from ijepa_jax.objective import AntiCollapse, jepa_loss, normalize_targets, pixel_targets
+from ijepa_jax.objective import (AntiCollapse, jepa_loss, normalize_targets, pixel_targets,
+                                 real_tokens)
 from ijepa_jax.schedules import Schedules
 
 # images [B,H,W,C], ctx_idx [B,Kc], ctx_len [B], tgt_idx [B,M,Kt], tgt_len [B,M]
@@ -72,6 +73,9 @@ class IJepa:
   # 'representation' (I-JEPA) or 'pixels' (the paper's ablation: the predictor, whose
   # predictor_proj then has p*p*C outputs, regresses each target patch's normalised pixels)
   target_space: str = 'representation'
+  # gradient accumulation: the batch's gradient summed over this many micro-batches (images
+  # j, j + k, j + 2k, ... form micro-batch j), one update per batch (`train_step`)
+  accum_steps: int = 1
 
 
 def create_train_state(model: IJepa, rng: jax.Array, batch: Batch) -> TrainState:
@@ -125,13 +129,14 @@ def predictions_and_targets(model: IJepa, params: Any, target_params: Any,
 
 
 def loss_terms(model: IJepa, params: Any, target_params: Any, batch: Batch,
-               step: jax.Array | int = 0) -> dict[str, jax.Array]:
+               step: jax.Array | int = 0, tokens: jax.Array | None = None) -> dict[str, jax.Array]:
   """Every term of the objective: 'jepa_loss' (the I-JEPA regression), the active
   anti-collapse terms unweighted ('var_loss', 'cov_loss', 'sigreg'; on the context
   encoder's tokens, SIGReg's directions drawn from (seed, step)) and 'loss', their weighted
-  sum, which is what the gradient follows."""
+  sum, which is what the gradient follows. `tokens`: the real target tokens to average
+  over, where `batch` is a micro-batch of a larger one (`jepa_loss`)."""
   pred, targets, _, z = _forward(model, params, target_params, batch)
-  terms = {'jepa_loss': jepa_loss(pred, targets, batch['tgt_len'], model.loss)}
+  terms = {'jepa_loss': jepa_loss(pred, targets, batch['tgt_len'], model.loss, tokens)}
   extra = model.anti_collapse.terms(z, batch['ctx_len'], step)
   terms['loss'] = terms['jepa_loss'] + model.anti_collapse.total(extra)
   return terms | extra
@@ -149,17 +154,54 @@ def ema_update(target: Any, online: Any, momentum: jax.Array) -> Any:
   return jax.tree.map(lambda t, o: t * momentum + (1.0 - momentum) * o, target, online)
 
 
+def micro_batches(batch: Batch, k: int) -> Batch:
+  """`batch` [B, ...] as k micro-batches [k, B / k, ...]: micro-batch j holds images j,
+  j + k, j + 2k, ... (each device's rows split the same way: no data moves between devices
+  where B / k is a multiple of their number)."""
+  def split(x):
+    if x.shape[0] % k:
+      raise ValueError(f'a batch of {x.shape[0]} does not split into {k} micro-batches')
+    return jnp.moveaxis(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 1, 0)
+  return jax.tree.map(split, batch)
+
+
+def _loss_and_grads(model: IJepa, state: TrainState, batch: Batch):
+  """(loss, terms, gradient) of the objective on `batch`, in `model.accum_steps`
+  micro-batches when that is above 1: their gradients are summed under `lax.scan`, so one
+  micro-batch's activations are alive at a time. The I-JEPA loss is averaged over the whole
+  batch's real target tokens, so it and its gradient equal the one-batch values; the
+  anti-collapse terms, which need a batch's statistics, are each micro-batch's, averaged."""
+  def objective(params, b, tokens=None, share=1.0):
+    terms = loss_terms(model, params, state.target_params, b, state.step, tokens)
+    extra = {k: v for k, v in terms.items() if k not in ('loss', 'jepa_loss')}
+    return terms['jepa_loss'] + share * model.anti_collapse.total(extra), terms
+
+  k = model.accum_steps
+  if k == 1:
+    (loss, terms), grads = jax.value_and_grad(objective, has_aux=True)(state.params, batch)
+    return loss, terms, grads
+  tokens = real_tokens(batch['tgt_len'], batch['tgt_idx'].shape[-1])
+
+  def one(total, b):
+    (_, terms), g = jax.value_and_grad(objective, has_aux=True)(state.params, b, tokens, 1.0 / k)
+    return jax.tree.map(jnp.add, total, g), terms
+
+  zeros = jax.tree.map(jnp.zeros_like, state.params)
+  grads, each = jax.lax.scan(one, zeros, micro_batches(batch, k))
+  terms = {name: v.mean() for name, v in each.items()}  # the anti-collapse terms: averaged
+  terms['jepa_loss'] = each['jepa_loss'].sum()          # already over the whole batch
+  extra = {name: v for name, v in terms.items() if name not in ('loss', 'jepa_loss')}
+  terms['loss'] = terms['jepa_loss'] + model.anti_collapse.total(extra)
+  return terms['loss'], terms, grads
+
+
 def train_step(model: IJepa, state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
   """One I-JEPA update: loss -> grads -> AdamW -> EMA of the target encoder.
 
   Pure; jit it (the trainer jits it with shardings and a donated state).
   Returns the new state and scalar metrics.
   """
-  def objective(params):
-    terms = loss_terms(model, params, state.target_params, batch, state.step)
-    return terms['loss'], terms
-
-  (loss, terms), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+  loss, terms, grads = _loss_and_grads(model, state, batch)
   updates, opt_state = model.optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   momentum = model.schedules.momentum(state.step)

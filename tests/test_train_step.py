@@ -264,3 +264,31 @@ def test_anti_collapse_terms_enter_the_loss_and_its_gradient():
   assert float(m['loss']) == pytest.approx(float(expect), rel=1e-5)
   assert float(m['var_loss']) > 0.5  # tiny init features: every std far below 1
   assert float(m['grad_norm']) > 1.5 * float(m0['grad_norm'])
+
+
+@pytest.mark.parametrize('devices', [1, pytest.param(8, marks=pytest.mark.slow)])
+def test_gradient_accumulation_equals_the_one_batch_update(devices):
+  """The same global batch in 1, 2 or 4 micro-batches gives the same loss, gradient norm
+  and updated state (within float tolerance), on one device and split over eight."""
+  import dataclasses
+  from ijepa_jax.train_step import micro_batches
+  batch = batch_for(3)  # B images with their masks and crops
+  out = {}
+  for k in (1, 2, 4):
+    if B % (k * devices):
+      continue
+    model = dataclasses.replace(tiny_model(), accum_steps=k)
+    state, losses, _ = run(model, jax.devices()[:devices], 1, fixed_batch=True)
+    out[k] = (state, losses[0])
+  assert len(out) >= 2, out.keys()
+  ref_state, ref_loss = out[1]
+  for k, (state, loss) in out.items():
+    assert loss == pytest.approx(ref_loss, rel=1e-5), k
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params)):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6, err_msg=f'accum_steps={k}')
+    for a, b in zip(jax.tree.leaves(state.target_params), jax.tree.leaves(ref_state.target_params)):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6)
+  # micro-batch j holds images j, j + k, ...: every image once, with its own masks
+  parts = micro_batches({k: jnp.asarray(v) for k, v in batch.items()}, 2)
+  np.testing.assert_array_equal(parts['images'][1], batch['images'][1::2])
+  np.testing.assert_array_equal(parts['tgt_len'][0], batch['tgt_len'][0::2])
