@@ -32,6 +32,7 @@ cut off at its limit keeps what it measured:
 `--smoke` runs every part at tiny sizes on the CPU (a test runs it); its figures mean nothing.
 """
 
+import atexit
 import functools
 import json
 import math
@@ -295,6 +296,7 @@ def e2e_part(label: str, config_name: str, steps: int, images: int, deadline: fl
   if images not in _JPEGS:  # written once, read by every variant
     t0 = time.time()
     folder = tempfile.mkdtemp(prefix='device_check_jpegs_')
+    atexit.register(shutil.rmtree, folder, True)  # written for this run only
     stats = make_jpegs(os.path.join(folder, 'data'), images, size=(64, 48) if smoke else None)
     _JPEGS[images] = (folder, dict(stats, seconds=time.time() - t0))
   data_dir = os.path.join(_JPEGS[images][0], 'data')

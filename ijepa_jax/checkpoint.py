@@ -28,6 +28,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from ijepa_jax.config import ConfigError
+
 ITEMS = ('state', 'meta')
 
 
@@ -48,6 +50,23 @@ logging.getLogger('absl').addFilter(_ItemMetadataNote())  # orbax logs through a
 
 class CheckpointError(RuntimeError):
   """A checkpoint could not be written or read; the message names the directory."""
+
+
+class CheckpointMismatchError(CheckpointError, ConfigError):
+  """A readable checkpoint of another model than this config builds: the user's to fix (exit
+  2 in every program, as a ConfigError), named by its first differing array and fields."""
+
+
+def config_changes(saved: dict, current: dict, prefix: str = '') -> list[str]:
+  """`field: saved -> current` for every config field that differs (nested dicts walked)."""
+  out = []
+  for key in sorted(set(saved) | set(current)):
+    a, b = saved.get(key), current.get(key)
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += config_changes(a, b, f'{prefix}{key}.')
+    elif a != b:
+      out.append(f'{prefix}{key}: {a!r} -> {b!r}')
+  return out
 
 
 class DamagedCheckpointsError(CheckpointError):
@@ -132,7 +151,10 @@ class Checkpoints:
   """The run's checkpoints in `directory`: save / restore / latest_step / wait / close."""
 
   def __init__(self, directory: str, keep: int = 3, keep_every: int = 0,
-               async_save: bool = True, read_only: bool = False):
+               async_save: bool = True, read_only: bool = False, config: dict | None = None):
+    """`config`: this run's config (`Run.config_dict()`), to name the fields that differ
+    from a checkpoint's when its arrays do not fit."""
+    self.config = config
     self.directory = directory if '://' in directory else os.path.abspath(directory)  # gs://
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, keep_period=keep_every or None, create=not read_only,
@@ -163,7 +185,9 @@ class Checkpoints:
 
   def restore(self, step: int, target: Any) -> tuple[Any, dict]:
     """(state, meta) of checkpoint `step`; `target` gives structure, dtypes and shardings
-    (jax.ShapeDtypeStruct leaves with `sharding=`), which may differ from the saved ones."""
+    (jax.ShapeDtypeStruct leaves with `sharding=`), which may differ from the saved ones.
+    A checkpoint of another model is a CheckpointMismatchError (one line)."""
+    self._check_metadata(step, target)
     try:
       out = self._mgr.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
@@ -193,12 +217,30 @@ class Checkpoints:
       return why
     want = _shapes(target)
     if saved != want:
-      diff = sorted(k for k in set(saved) | set(want) if saved.get(k) != want.get(k))
-      raise CheckpointError(
-          f'checkpoint {step} in {self.directory} holds a different state than this config '
-          f'builds ({len(diff)} arrays differ, e.g. {diff[0]}: saved {saved.get(diff[0])}, '
-          f'config {want.get(diff[0])}). Use the config it was written with, or another --workdir.')
+      raise CheckpointMismatchError(self._mismatch(step, saved, want))
     return None
+
+  def _mismatch(self, step: int, saved: dict, want: dict) -> str:
+    """One line: the first differing array (a parameter before an optimizer moment), the
+    config fields that differ from the checkpoint's own, and what to pass."""
+    diff = sorted((k for k in set(saved) | set(want) if saved.get(k) != want.get(k)),
+                  key=lambda k: (not k.startswith(('params/', 'target_params/')), k))
+    fields = ''
+    try:
+      saved_config = self.restore_meta(step).get('config', {}) if self.config else {}
+      # the fields that shape the state
+      changes = [c for c in config_changes(saved_config, self.config or {})
+                 if c.startswith(('model.', 'data.image_size', 'data.channels', 'target_space'))]
+    except Exception:  # noqa: BLE001  (no readable meta: the arrays alone say it)
+      changes = []
+    if changes:
+      fields = f'; the config differs from the checkpoint\'s in {", ".join(changes[:3])}'
+    workdir = os.path.dirname(self.directory)
+    return (f'checkpoint {step} in {self.directory} was written by another model than this '
+            f'config builds ({len(diff)} arrays differ, first {diff[0]}: saved '
+            f'{saved.get(diff[0])}, this config {want.get(diff[0])}){fields}. Pass '
+            f'--workdir={workdir} alone to use the config the run was started with, or that '
+            'config\'s values')
 
   def _try_restore(self, step: int, target: Any) -> tuple[Any, dict | None, str | None]:
     """(state, meta, None) if checkpoint `step` restores, else (None, None, why not)."""

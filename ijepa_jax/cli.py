@@ -11,6 +11,8 @@ them into `error: ...` naming the field and the closest valid one, and exit 2 (`
 
 import difflib
 import importlib.util
+import json
+import os
 import sys
 from typing import NoReturn
 
@@ -63,6 +65,68 @@ def _config_file(argv: list[str]) -> str | None:
   return None
 
 
+RUN_CONFIG = 'config.py'  # in a workdir: the run's resolved config, written at each start
+
+
+def run_config_text(config_json: str) -> str:
+  """`<workdir>/config.py`: the run's whole config as readable JSON, loadable as a config file
+  (`--config=<workdir>/config.py`, which the tools assume when given `--workdir` alone)."""
+  body = json.dumps(json.loads(config_json), indent=2, sort_keys=True)
+  return ('"""The config this run was started with (every default and override, the dataset\'s\n'
+          'size filled in), written by main.py at its latest start. The tools read it when given\n'
+          '--workdir alone; --config.<field>=... overrides still apply on top."""\n\n'
+          'from ijepa_jax.cli import config_from_json\n\n'
+          f"CONFIG = r'''\n{body}\n'''\n\n\n"
+          'def get_config():\n  return config_from_json(CONFIG)\n')
+
+
+def config_from_json(text: str) -> ml_collections.ConfigDict:
+  """`recipes.base_config()` with the values of a config's JSON (`run_config_text`): every
+  field keeps its type (tuples, placeholders), so overrides on top parse as usual."""
+  from ijepa_jax.recipes import base_config  # pylint: disable=import-outside-toplevel
+
+  def fill(node: ml_collections.ConfigDict, values: dict, path: str) -> None:
+    for key, value in values.items():
+      if key not in node:
+        raise ValueError(f'{path}{key} is not a field of this version\'s config')
+      if isinstance(node[key], ml_collections.ConfigDict):
+        fill(node[key], value, f'{path}{key}.')
+      else:
+        node[key] = tuple(value) if isinstance(node[key], tuple) else value
+
+  config = base_config()
+  fill(config, json.loads(text), '')
+  return config
+
+
+def with_run_config(argv: list[str]) -> list[str]:
+  """`argv` with `--config=<workdir>/config.py` added where it names no config but a workdir
+  that holds one: the tools (and a resume) need only `--workdir`."""
+  if _config_file(argv) is not None or 'config' not in flags.FLAGS:  # (plot takes no config)
+    return argv
+  for i, arg in enumerate(argv):
+    workdir = (arg.split('=', 1)[1] if arg.startswith('--workdir=') else
+               argv[i + 1] if arg == '--workdir' and i + 1 < len(argv) else None)
+    if workdir and os.path.isfile(os.path.join(workdir, RUN_CONFIG)):
+      return argv[:1] + [f'--config={os.path.join(workdir, RUN_CONFIG)}'] + argv[1:]
+  return argv
+
+
+def missing_config_file(argv: list[str]) -> str | None:
+  """The message for a `--config` file that does not exist (naming the closest one)."""
+  spec = _config_file(argv)
+  if spec is None or os.path.isfile(spec.partition(':')[0]):
+    return None
+  path = spec.partition(':')[0]
+  folder = os.path.dirname(path) or '.'
+  files = (sorted(f for f in os.listdir(folder) if f.endswith('.py'))
+           if os.path.isdir(folder) else [])
+  close = difflib.get_close_matches(os.path.basename(path), files, n=1, cutoff=0.6)
+  hint = (f"did you mean '{os.path.join(os.path.dirname(path), close[0])}'?" if close else
+          f"{folder}/ has {', '.join(files)}" if files else 'give the path of a config file')
+  return f'--config={spec}: no such file ({hint})'
+
+
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
   """`get_config()` of a config file, as `--config=path[:arg]` names it."""
   path, _, arg = spec.partition(':')
@@ -103,7 +167,12 @@ def start(level: int, distributed: bool = True) -> None:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parse, with exit 2 and one line for a mistyped flag, field or value."""
+  """absl's parse, with exit 2 and one line for a mistyped flag, field, value or config
+  file; `--workdir` alone brings the run's own config (`with_run_config`)."""
+  argv = with_run_config(argv)
+  missing = missing_config_file(argv)
+  if missing:
+    fail(missing)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:  # an unknown flag, a value of the wrong type, a missing flag

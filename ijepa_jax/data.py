@@ -171,9 +171,13 @@ class FolderSource:
   def __init__(self, root: str, split: str):
     self.root = os.path.join(root, split)
     if not os.path.isdir(self.root):
+      have = (sorted(e.name for e in os.scandir(root) if e.is_dir()) if os.path.isdir(root)
+              else [])
       raise DataMissingError(
-          f'image folder split {self.root} does not exist: data.data_dir must hold one folder '
-          f'per split (here {split!r}, from data.split), each with one folder per class')
+          f'image folder split {self.root} does not exist: the folder holds '
+          f'{", ".join(have) or "no split folders"}; name a split folder with data.split (for '
+          'training) or evals.train_split / evals.test_split (for evaluation; test by default), '
+          'each holding one folder per class')
     classes = sorted(e.name for e in os.scandir(self.root) if e.is_dir())
     files, labels = [], []
     for label, cls in enumerate(classes):

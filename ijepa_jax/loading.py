@@ -21,7 +21,7 @@ def restore_state(run: Run, path: str, mesh: jax.sharding.Mesh,
   """(state, step, meta) of a run's checkpoint: `path` is its workdir, its checkpoints/ folder
   or one checkpoints/<step> folder; `step` picks another saved step."""
   directory, latest = find_checkpoint(path)
-  ckpts = Checkpoints(directory, read_only=True)
+  ckpts = Checkpoints(directory, read_only=True, config=run.config_dict())
   step = latest if step is None else step
   if step not in ckpts.all_steps():
     raise FileNotFoundError(f'{directory} has no checkpoint {step} (it has {ckpts.all_steps()})')

@@ -140,8 +140,9 @@ class MaskSampler:
       if c.context_len is None and self._official:
         self.context_len = self._official_truncated_mean()
       self.sample(np.random.default_rng(0), 64)
-    except RuntimeError as e:
-      raise ValueError(f'masks: infeasible setting: {e}') from None
+    except RuntimeError as e:  # its message names the masks fields already
+      why = str(e).removeprefix('masks: ')
+      raise ValueError(f'masks: this setting cannot be sampled: {why}') from None
 
   def _init_other(self):
     """Shapes of the random, block and rasterized strategies: (M, Kt, Kc) from the grid."""
@@ -422,6 +423,6 @@ def _validate(c: MaskConfig) -> None:
   pair('context_aspect', '0 < lo', '', lambda x: x > 0, lambda x: True)
   if c.context_len is not None and not 0 < c.context_len <= h * w:
     raise ValueError(f'masks.context_len={c.context_len} must be in [1, {h * w}] (the grid size) '
-                     'or None to derive it')
+                     'or -1 to derive it')
   if c.truncation_batch < 1:
     raise ValueError(f'masks.truncation_batch={c.truncation_batch} must be >= 1')

@@ -26,9 +26,10 @@ import jax
 import ml_collections
 from etils import epath
 
+from ijepa_jax import cli
 from ijepa_jax import data as data_lib
 from ijepa_jax import sharding
-from ijepa_jax.checkpoint import CheckpointError, Checkpoints, find_checkpoint
+from ijepa_jax.checkpoint import CheckpointError, Checkpoints, config_changes, find_checkpoint
 from ijepa_jax.evaluation import Evaluator, eval_splits, summary, with_baseline
 from ijepa_jax.flops import peak_flops
 from ijepa_jax.input_pipeline import Batches, TransformConfig, prefetch
@@ -71,6 +72,13 @@ def check_writable(workdir: str) -> None:
                           f'pass a directory this process can write{hint}') from None
 
 
+def write_run_config(workdir: str, config_json: str) -> None:
+  """`<workdir>/config.py` (process 0): this start's whole config, which the tools read when
+  given `--workdir` alone."""
+  if jax.process_index() == 0:
+    (epath.Path(workdir) / cli.RUN_CONFIG).write_text(cli.run_config_text(config_json))
+
+
 def make_batches(run: Run, source: data_lib.Source) -> Batches:
   return Batches(source, run.batch_size, run.seed, run.sampler, TransformConfig.of(run.data),
                  jax.process_index(), jax.process_count(), run.data.workers,
@@ -78,18 +86,6 @@ def make_batches(run: Run, source: data_lib.Source) -> Batches:
 
 
 # -- (2)-(3) resume or initialise (the state builders are in state.py) --------
-
-def config_changes(saved: dict, current: dict, prefix: str = '') -> list[str]:
-  """`field: saved -> current` for every config field that differs (nested dicts walked)."""
-  out = []
-  for key in sorted(set(saved) | set(current)):
-    a, b = saved.get(key), current.get(key)
-    if isinstance(a, dict) and isinstance(b, dict):
-      out += config_changes(a, b, f'{prefix}{key}.')
-    elif a != b:
-      out.append(f'{prefix}{key}: {a!r} -> {b!r}')
-  return out
-
 
 def _fresh_accounting() -> dict:
   return {'train_seconds': 0.0, 'skipped_images': 0, 'nonfinite_steps': 0, 'starts': 0,
@@ -162,7 +158,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   batches = make_batches(run, source)
   k = run.checkpoint
-  ckpts = Checkpoints(os.path.join(workdir, 'checkpoints'), k.keep, k.keep_every, k.async_save)
+  ckpts = Checkpoints(os.path.join(workdir, 'checkpoints'), k.keep, k.keep_every, k.async_save,
+                      config=run.config_dict())
   log(f'mesh: {dict(mesh.shape)} over {n_dev} {jax.devices()[0].platform} device(s), '
       f'{n_proc} process(es)')
   data_meta = {'seed': run.seed, 'dataset_size': len(source), 'global_batch': run.batch_size}
@@ -173,6 +170,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       state, acct, how = restore_or_init(run, ckpts, on_mesh, data_meta)
       start = int(state.step)
       acct['starts'] += 1
+      write_run_config(workdir, run.config_json)  # once the state fits: a failed start keeps it
       log(f'state: {how}, at step {start}')
       if start >= total:  # a finished run started again: leave its results as they are
         log(f'already trained: checkpoint {start} of {total} steps; nothing to do (evaluate it '

@@ -137,7 +137,7 @@ def test_context_len_cap_random_subset():
     (dict(grid=(14, 14), context_scale=(0.5, 1.5)), 'context_scale'),
     (dict(grid=(7, 7)), 'min_keep=10'),  # official min_keep on a 7x7 grid
     (dict(grid=(14, 14), context_len=500), 'context_len'),
-    (dict(grid=(6, 6), num_targets=8, target_scale=(0.5, 0.5), min_keep=2), 'infeasible'),
+    (dict(grid=(6, 6), num_targets=8, target_scale=(0.5, 0.5), min_keep=2), 'cannot be sampled'),
 ])
 def test_infeasible_raises_at_build(kwargs, match):
   with pytest.raises(ValueError, match=match):

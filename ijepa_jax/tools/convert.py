@@ -22,6 +22,7 @@ import os
 
 from absl import app, flags, logging
 from ijepa_jax import cli
+from ijepa_jax.paths import output_path
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -35,6 +36,7 @@ flags.DEFINE_integer('step', None, 'export: the checkpoint step (default: the la
 flags.DEFINE_enum('format', 'official', ['official', 'timm', 'hf'], 'export: the layout.')
 flags.DEFINE_enum('which', 'target', ['target', 'context'], 'export timm/hf: which encoder.')
 flags.DEFINE_string('out', None, 'export: the file (official, timm) or folder (hf) to write.')
+flags.DEFINE_bool('overwrite', False, 'export: replace an existing --out.')
 flags.mark_flags_as_required(['config', 'mode', 'workdir'])
 
 
@@ -124,6 +126,7 @@ def main(argv):
     else:
       if not FLAGS.out:
         raise ValueError('--mode=export needs --out=<file or folder>')
+      output_path(FLAGS.out, explicit=True, overwrite=FLAGS.overwrite)
       msg = export(FLAGS.config, FLAGS.workdir, FLAGS.step, FLAGS.format, FLAGS.which, FLAGS.out)
   except (ConfigError, InteropError, FileNotFoundError, FileExistsError, ValueError) as e:
     cli.fail(e)

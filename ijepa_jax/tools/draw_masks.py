@@ -14,12 +14,15 @@ cannot sample the config shows its error. Exit 2 on a config error.
 import numpy as np
 from absl import app, flags
 from ijepa_jax import cli
+from ijepa_jax.paths import output_path
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py); '
                                 '--config.<field>=<value> overrides (masks.*).', lock_config=True)
-flags.DEFINE_string('out', 'masks.png', 'The PNG to write.')
+flags.DEFINE_string('out', 'masks.png', 'The PNG to write (the default name, where taken: '
+                    'masks.1.png, ...).')
+flags.DEFINE_bool('overwrite', False, 'Replace an existing --out.')
 flags.DEFINE_integer('num_images', 4, 'Images (rows per mode).')
 flags.DEFINE_integer('seed', None, 'Mask seed (default: the config\'s).')
 flags.DEFINE_integer('step', 0, 'The global batch whose masks to draw (0: the first, that '
@@ -30,6 +33,7 @@ flags.mark_flags_as_required(['config'])
 def main(argv):
   del argv
   from ijepa_jax import data as data_lib  # pylint: disable=import-outside-toplevel
+  from ijepa_jax.masks import MaskSampler  # pylint: disable=import-outside-toplevel
   from ijepa_jax.monitor import mask_sections, picture_images  # pylint: disable=import-outside-toplevel
   from ijepa_jax.pictures import mask_picture, save_png  # pylint: disable=import-outside-toplevel
   from ijepa_jax.spec import data_spec, mask_config  # pylint: disable=import-outside-toplevel
@@ -52,12 +56,19 @@ def main(argv):
   seed = config.seed if FLAGS.seed is None else FLAGS.seed
   sections = mask_sections(mask_config(config), len(images), seed, FLAGS.step)
   if not any(isinstance(m, dict) for _, m in sections):
-    cli.fail('neither sampler mode can sample this config:\n  '
-             + '\n  '.join(m for _, m in sections))
+    try:  # this config's own mode, for its whole message (the picture's sections cut theirs)
+      MaskSampler(mask_config(config))
+    except ValueError as e:
+      cli.fail(f'masks.mode={config.masks.mode} (and the other mode) cannot sample this '
+               f'config: {e}')
   picture = mask_picture(images, sections, config.model.patch_size)
-  save_png(FLAGS.out, picture)
+  try:
+    out = output_path(FLAGS.out, FLAGS['out'].present, FLAGS.overwrite)
+  except FileExistsError as e:
+    cli.fail(e)
+  save_png(out, picture)
   grid = mask_config(config).grid
-  print(f'wrote {FLAGS.out} ({picture.shape[1]}x{picture.shape[0]}): {len(images)} images from '
+  print(f'wrote {out} ({picture.shape[1]}x{picture.shape[0]}): {len(images)} images from '
         f'{where}, a {grid[0]}x{grid[1]} patch grid, seed {seed}, step {FLAGS.step}')
   for title, masks in sections:
     print(f'  {title if isinstance(masks, dict) else title + ": " + masks}')

@@ -16,6 +16,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from ijepa_jax import cli, multihost
+from ijepa_jax.paths import output_path
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file of the model (configs/*.py).',
@@ -29,12 +30,17 @@ flags.DEFINE_string('split', None, 'Or a split of the evaluation dataset (evals.
 flags.DEFINE_integer('limit', -1, 'At most this many images (-1: all).')
 flags.DEFINE_enum('output', 'mean', ['mean', 'last4', 'tokens'], 'What to write per image.')
 flags.DEFINE_string('out', None, 'The .npz file to write.')
+flags.DEFINE_bool('overwrite', False, 'Replace an existing --out.')
 flags.mark_flags_as_required(['config', 'out'])
 multihost.define_flags(flags)
 
 
 def main(argv):
   del argv
+  try:  # before any work: an existing output is not replaced unasked
+    output_path(FLAGS.out, explicit=True, overwrite=FLAGS.overwrite)
+  except FileExistsError as e:
+    cli.fail(e)
   cli.start(logging.ERROR)
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel

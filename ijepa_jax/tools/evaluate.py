@@ -15,6 +15,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from ijepa_jax import cli, multihost
+from ijepa_jax.paths import output_path
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py) of the model and of '
@@ -27,6 +28,8 @@ flags.DEFINE_integer('step', None, 'The checkpoint step (default: the latest).')
 flags.DEFINE_bool('baseline', False, 'Also evaluate the same network at random initialisation '
                   '(drawn with the run\'s seed + 1, as the trainer\'s baseline).')
 flags.DEFINE_string('output', None, 'Where to write the results (JSON).')
+flags.DEFINE_bool('overwrite', False, 'Replace an existing --output (a default name that is '
+                  'taken gets a new one instead).')
 flags.mark_flags_as_required(['config'])
 multihost.define_flags(flags)
 
@@ -69,6 +72,10 @@ def main(argv):
     base = FLAGS.workdir if FLAGS.workdir else os.path.dirname(os.path.abspath(FLAGS.weights))
     tag = what.rsplit('step ', 1)[-1] if FLAGS.workdir else os.path.basename(FLAGS.weights)
     out = os.path.join(base, f'eval_{tag}.json')
+  try:
+    out = output_path(out, FLAGS.output is not None, FLAGS.overwrite)
+  except FileExistsError as e:
+    cli.fail(e)
   if jax.process_index() == 0:
     with open(out, 'w') as f:
       json.dump(results, f, indent=1)

@@ -15,11 +15,14 @@ import os
 from absl import app, flags
 
 from ijepa_jax import cli
+from ijepa_jax.paths import output_path
 from ijepa_jax.pictures import curves_image, save_png
 from ijepa_jax.reporting import read_metrics
 
 flags.DEFINE_string('workdir', None, 'the run\'s workdir (its metrics.jsonl is read)')
-flags.DEFINE_string('out', '', 'the PNG to write (default: <workdir>/pictures/curves.png)')
+flags.DEFINE_string('out', '', 'the PNG to write (default: <workdir>/pictures/curves.png, or '
+                    'curves.1.png, ... where that exists)')
+flags.DEFINE_bool('overwrite', False, 'replace an existing picture')
 flags.mark_flag_as_required('workdir')
 
 
@@ -31,6 +34,10 @@ def main(argv):
   except FileNotFoundError as e:
     raise app.UsageError(str(e), exitcode=2) from None
   out = flags.FLAGS.out or os.path.join(workdir, 'pictures', 'curves.png')
+  try:
+    out = output_path(out, bool(flags.FLAGS.out), flags.FLAGS.overwrite)
+  except FileExistsError as e:
+    cli.fail(e)
   save_png(out, curves_image(rows))
   print(f'wrote {out} ({len(rows)} rows of metrics, last step {rows[-1]["step"] if rows else "-"})')
 
