@@ -272,9 +272,9 @@ def test_tools_on_a_demo_run(tmp_path):
   proc = run_tool('ijepa_jax.tools.convert', '--mode=import', '--config=configs/demo.py',
                   f'--weights={ck}', f'--workdir={tmp_path / "imported"}')
   assert proc.returncode == 0, proc.stderr[-3000:]
-  for how in (f'--workdir={tmp_path / "imported"}', f'--weights={ck}',
-              f'--weights={tmp_path / "t.safetensors"}'):
-    out = tmp_path / 'e.json'
+  for i, how in enumerate((f'--workdir={tmp_path / "imported"}', f'--weights={ck}',
+                           f'--weights={tmp_path / "t.safetensors"}')):
+    out = tmp_path / f'e{i}.json'  # (an existing --output is not replaced unasked)
     proc = run_tool('ijepa_jax.tools.evaluate', '--config=configs/demo.py', how, *small,
                     "--config.evals.final_probes=('knn',)", f'--output={out}')
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -234,10 +234,14 @@ def test_checkpoint_of_another_model_is_an_error_not_damage(six_steps, tmp_path)
   import shutil
   wd = tmp_path / 'run'
   shutil.copytree(six_steps, wd)
+  before = (wd / 'config.py').read_text()
   again = run(wd, '--config.max_steps=8', '--config.model.width=48')
-  assert again.returncode == 1
-  assert 'holds a different state than this config builds' in again.stderr
+  assert again.returncode == 2  # the user's to fix, as a config error
+  errors = [line for line in again.stderr.splitlines() if line.startswith('error:')]
+  assert len(errors) == 1 and 'was written by another model than this config builds' in errors[0]
+  assert 'model.width: 32 -> 48' in errors[0]
   assert sorted(os.listdir(wd / 'checkpoints')) == ['2', '4', '6']  # nothing moved
+  assert (wd / 'config.py').read_text() == before  # the run's own config is kept
 
 
 @pytest.mark.slow
