@@ -63,7 +63,7 @@ def jepa_loss(pred: jax.Array, target: jax.Array, tgt_len: jax.Array,
     raise ValueError(f'loss={kind!r}: choose one of {LOSSES}')
   valid = (jnp.arange(pred.shape[2])[None, None] < tgt_len[..., None]).astype(jnp.float32)
   total = jnp.sum(per.sum(-1) * valid)
-  count = valid.sum() if tokens is None else tokens
+  count = real_tokens(tgt_len, pred.shape[2]) if tokens is None else tokens
   return total / jnp.maximum(count * pred.shape[-1], 1.0)
 
 
