@@ -63,6 +63,11 @@ CASES = [  # (what, arguments with {run}/{tmp} placeholders, text the one line h
     ('embed: an output that exists', ['-m', 'ijepa_jax.tools.embed', '--workdir={run}',
                                       '--split=test', '--out={tmp}/taken.npz'],
      'taken.npz exists; pass --overwrite'),
+    ('prepare: a source folder that does not exist',
+     ['-m', 'ijepa_jax.tools.prepare', '--src={tmp}/no_such_folder', '--dst={tmp}/small'],
+     "--src='{tmp}/no_such_folder' is not a folder"),
+    ('prepare: a copy inside its source', ['-m', 'ijepa_jax.tools.prepare', '--src={tmp}/folder',
+                                           '--dst={tmp}/folder/small'], 'is inside --src'),
     ('plot: a picture that exists', ['-m', 'ijepa_jax.tools.plot', '--workdir={run}',
                                      '--out={tmp}/taken.npz'], 'pass --overwrite'),
 ]

@@ -91,3 +91,35 @@ def test_stop_deadline_dumps_stacks_and_exits_3(tmp_path):
   assert time.time() - t0 < 30
   assert 'still running 1s after SIGTERM (checkpoint.stop_deadline)' in proc.stderr
   assert 'time.sleep(60)' in proc.stderr or 'line 6' in proc.stderr  # the main thread's stack
+
+
+def test_a_short_run_trains_logs_checkpoints_and_resumes(tmp_path):
+  """The fast tier's one whole run through `train_and_evaluate` (the step builder, the loop,
+  the log, the checkpoint, the run's config.py), then a second start that resumes at the
+  checkpoint and adds one step, with one log row per step and none twice."""
+  import json
+
+  import numpy as np
+
+  from ijepa_jax import trainer
+  from helpers import brightness_folder, folder_config
+
+  brightness_folder(str(tmp_path / 'data'))
+  c = folder_config(tmp_path / 'data')
+  c.batch_size, c.num_epochs, c.log_every, c.max_steps = 16, 1.0, 1, 2  # 80 images: 5 steps
+  c.model.pred_width, c.model.pred_depth = 16, 1
+  c.evals.every, c.evals.at_end = 0, False
+  c.monitor.pictures, c.monitor.health_every, c.monitor.tensorboard = False, 0, False
+  work = tmp_path / 'work'
+  last = trainer.train_and_evaluate(c, str(work))
+  assert last['step'] == 2 and np.isfinite(last['loss']) and last['loss'] > 0
+  assert (work / 'config.py').exists()
+  c.max_steps = 3
+  last = trainer.train_and_evaluate(c, str(work))
+  assert last['step'] == 3
+  rows = [json.loads(line) for line in open(work / 'metrics.jsonl')]
+  steps = [r['step'] for r in rows if 'loss' in r]
+  assert steps == [1, 2, 3]
+  assert all(np.isfinite(r['loss']) for r in rows if 'loss' in r)
+  final = json.loads((work / 'final.json').read_text())
+  assert final['step'] == 3
