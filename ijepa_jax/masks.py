@@ -122,12 +122,12 @@ class MaskSampler:
     lo_c, hi_c = self._area_range(c.context_scale, c.context_aspect)
     if lo_t <= c.min_keep:
       raise ValueError(
-          f'masks: target blocks can be as small as {lo_t} patches on a {self.height}x{self.width} '
-          f'grid, not more than min_keep={c.min_keep}; raise masks.target_scale, use larger '
+          f'masks: the smallest target block is {lo_t} patches on a {self.height}x{self.width} '
+          f'grid and must be more than min_keep={c.min_keep}; raise masks.target_scale, use larger '
           f'images or smaller patches, or lower masks.min_keep.')
     if lo_c <= c.min_keep:
       raise ValueError(
-          f'masks: context blocks can be as small as {lo_c} patches, not more than '
+          f'masks: the smallest context block is {lo_c} patches and must be more than '
           f'min_keep={c.min_keep}; raise masks.context_scale or lower masks.min_keep.')
     self.target_len = hi_t
     # The largest context there can be: a context block's area, less the smallest target
