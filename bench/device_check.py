@@ -18,6 +18,8 @@ cut off at its limit keeps what it measured:
 3. `step`: the shipped configs as they are (`configs/vitl16.py`, `vith14.py`: unrolled
    blocks on a GPU, no remat, cuDNN attention) at 128 images per device: images/s, MFU on
    executed and on useful FLOPs (flops.py), compile seconds, memory;
+3b. `input` (with `--input_threads`): the host's decode + RandomResizedCrop on the same
+   kind of JPEGs (bench/bench_input.py, the trainer's own `Batches`) at each thread count;
 4. `e2e`: `main.py --config=configs/vitl16.py` itself on an image folder of realistic
    JPEGs (bench/jpegs.py: about 500x375, about 100 KB) for `--e2e_steps` steps: images/s
    from its own log, the fraction of the time it waited for input, and the ratio to the
@@ -232,8 +234,8 @@ def shipped_steps(configs: dict, steps: int, deadline: float, smoke: bool,
 
   order = [(label, f) for f in factors for label in configs
            if f == 1 or label != 'ViT-g/16']
-  if smoke:
-    order = [(label, 1) for label in configs]
+  if smoke:  # the tiny config at each factor, so that part 7 is tried before a device run
+    order = [(label, f) for f in factors for label in configs]
   order = [(label, f) for label, f in order
            if (label, configs[label].batch_size * f) not in set(skip)]
   rows = []
@@ -538,7 +540,7 @@ def main(argv) -> None:
   if 'breakdown' in parts:
     rows += breakdown_part(configs, steps, deadline)
     save()
-  if 'more_steps' in parts and not FLAGS.smoke:
+  if 'more_steps' in parts:
     rows += shipped_steps(configs, steps, deadline, FLAGS.smoke, factors=(1, 2),
                           skip=[(r['model'], r['batch']) for r in step_rows])
     save()

@@ -47,8 +47,9 @@ def test_device_check_smoke(tmp_path):
       (False, 'xla bf16 vs float32'), (True, 'xla bf16 vs float32')}
   for r in parity:  # bf16 against float32: off by roundings, not by a formula
     assert 1e-4 < r['out_rel'] < 5e-2 and 1e-4 < r['grad_rel'] < 5e-2 and r['ok']
-  (step,) = [r for r in rows if r['part'] == 'step']
+  step, doubled = [r for r in rows if r['part'] == 'step']  # part 3, then part 7's 2x batch
   assert 'error' not in step and 'skipped' not in step, step
+  assert (step['batch'], doubled['batch']) == (4, 8) and doubled['images_per_sec'] > 0, doubled
   # the demo as shipped on a CPU: unrolled blocks; its corrected masks pad, so the useful
   # work per step is below the executed
   assert step['scan_layers'] is False and step['images_per_sec'] > 0
