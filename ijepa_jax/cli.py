@@ -19,6 +19,8 @@ from typing import NoReturn
 from absl import flags, logging
 import ml_collections
 
+from ijepa_jax.paths import output_path
+
 PREFIX = '--config.'
 
 
@@ -144,6 +146,14 @@ def config_typos(argv: list[str]) -> list[str]:
   config = load_config_file(spec)
   names = [a[len(PREFIX):].split('=', 1)[0] for a in argv if a.startswith(PREFIX)]
   return [m for m in (unknown_field(config, n) for n in names) if m]
+
+
+def free_output(path: str, explicit: bool, overwrite: bool = False) -> str:
+  """`paths.output_path` for a program: an explicit output that exists is one line, exit 2."""
+  try:
+    return output_path(path, explicit, overwrite)
+  except FileExistsError as e:
+    fail(e)
 
 
 def fail(message, code: int = 2) -> NoReturn:

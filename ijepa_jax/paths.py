@@ -1,4 +1,7 @@
-"""Facts about paths that several layers need (no I/O)."""
+"""Facts about paths that several layers need (nothing here writes)."""
+
+
+import os
 
 
 def is_remote(path: str) -> bool:
@@ -11,7 +14,6 @@ def output_path(path: str, explicit: bool, overwrite: bool = False) -> str:
   default name that is taken gets the next free one (`eval_5.json` -> `eval_5.1.json`, ...),
   so an earlier output is never replaced unasked; an explicit path that is taken is an error
   (FileExistsError) saying to pass --overwrite."""
-  import os  # pylint: disable=import-outside-toplevel
   if overwrite or not os.path.exists(path):
     return path
   if explicit:

@@ -22,7 +22,6 @@ import os
 
 from absl import app, flags, logging
 from ijepa_jax import cli
-from ijepa_jax.paths import output_path
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -126,7 +125,7 @@ def main(argv):
     else:
       if not FLAGS.out:
         raise ValueError('--mode=export needs --out=<file or folder>')
-      output_path(FLAGS.out, explicit=True, overwrite=FLAGS.overwrite)
+      cli.free_output(FLAGS.out, True, FLAGS.overwrite)
       msg = export(FLAGS.config, FLAGS.workdir, FLAGS.step, FLAGS.format, FLAGS.which, FLAGS.out)
   except (ConfigError, InteropError, FileNotFoundError, FileExistsError, ValueError) as e:
     cli.fail(e)

@@ -14,7 +14,6 @@ cannot sample the config shows its error. Exit 2 on a config error.
 import numpy as np
 from absl import app, flags
 from ijepa_jax import cli
-from ijepa_jax.paths import output_path
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -63,10 +62,7 @@ def main(argv):
       cli.fail(f'masks.mode={config.masks.mode} (and the other mode) cannot sample this '
                f'config: {e}')
   picture = mask_picture(images, sections, config.model.patch_size)
-  try:
-    out = output_path(FLAGS.out, FLAGS['out'].present, FLAGS.overwrite)
-  except FileExistsError as e:
-    cli.fail(e)
+  out = cli.free_output(FLAGS.out, FLAGS['out'].present, FLAGS.overwrite)
   save_png(out, picture)
   grid = mask_config(config).grid
   print(f'wrote {out} ({picture.shape[1]}x{picture.shape[0]}): {len(images)} images from '

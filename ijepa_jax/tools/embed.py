@@ -16,7 +16,6 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from ijepa_jax import cli, multihost
-from ijepa_jax.paths import output_path
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file of the model (configs/*.py).',
@@ -37,10 +36,7 @@ multihost.define_flags(flags)
 
 def main(argv):
   del argv
-  try:  # before any work: an existing output is not replaced unasked
-    output_path(FLAGS.out, explicit=True, overwrite=FLAGS.overwrite)
-  except FileExistsError as e:
-    cli.fail(e)
+  cli.free_output(FLAGS.out, True, FLAGS.overwrite)  # before any work: nothing replaced unasked
   cli.start(logging.ERROR)
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel

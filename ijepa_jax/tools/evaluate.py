@@ -15,7 +15,6 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from ijepa_jax import cli, multihost
-from ijepa_jax.paths import output_path
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py) of the model and of '
@@ -46,6 +45,8 @@ def main(argv):
   from ijepa_jax.reporting import log  # pylint: disable=import-outside-toplevel
   from ijepa_jax.spec import resolve  # pylint: disable=import-outside-toplevel
 
+  if FLAGS.output is not None:  # before any work: nothing replaced unasked
+    cli.free_output(FLAGS.output, True, FLAGS.overwrite)
   config = FLAGS.config
   try:
     run = resolve(config, jax.device_count(), jax.process_count(), jax.default_backend())
@@ -72,10 +73,7 @@ def main(argv):
     base = FLAGS.workdir if FLAGS.workdir else os.path.dirname(os.path.abspath(FLAGS.weights))
     tag = what.rsplit('step ', 1)[-1] if FLAGS.workdir else os.path.basename(FLAGS.weights)
     out = os.path.join(base, f'eval_{tag}.json')
-  try:
-    out = output_path(out, FLAGS.output is not None, FLAGS.overwrite)
-  except FileExistsError as e:
-    cli.fail(e)
+  out = cli.free_output(out, FLAGS.output is not None, FLAGS.overwrite)
   if jax.process_index() == 0:
     with open(out, 'w') as f:
       json.dump(results, f, indent=1)

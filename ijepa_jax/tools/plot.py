@@ -15,7 +15,6 @@ import os
 from absl import app, flags
 
 from ijepa_jax import cli
-from ijepa_jax.paths import output_path
 from ijepa_jax.pictures import curves_image, save_png
 from ijepa_jax.reporting import read_metrics
 
@@ -34,10 +33,7 @@ def main(argv):
   except FileNotFoundError as e:
     raise app.UsageError(str(e), exitcode=2) from None
   out = flags.FLAGS.out or os.path.join(workdir, 'pictures', 'curves.png')
-  try:
-    out = output_path(out, bool(flags.FLAGS.out), flags.FLAGS.overwrite)
-  except FileExistsError as e:
-    cli.fail(e)
+  out = cli.free_output(out, bool(flags.FLAGS.out), flags.FLAGS.overwrite)
   save_png(out, curves_image(rows))
   print(f'wrote {out} ({len(rows)} rows of metrics, last step {rows[-1]["step"] if rows else "-"})')
 
