@@ -38,7 +38,8 @@ def main(argv):
   print(f'device: {r["device"]}')
   print(f'config: batch {config.batch_size}, image {config.data.image_size}, patch '
         f'{config.model.patch_size}, dtype {config.model.dtype}, masks {config.masks.mode} '
-        f'(Kc {r["context_len"]}, Kt {r["target_len"]}), scan_layers {run.arch.scan_layers}')
+        f'(Kc {r["context_len"]}, Kt {r["target_len"]}), scan_layers {run.arch.scan_layers}'
+        + ('' if run.packer is None else f' | packed: {run.packer.describe()}'))
   print(f'compile: {r["compile_s"]:.1f} s | memory: {r["memory"]}')
   print(f'step: {r["step_ms"]:.1f} ms | {r["images_per_sec"]:,.1f} images/s | '
         f'{r["images_per_sec_per_device"]:,.1f} images/s/device')

@@ -27,9 +27,11 @@ cut off at its limit keeps what it measured:
 5. `breakdown`: ViT-L/16's step in parts (`stepping.step_breakdown`: target forward, context
    forward + backward, predictor forward + backward, AdamW + EMA, remainder);
 6. `step` again: `vitg16.py` at 128 (does it compile and fit), ViT-L/16 and ViT-H/14 at 256;
-7. `xla_flags`: ViT-L/16's step again under each of `--xla_flags` (a subprocess each, as
+7. `packing`: ViT-L/16's step with corrected masks (contexts of every length), padded and
+   then packed (`masks.pack`, ijepa_jax/packing.py);
+8. `xla_flags`: ViT-L/16's step again under each of `--xla_flags` (a subprocess each, as
    XLA reads its flags once);
-8. `grid` (only with `--grid` or `--attention`): the issue-13 grid, scan x remat x attention.
+9. `grid` (only with `--grid` or `--attention`): the issue-13 grid, scan x remat x attention.
 
 `--smoke` runs every part at tiny sizes on the CPU (a test runs it); its figures mean nothing.
 """
@@ -168,7 +170,7 @@ def attention_parity(smoke: bool) -> list[dict]:
 
 def step_grid(configs: dict, steps: int, deadline: float, smoke: bool,
               only: tuple[str, ...] = ()) -> list[dict]:
-  """Part 3: our train step over scan x remat x attention, most informative settings first
+  """Part 9: our train step over scan x remat x attention, most informative settings first
   (`only`: just these attention implementations)."""
   import jax
 
@@ -230,11 +232,10 @@ def shipped_steps(configs: dict, steps: int, deadline: float, smoke: bool,
   """Part 3: each config as shipped (its platform's defaults) at 128 and (`factors`) 256 images
   per device (ViT-g/16 at 128 only), most informative first, leaving out the (model, batch)
   pairs in `skip`; its images/s, MFU both ways."""
-  from ijepa_jax.spec import resolve_here
 
   order = [(label, f) for f in factors for label in configs
            if f == 1 or label != 'ViT-g/16']
-  if smoke:  # the tiny config at each factor, so that part 7 is tried before a device run
+  if smoke:  # the tiny config at each factor, so that part 6 is tried before a device run
     order = [(label, f) for f in factors for label in configs]
   order = [(label, f) for label, f in order
            if (label, configs[label].batch_size * f) not in set(skip)]
@@ -242,26 +243,45 @@ def shipped_steps(configs: dict, steps: int, deadline: float, smoke: bool,
   for label, factor in order:
     config = configs[label].copy_and_resolve_references()
     config.batch_size *= factor
-    run = None
-    row = {'part': 'step', 'model': label, 'batch': config.batch_size}
-    if time.time() > deadline:
-      rows.append(dict(row, skipped='time budget'))
-      continue
-    try:
-      run = resolve_here(config)
-      r = time_step(run, steps)
-      r.pop('masks')
-      rows.append(dict(row, scan_layers=run.arch.scan_layers, remat=run.arch.remat_policy,
-                       attention=run.arch.attention_backends['encoder'], **r))
-    except Exception as e:  # noqa: BLE001  (an OOM at 256 is a finding, not a failure)
-      rows.append(dict(row, error=_error(e)))
-      if smoke:
-        traceback.print_exc()
+    rows.append(step_row({'part': 'step', 'model': label, 'batch': config.batch_size}, config,
+                         steps, deadline, smoke))
+  return rows
+
+
+def step_row(row: dict, config, steps: int, deadline: float, smoke: bool) -> dict:
+  """`row` with `config`'s step timed (`stepping.time_step`), or why it was not."""
+  from ijepa_jax.spec import resolve_here
+
+  if time.time() > deadline:
+    return dict(row, skipped='time budget')
+  try:
+    run = resolve_here(config)
+    r = time_step(run, steps)
+    r.pop('masks')
+    packed = {} if run.packer is None else {'packed': run.packer.describe()}
+    return dict(row, scan_layers=run.arch.scan_layers, remat=run.arch.remat_policy,
+                attention=run.arch.attention_backends['encoder'], **packed, **r)
+  except Exception as e:  # noqa: BLE001  (an OOM at 256 is a finding, not a failure)
+    if smoke:
+      traceback.print_exc()
+    return dict(row, error=_error(e))
+
+
+def packing_part(configs: dict, steps: int, deadline: float, smoke: bool) -> list[dict]:
+  """Part 7: the first config with corrected masks (contexts of every length), padded and
+  then packed (`masks.pack`, ijepa_jax/packing.py), at its batch per device."""
+  label, base = next(iter(configs.items()))
+  rows = []
+  for pack in (False, True):
+    config = base.copy_and_resolve_references()
+    config.masks.mode, config.masks.context_len, config.masks.pack = 'corrected', -1, pack
+    rows.append(step_row({'part': 'packing', 'model': label, 'batch': config.batch_size},
+                         config, steps, deadline, smoke))
   return rows
 
 
 def breakdown_part(configs: dict, steps: int, deadline: float) -> list[dict]:
-  """Part 4: the first config's step in parts (`stepping.step_breakdown`)."""
+  """Part 5: the first config's step in parts (`stepping.step_breakdown`)."""
   from ijepa_jax.spec import resolve_here
 
   label, config = next(iter(configs.items()))
@@ -375,7 +395,7 @@ def input_part(images: int, batch: int, threads: str, deadline: float) -> list[d
 
 def xla_flags_part(config_name: str, variants: list[str], deadline: float,
                    smoke: bool) -> list[dict]:
-  """Part 6: the config's step (bench/bench_step.py) under each XLA_FLAGS variant."""
+  """Part 8: the config's step (bench/bench_step.py) under each XLA_FLAGS variant."""
   rows = []
   for variant in variants:
     row = {'part': 'xla_flags', 'model': config_name, 'flags': variant or '(none)'}
@@ -431,6 +451,8 @@ def table(rows: list[dict]) -> str:
       setting = r.get('setting', f"threads {r['threads']}")
     elif part == 'xla_flags':
       setting = f"XLA_FLAGS {r['flags']}"
+    elif part == 'packing':
+      setting = f"corrected masks, {'packed: ' + r['packed'] if 'packed' in r else 'padded'}"
     else:
       setting = (f"scan {'on' if r.get('scan_layers') else 'off'}, remat {r.get('remat')}, "
                  f"{r.get('attention')}")
@@ -464,7 +486,8 @@ def table(rows: list[dict]) -> str:
   return '\n'.join(lines)
 
 
-PARTS = ('torch', 'attention', 'step', 'input', 'e2e', 'breakdown', 'more_steps', 'xla_flags')
+PARTS = ('torch', 'attention', 'step', 'input', 'e2e', 'breakdown', 'more_steps', 'packing',
+         'xla_flags')
 XLA_VARIANTS = ('', '--xla_gpu_enable_latency_hiding_scheduler=true',
                 '--xla_gpu_enable_triton_gemm=false')
 
@@ -543,6 +566,9 @@ def main(argv) -> None:
   if 'more_steps' in parts:
     rows += shipped_steps(configs, steps, deadline, FLAGS.smoke, factors=(1, 2),
                           skip=[(r['model'], r['batch']) for r in step_rows])
+    save()
+  if 'packing' in parts:
+    rows += packing_part(configs, steps, deadline, FLAGS.smoke)
     save()
   if 'xla_flags' in parts:
     variants = FLAGS.xla_flags.split('|') if not FLAGS.smoke else ['']

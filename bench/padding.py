@@ -6,7 +6,8 @@ each config in configs/ (as shipped, and with the other mask mode), this samples
 config's own masks and prints the executed FLOPs per image (`flops.train_step_flops`, the
 fixed shapes) against the useful ones (`flops.useful_step_flops`, each image's real
 lengths: what the official step computes on the same masks, since it cuts contexts to the
-batch minimum and draws one target size per batch), and where the excess is.
+batch minimum and draws one target size per batch), and where the excess is; then the
+same with `masks.pack=True` (ijepa_jax/packing.py: each device's sequences packed into rows).
 
   python -m bench.padding [--steps 100] [--batch 128] [--configs vitl16,vith14]
 """
@@ -27,8 +28,10 @@ FLAGS = flags.FLAGS
 def main(argv) -> None:
   del argv
   print('| config | masks | grid | Kc | Kt | mean context | mean target | executed GFLOP/img '
-        '| useful GFLOP/img | excess | context encoder excess | predictor excess |')
-  print('|' + '---|' * 12)
+        '| useful GFLOP/img | excess | context encoder excess | predictor excess | packed: '
+        'executed GFLOP/img | packed: excess |')
+  print('|' + '---|' * 14)
+  notes = []
   for name in FLAGS.configs:
     base = load_config(name)
     other = base.copy_and_resolve_references()
@@ -37,12 +40,17 @@ def main(argv) -> None:
       try:
         r = padding_rows(config, FLAGS.steps, FLAGS.batch)
       except ValueError as e:  # e.g. the official sampler cannot be built on the demo's grid
-        print(f'| {label} | {config.masks.mode} | | | | | | | | {str(e)[:80]} | | |')
+        print(f'| {label} | {config.masks.mode} | | | | | | | | {str(e)[:80]} | | | | |')
         continue
       print(f"| {label} | {r['mode']} | {r['grid']}x{r['grid']} | {r['Kc']} | {r['Kt']} x {r['M']} "
             f"| {r['ctx_mean']:.1f} | {r['tgt_mean']:.1f} | {r['executed_gflop']:,.1f} | "
             f"{r['useful_gflop']:,.1f} | {100 * r['excess']:+.1f}% | "
-            f"{100 * r['context_excess']:+.1f}% | {100 * r['predictor_excess']:+.1f}% |")
+            f"{100 * r['context_excess']:+.1f}% | {100 * r['predictor_excess']:+.1f}% | "
+            f"{r['packed_gflop']:,.1f} | {100 * r['packed_excess']:+.1f}% |")
+      notes.append(f'{label}: {r["packed"]}')
+  print('\nPacked (masks.pack=True, --batch images per device):')
+  for note in notes:
+    print(f'- {note}')
 
 
 if __name__ == '__main__':

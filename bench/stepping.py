@@ -24,8 +24,9 @@ def step_masks(run, num_steps: int, batch_size: int) -> dict:
   `run`: a `spec.Run` (`spec.resolve_here(config)`), as for every function here."""
   import numpy as np
 
-  sampler = run.sampler
-  steps = [sampler(batch_size, 0, s)._asdict() for s in range(num_steps)]
+  from ijepa_jax.packing import batch_masks
+
+  steps = [batch_masks(run.sampler, run.packer, batch_size, 0, s) for s in range(num_steps)]
   return {k: np.stack([m[k] for m in steps]) for k in steps[0]}
 
 
@@ -82,7 +83,7 @@ def time_step(run, steps: int) -> dict:
 
   step, state, device_batches, facts = compiled_step(run, steps + 1)
   state, m, step_s = run_steps(step, state, device_batches)
-  flops = run.arch.step_flops(run.batch_size, run.sampler)
+  flops = run.arch.step_flops(run.batch_size, run.sampler, run.packer)
   masks = facts['masks']  # the timed steps' real lengths: the work without padding
   useful = sum(run.arch.useful_flops(masks['ctx_len'][s], masks['tgt_len'][s])
                for s in range(1, steps + 1)) / steps * jax.process_count()
@@ -189,7 +190,7 @@ def step_breakdown(run, steps: int) -> list[dict]:
 
   from ijepa_jax import flops as flops_lib
   from ijepa_jax import sharding
-  from ijepa_jax.train_step import ema_update
+  from ijepa_jax.train_step import ema_update, packing_of
 
   step, state, batches, facts = compiled_step(run, steps + 1)
   model, a = run.model, run.arch
@@ -203,15 +204,20 @@ def step_breakdown(run, steps: int) -> list[dict]:
   def target_fwd(tp, images):
     return model.encoder.apply({'params': tp}, images)
 
-  def context_fwd_bwd(p, images, ctx_idx, ctx_len):
+  packed = 'ctx_pack' in batch or 'pred_pack' in batch  # masks.pack: the step's rows
+  ctx_rows = packing_of(batch, 'ctx') if 'ctx_pack' in batch else None
+  pred_rows = packing_of(batch, 'pred') if 'pred_pack' in batch else None
+
+  def context_fwd_bwd(p, images, ctx_idx, ctx_len, rows):
     def f(p):
-      z = model.encoder.apply({'params': p}, images, ctx_idx, ctx_len)
+      z = model.encoder.apply({'params': p}, images, ctx_idx, ctx_len, packing=rows)
       return jnp.sum(z * 1e-3)
     return jax.grad(f)(p)
 
-  def predictor_fwd_bwd(p, z, ctx_idx, ctx_len, tgt_idx, tgt_len):
+  def predictor_fwd_bwd(p, z, ctx_idx, ctx_len, tgt_idx, tgt_len, rows):
     def f(p, z):
-      out = model.predictor.apply({'params': p}, z, ctx_idx, ctx_len, tgt_idx, tgt_len)
+      out = model.predictor.apply({'params': p}, z, ctx_idx, ctx_len, tgt_idx, tgt_len,
+                                  packing=rows)
       return jnp.sum(out * 1e-3)
     return jax.grad(f, argnums=(0, 1))(p, z)
 
@@ -222,19 +228,23 @@ def step_breakdown(run, steps: int) -> list[dict]:
                                          model.schedules.momentum(count))
 
   fwd = flops_lib.forward_parts(context_len=kc, target_lens=[kt] * nt, **a.flop_sizes())
-  total = a.step_flops(b, run.sampler)
+  fwd = {k: b * float(v) for k, v in fwd.items()}  # the batch's
+  if packed:
+    for k, v in run.packer.flop_change(a.depth, a.pred_depth).items():
+      fwd[k] += v
+  total = a.step_flops(b, run.sampler, run.packer)
   with sharding.scope(mesh):
     z = jnp.zeros((b, kc, a.width), jnp.float32)
     grads = jax.tree.map(lambda x: x * 1e-3, state.params)
     parts = [
         ('target encoder forward', jax.jit(target_fwd), (state.target_params, images),
-         b * fwd['target']),
+         fwd['target']),
         ('context encoder forward + backward', jax.jit(context_fwd_bwd),
-         (state.params['encoder'], images, batch['ctx_idx'], batch['ctx_len']),
-         3 * b * fwd['context']),
+         (state.params['encoder'], images, batch['ctx_idx'], batch['ctx_len'], ctx_rows),
+         3 * fwd['context']),
         ('predictor forward + backward', jax.jit(predictor_fwd_bwd),
          (state.params['predictor'], z, batch['ctx_idx'], batch['ctx_len'], batch['tgt_idx'],
-          batch['tgt_len']), 3 * b * float(fwd['predictor'])),
+          batch['tgt_len'], pred_rows), 3 * fwd['predictor']),
         ('optimizer (AdamW) + EMA', jax.jit(optimizer_and_ema),
          (state.params, state.opt_state, state.target_params, grads, state.step), 0),
     ]
@@ -264,7 +274,8 @@ def breakdown_table(rows: list[dict]) -> str:
 
 
 def padding_rows(config, steps: int, batch: int) -> dict:
-  """Executed and useful GFLOP per image of `config`'s step, and the parts' excess."""
+  """Executed and useful GFLOP per image of `config`'s step, and the parts' excess; and the
+  executed GFLOP per image with `masks.pack` at `batch` images per device."""
   import numpy as np
 
   from ijepa_jax import flops
@@ -272,6 +283,9 @@ def padding_rows(config, steps: int, batch: int) -> dict:
 
   run = resolve(config, 1)
   a, sampler = run.arch, run.sampler
+  packing = config.copy_and_resolve_references()
+  packing.masks.pack, packing.batch_size = True, batch
+  packer = resolve(packing, 1).packer  # one device's `batch` images packed
   masks = [sampler(batch, run.seed, s) for s in range(steps)]
   ctx = np.concatenate([m.ctx_len for m in masks])
   tgt = np.concatenate([m.tgt_len for m in masks])
@@ -285,6 +299,9 @@ def padding_rows(config, steps: int, batch: int) -> dict:
       'ctx_mean': float(ctx.mean()), 'tgt_mean': float(tgt.mean()),
       'executed_gflop': executed / 1e9, 'useful_gflop': useful / 1e9,
       'excess': executed / useful - 1,
+      'packed_gflop': a.step_flops(batch, sampler, packer) / batch / 1e9,
+      'packed_excess': a.step_flops(batch, sampler, packer) / batch / useful - 1,
+      'packed': packer.describe(),
       'context_excess': fixed['context'] / real['context'].mean() - 1,
       'predictor_excess': fixed['predictor'] / real['predictor'].mean() - 1,
   }

@@ -34,6 +34,7 @@ import numpy as np
 
 from ijepa_jax.data import CorruptImageError, Source, train_transform
 from ijepa_jax.masks import MaskSampler
+from ijepa_jax.packing import Packer, batch_masks
 
 _EPOCH_STREAM = 0x65706F63
 _CROP_STREAM = 0x63726F70
@@ -65,9 +66,11 @@ class Batches:
 
   def __init__(self, source: Source, global_batch: int, seed: int, masks: MaskSampler,
                transform: TransformConfig, process_index: int = 0, process_count: int = 1,
-               workers: int = 4, steps_per_epoch: int | None = None):
+               workers: int = 4, steps_per_epoch: int | None = None,
+               packer: Packer | None = None):
     """`global_batch` divisible by `process_count` (`spec.resolve` checks it for a run);
-    `steps_per_epoch`: the run's (`Run.steps_per_epoch`; None: the source's whole batches)."""
+    `steps_per_epoch`: the run's (`Run.steps_per_epoch`; None: the source's whole batches);
+    `packer` (masks.pack): the packed rows' arrays are added to each batch."""
     self.steps_per_epoch = steps_per_epoch or len(source) // global_batch
     if len(source) < self.steps_per_epoch * global_batch or not self.steps_per_epoch:
       raise ValueError(f'{self.steps_per_epoch or 1} steps of batch_size={global_batch} are more '
@@ -77,6 +80,7 @@ class Batches:
     self.local_batch = global_batch // process_count
     self.seed = seed
     self.masks = masks
+    self.packer = packer
     self.transform = transform
     self.process_index = process_index
     self._perm: tuple[int, np.ndarray | None] = (-1, None)
@@ -114,6 +118,11 @@ class Batches:
     raise CorruptImageError(f'{_MAX_REPLACEMENTS} images in a row could not be decoded '
                             f'(last: {skipped[-1]}); is data.data_dir the right dataset?')
 
+  def batch_masks(self, step: int, first: int) -> dict[str, np.ndarray]:
+    """The masks of this process's images of global batch `step` (the first at position
+    `first`), with their packed rows where there is a packer."""
+    return batch_masks(self.masks, self.packer, self.local_batch, self.seed, step, first)
+
   def _submit(self, step: int) -> None:
     """Queue global batch `step`'s images and masks on the workers (once)."""
     if step in self._pending:
@@ -121,7 +130,7 @@ class Batches:
     first = self.process_index * self.local_batch
     jobs = [self._pool.submit(self.element, step, first + k, int(i))
             for k, i in enumerate(self.indices(step))]
-    masks = self._pool.submit(self.masks, self.local_batch, self.seed, step, first)
+    masks = self._pool.submit(self.batch_masks, step, first)
     self._pending[step] = (jobs, masks)
 
   def __call__(self, step: int) -> dict:
@@ -143,7 +152,7 @@ class Batches:
       images[k], names = job.result()
       skipped += names
     batch = {'images': images, 'skipped': skipped}
-    batch.update(masks.result()._asdict())
+    batch.update(masks.result())
     return batch
 
   def close(self) -> None:

@@ -59,7 +59,9 @@ def attention_implementation(requested: str | None, head_dim: int, dtype: Any,
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float,
                           implementation: str, kv_len: jax.Array | None) -> jax.Array:
-  """`jax.nn.dot_product_attention` over [B, N, H, hd], keys at positions >= kv_len[b] ignored.
+  """`jax.nn.dot_product_attention` over [B, N, H, hd]. `kv_len` [B]: keys at positions
+  >= kv_len[b] ignored; or segment ids [B, N] (packed sequences, ijepa_jax/packing.py):
+  each token attends to the tokens of its own segment only (a block-diagonal mask).
 
   cuDNN's kernel refuses an odd sequence length when training with a mask (JAX raises
   NotImplementedError; the context and predictor lengths of the official masks are often
@@ -67,12 +69,21 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float
   row is dropped: the same result."""
   n = q.shape[1]
   pad = implementation == 'cudnn' and n % 2 == 1
+  segments = kv_len is not None and kv_len.ndim == 2
   if pad:
     q, k, v = (jnp.pad(x, ((0, 0), (0, 1), (0, 0), (0, 0))) for x in (q, k, v))
-    kv_len = jnp.full((q.shape[0],), n, jnp.int32) if kv_len is None else kv_len
-  out = jax.nn.dot_product_attention(
-      q, k, v, scale=scale, implementation=implementation,
-      key_value_seq_lengths=None if kv_len is None else kv_len.astype(jnp.int32))
+    if segments:  # the padding token is a segment of its own
+      kv_len = jnp.pad(kv_len, ((0, 0), (0, 1)), constant_values=-2)
+    else:
+      kv_len = jnp.full((q.shape[0],), n, jnp.int32) if kv_len is None else kv_len
+  if segments:
+    mask = (kv_len[:, :, None] == kv_len[:, None, :])[:, None]  # [B, 1, N, N]
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale,
+                                       implementation=implementation)
+  else:
+    out = jax.nn.dot_product_attention(
+        q, k, v, scale=scale, implementation=implementation,
+        key_value_seq_lengths=None if kv_len is None else kv_len.astype(jnp.int32))
   return out[:, :n] if pad else out
 
 
@@ -95,6 +106,23 @@ def gather_tokens(x: jax.Array, idx: jax.Array) -> jax.Array:
   return jnp.take_along_axis(x, idx[..., None].astype(jnp.int32), axis=1)
 
 
+def packed_rows(source: jax.Array, pack: jax.Array) -> jax.Array:
+  """Group-local tokens into packed rows: source [G, S, D], pack [G, R, W] (indices into S)
+  -> [G * R, W, D]. The gather runs per group, so a group's rows stay on its device."""
+  g, r, w = pack.shape
+  return jnp.take_along_axis(source, pack.reshape(g, r * w, 1), axis=1).reshape(
+      g * r, w, source.shape[-1])
+
+
+def unpacked(rows: jax.Array, unpack: jax.Array) -> jax.Array:
+  """Packed rows [G * R, W, D] back to per-sequence tokens: unpack [G, ...] (slot indices
+  into R * W) -> [G * prod(...), D]."""
+  g = unpack.shape[0]
+  flat = rows.reshape(g, -1, rows.shape[-1])
+  idx = unpack.reshape(g, -1, 1)
+  return jnp.take_along_axis(flat, idx, axis=1).reshape(-1, rows.shape[-1])
+
+
 def gelu(x: jax.Array) -> jax.Array:
   """Exact GELU, x * Phi(x) = x / 2 * (1 + erf(x / sqrt 2)), as torch's nn.GELU() (the official
   MLP's). `jax.nn.gelu(approximate=False)` computes the same through erfc, which XLA:CPU
@@ -115,7 +143,8 @@ class Mlp(nn.Module):
 
 
 class Attention(nn.Module):
-  """Multi-head self-attention; `kv_len` [B] marks the real tokens (a prefix) of each row.
+  """Multi-head self-attention; `kv_len` [B] marks the real tokens (a prefix) of each row,
+  or [B, N] holds the segment ids of packed rows (`dot_product_attention`).
 
   Padding is always a suffix, so it is passed as key/value sequence lengths,
   which both XLA and the cuDNN flash kernel take (`implementation`: 'xla',
@@ -258,6 +287,8 @@ class VisionTransformer(nn.Module):
   last) and optionally `keep_idx` [B, K] (patch indices in raster order) with
   `keep_len` [B] (only the first keep_len[b] of row b are real; the rest is
   padding, ignored as attention keys). Returns tokens [B, K or N, width] float32.
+  With `packing` (ctx_pack, ctx_seg, ctx_unpack: ijepa_jax/packing.py) the kept tokens
+  run packed into rows and come back in the same [B, K, width] layout.
   """
   patch_size: int = 16
   width: int = 768
@@ -273,7 +304,8 @@ class VisionTransformer(nn.Module):
   @nn.compact
   def __call__(self, images: jax.Array, keep_idx: jax.Array | None = None,
                keep_len: jax.Array | None = None, blocks: Sequence[int] = (),
-               normed: bool = True) -> jax.Array | tuple[jax.Array, list[jax.Array]]:
+               normed: bool = True, packing: Sequence[jax.Array] | None = None
+               ) -> jax.Array | tuple[jax.Array, list[jax.Array]]:
     """Tokens [B, K or N, width]; with `blocks` (block indices, negative from the end) also
     those blocks' output tokens, each through the final LayerNorm (`normed`) or raw, as
     (tokens, [block tokens, ...]): the intermediates an evaluation pools, under the scan and
@@ -282,13 +314,20 @@ class VisionTransformer(nn.Module):
     x = PatchEmbed(self.patch_size, self.width, self.dtype, self.patch_init,
                    name='patch_embed')(images)
     x = x.astype(jnp.float32) + jnp.asarray(sincos_2d(self.width, (h, w)))[None]
+    stack = BlockStack(self.depth, self.num_heads, self.mlp_dim or 4 * self.width, self.dtype,
+                       self.remat_policy, self.attention, self.scan_layers, name='blocks')
+    norm = _layer_norm('norm')
+    if packing is not None:
+      if blocks or keep_idx is None:
+        raise ValueError('packing runs the context encoder alone: keep_idx, no blocks')
+      pack, seg, unpack = packing
+      rows = packed_rows(x.reshape(pack.shape[0], -1, self.width), pack)
+      out = unpacked(norm(stack(rows, seg.reshape(rows.shape[:2]))), unpack)
+      return out.reshape(keep_idx.shape + (self.width,))
     if keep_idx is not None:
       x = gather_tokens(x, keep_idx)  # after adding positions, as the official code
     else:
       keep_len = None  # every token is real
-    stack = BlockStack(self.depth, self.num_heads, self.mlp_dim or 4 * self.width, self.dtype,
-                       self.remat_policy, self.attention, self.scan_layers, name='blocks')
-    norm = _layer_norm('norm')
     if not blocks:
       return norm(stack(x, keep_len))
     x, outs = stack(x, keep_len, blocks)
@@ -305,6 +344,8 @@ class Predictor(nn.Module):
   mask tokens | padding], so target blocks never attend to each other and
   padding (index >= length) is a suffix that attention ignores; outputs at
   padded target slots are meaningless. The official predictor's MLP ratio is 4.
+  With `packing` (pred_pack, pred_seg, pred_unpack: ijepa_jax/packing.py) the same
+  sequences run packed into rows, segment ids keeping each to itself.
   """
   grid: tuple[int, int] = (14, 14)
   embed_dim: int = 768
@@ -320,7 +361,8 @@ class Predictor(nn.Module):
 
   @nn.compact
   def __call__(self, ctx: jax.Array, ctx_idx: jax.Array, ctx_len: jax.Array,
-               tgt_idx: jax.Array, tgt_len: jax.Array) -> jax.Array:
+               tgt_idx: jax.Array, tgt_len: jax.Array,
+               packing: Sequence[jax.Array] | None = None) -> jax.Array:
     b, kc, _ = ctx.shape
     m, kt = tgt_idx.shape[1], tgt_idx.shape[2]
     pos = jnp.asarray(sincos_2d(self.width, self.grid))  # [N, Dp]
@@ -331,6 +373,20 @@ class Predictor(nn.Module):
         nn.with_logical_partitioning(nn.initializers.normal(INIT_STD), (None, None, 'pred_embed')),
         (1, 1, self.width), jnp.float32)
     tgt = mask_token[None] + pos[tgt_idx]  # [B, M, Kt, Dp]
+    blocks = BlockStack(self.depth, self.num_heads, self.mlp_dim or 4 * self.width, self.dtype,
+                        self.remat_policy, self.attention, self.scan_layers,
+                        name='predictor_blocks')
+    norm = _layer_norm('predictor_norm', 'pred_embed')
+    out = self.embed_dim if self.out_dim is None else self.out_dim
+    axes = ('pred_embed', 'embed') if self.out_dim is None else ('pred_embed', None)
+    proj = _dense(out, axes, self.dtype, 'predictor_proj')
+    if packing is not None:
+      pack, seg, unpack = packing
+      g = pack.shape[0]
+      source = jnp.concatenate([x.reshape(g, -1, self.width), tgt.reshape(g, -1, self.width)], 1)
+      rows = packed_rows(source, pack)
+      x = unpacked(norm(blocks(rows, seg.reshape(rows.shape[:2]))), unpack)
+      return proj(x).astype(jnp.float32).reshape(b, m, kt, out)
     x = jnp.broadcast_to(x[:, None], (b, m, kc, self.width))
     x = jnp.concatenate([x, tgt], axis=2).reshape(b * m, kc + kt, self.width)
     # Move the real mask tokens right after the real context: slot p holds context p
@@ -340,12 +396,7 @@ class Predictor(nn.Module):
     p = jnp.arange(kc + kt)[None]
     src = jnp.where(p < cl, p, jnp.where(p < cl + tl, kc + p - cl, p))
     x = gather_tokens(x, src)
-    x = BlockStack(self.depth, self.num_heads, self.mlp_dim or 4 * self.width, self.dtype,
-                   self.remat_policy, self.attention, self.scan_layers,
-                   name='predictor_blocks')(x, (cl + tl)[:, 0])
-    x = _layer_norm('predictor_norm', 'pred_embed')(x)
+    x = norm(blocks(x, (cl + tl)[:, 0]))
     x = gather_tokens(x, jnp.minimum(cl + jnp.arange(kt)[None], kc + kt - 1))  # target slots
-    out = self.embed_dim if self.out_dim is None else self.out_dim
-    axes = ('pred_embed', 'embed') if self.out_dim is None else ('pred_embed', None)
-    x = _dense(out, axes, self.dtype, 'predictor_proj')(x)
+    x = proj(x)
     return x.astype(jnp.float32).reshape(b, m, kt, out)

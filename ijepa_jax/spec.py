@@ -29,6 +29,7 @@ import ml_collections
 from ijepa_jax import flops as flops_lib
 from ijepa_jax.config import DTYPES, ConfigError, require, validate
 from ijepa_jax.masks import MaskConfig, MaskSampler
+from ijepa_jax.packing import Packer
 from ijepa_jax.models import (VARIANTS, Predictor, VisionTransformer, attention_implementation,
                               cudnn_flash_fits)
 from ijepa_jax.objective import AntiCollapse
@@ -96,12 +97,16 @@ class Arch:
                 width=self.width, depth=self.depth, mlp_dim=self.mlp_dim,
                 pred_width=self.pred_width, pred_depth=self.pred_depth, pred_out=self.pred_out)
 
-  def step_flops(self, batch_size: int, sampler: MaskSampler) -> float:
+  def step_flops(self, batch_size: int, sampler: MaskSampler,
+                 packer: Packer | None = None) -> float:
     """Executed FLOPs of one train step on a global batch of `batch_size` with `sampler`'s
-    fixed shapes (padding included)."""
-    return flops_lib.train_step_flops(
+    fixed shapes (padding included), packed as `packer` packs (masks.pack) where given."""
+    padded = flops_lib.train_step_flops(
         batch_size=batch_size, context_len=sampler.context_len, target_len=sampler.target_len,
         num_targets=sampler.num_targets, **self.flop_sizes())
+    if packer is None:
+      return padded
+    return padded + 3 * sum(packer.flop_change(self.depth, self.pred_depth).values())
 
   def useful_flops(self, ctx_len: Any, tgt_len: Any) -> float:
     """Useful FLOPs of the images with these real lengths (a mask batch's `ctx_len` [B],
@@ -305,6 +310,7 @@ class Run:
   model: IJepa            # the modules, the optimizer, the schedules, the objective
   masks: MaskConfig
   sampler: MaskSampler    # built once from `masks`, shared by everything in the start
+  packer: Packer | None   # masks.pack: how each device's sequences are packed into rows
   mesh: tuple[int, int]   # (data, fsdp) devices
   data: DataSpec
   optim: OptimSpec
@@ -387,6 +393,10 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int, num_processes: 
     sampler = MaskSampler(masks)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  packer = None
+  if config.masks.pack:
+    packer = Packer(sampler, config.batch_size, devices, arch.grid[0] * arch.grid[1],
+                    (arch.width, arch.mlp_dim), (arch.pred_width, 4 * arch.pred_width))
   m = config.model
   attention = None if m.attention == 'default' else m.attention
   encoder = VisionTransformer(
@@ -407,7 +417,8 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int, num_processes: 
       num_epochs=config.num_epochs, max_steps=config.max_steps, log_every=config.log_every,
       nonfinite=config.nonfinite, init_from=config.init_from,
       init_from_mode=config.init_from_mode, arch=arch, model=model, masks=masks,
-      sampler=sampler, mesh=mesh, data=data_spec(config), optim=optim, evals=eval_spec(config),
+      sampler=sampler, packer=packer, mesh=mesh, data=data_spec(config), optim=optim,
+      evals=eval_spec(config),
       monitor=_section(MonitorSpec, config.monitor),
       checkpoint=_section(CheckpointSpec, config.checkpoint),
       configured_steps_per_epoch=config.steps_per_epoch,

@@ -23,6 +23,7 @@ import numpy as np
 from ijepa_jax import sharding
 from ijepa_jax.features import ENCODERS
 from ijepa_jax.masks import MaskSampler
+from ijepa_jax.packing import Packer
 from ijepa_jax.pixels import normalize
 from ijepa_jax.spec import Run
 from ijepa_jax.train_step import IJepa, TrainState, create_train_state, guarded_train_step
@@ -49,13 +50,17 @@ def make_step_fn(model: IJepa, state_shardings: Any, mesh: jax.sharding.Mesh,
 
 def run_shapes(run: Run) -> dict:
   """The global batch `run`'s step takes (`batch_shapes`)."""
-  return batch_shapes(run.batch_size, run.arch.image_size, run.arch.channels, run.sampler)
+  return batch_shapes(run.batch_size, run.arch.image_size, run.arch.channels, run.sampler,
+                      run.packer)
 
 
-def batch_shapes(batch_size: int, image_size: int, channels: int, masks: MaskSampler) -> dict:
-  """The global batch the step takes: uint8 images and the fixed-shape mask arrays."""
+def batch_shapes(batch_size: int, image_size: int, channels: int, masks: MaskSampler,
+                 packer: Packer | None = None) -> dict:
+  """The global batch the step takes: uint8 images, the fixed-shape mask arrays and, packed
+  (masks.pack), the packed rows' arrays."""
   b, size, ch, m = batch_size, image_size, channels, masks
-  return {
+  packed = {} if packer is None else packer.shapes()
+  return {k: jax.ShapeDtypeStruct(v, jnp.int32) for k, v in packed.items()} | {
       'images': jax.ShapeDtypeStruct((b, size, size, ch), jnp.uint8),
       'ctx_idx': jax.ShapeDtypeStruct((b, m.context_len), jnp.int32),
       'ctx_len': jax.ShapeDtypeStruct((b,), jnp.int32),

@@ -18,7 +18,8 @@ from ijepa_jax.objective import (AntiCollapse, jepa_loss, normalize_targets, pix
                                  real_tokens)
 from ijepa_jax.schedules import Schedules
 
-# images [B,H,W,C], ctx_idx [B,Kc], ctx_len [B], tgt_idx [B,M,Kt], tgt_len [B,M]
+# images [B,H,W,C], ctx_idx [B,Kc], ctx_len [B], tgt_idx [B,M,Kt], tgt_len [B,M]; packed
+# (masks.pack): also ctx_pack, ctx_seg, ctx_unpack, pred_pack, pred_seg, pred_unpack
 Batch = dict[str, jax.Array]
 
 
@@ -98,6 +99,11 @@ def create_train_state(model: IJepa, rng: jax.Array, batch: Batch) -> TrainState
                     opt_state=model.optimizer.init(params))
 
 
+def packing_of(batch: Batch, network: str) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """A packed batch's (pack, seg, unpack) arrays of `network` ('ctx' or 'pred')."""
+  return tuple(batch[f'{network}_{k}'] for k in ('pack', 'seg', 'unpack'))
+
+
 def _forward(model: IJepa, params: Any, target_params: Any,
              batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
   """(predictions [B, M, Kt, D], targets [B, M, Kt, D], target-encoder tokens [B, N, D],
@@ -109,10 +115,13 @@ def _forward(model: IJepa, params: Any, target_params: Any,
   else:
     targets = gather_tokens(normalize_targets(h), batch['tgt_idx'].reshape(b, m * kt))
   targets = jax.lax.stop_gradient(targets.reshape(b, m, kt, -1))
+  packed = 'ctx_pack' in batch  # sequences packed into rows (ijepa_jax/packing.py)
   z = model.encoder.apply({'params': params['encoder']}, batch['images'],
-                          batch['ctx_idx'], batch['ctx_len'])
+                          batch['ctx_idx'], batch['ctx_len'],
+                          packing=packing_of(batch, 'ctx') if packed else None)
   pred = model.predictor.apply({'params': params['predictor']}, z, batch['ctx_idx'],
-                               batch['ctx_len'], batch['tgt_idx'], batch['tgt_len'])
+                               batch['ctx_len'], batch['tgt_idx'], batch['tgt_len'],
+                               packing=packing_of(batch, 'pred') if packed else None)
   return pred, targets, jax.lax.stop_gradient(h), z
 
 
@@ -180,6 +189,9 @@ def _loss_and_grads(model: IJepa, state: TrainState, batch: Batch):
   if k == 1:
     (loss, terms), grads = jax.value_and_grad(objective, has_aux=True)(state.params, batch)
     return loss, terms, grads
+  if 'ctx_pack' in batch:
+    raise ValueError('packed masks (masks.pack) and gradient accumulation (optim.accum_steps > 1) '
+                     'do not combine: turn one of them off')
   tokens = real_tokens(batch['tgt_len'], batch['tgt_idx'].shape[-1])
 
   def one(total, b):

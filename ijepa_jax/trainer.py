@@ -82,7 +82,7 @@ def write_run_config(workdir: str, config_json: str) -> None:
 def make_batches(run: Run, source: data_lib.Source) -> Batches:
   return Batches(source, run.batch_size, run.seed, run.sampler, TransformConfig.of(run.data),
                  jax.process_index(), jax.process_count(), run.data.workers,
-                 run.steps_per_epoch)
+                 run.steps_per_epoch, run.packer)
 
 
 # -- (2)-(3) resume or initialise (the state builders are in state.py) --------
@@ -152,7 +152,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   plural = 's' if masks.num_targets != 1 else ''
   log(f'masks: {run.masks.strategy} strategy, {run.masks.mode} mode, grid '
       f'{masks.height}x{masks.width}, context len {masks.context_len}, {masks.num_targets} '
-      f'target{plural} x len {masks.target_len}')
+      f'target{plural} x len {masks.target_len}'
+      + ('' if run.packer is None else f' | packed: {run.packer.describe()}'))
   log(f'data: {d.dataset}/{d.split}, {len(source):,} images | schedule: '
       f'{total} steps, global batch {run.batch_size}, {run.steps_per_epoch} steps/epoch')
 
@@ -180,7 +181,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       overview = parameter_overview(abstract, state_sh)
       log(overview)
       compiled, seconds = on_mesh.compile(state)
-      flops = a.step_flops(run.batch_size, masks)
+      flops = a.step_flops(run.batch_size, masks, run.packer)
       log(f'compiled the train step in {seconds:.1f}s | {flops / 1e9:,.1f} GFLOP/step | '
           f'{device_memory(compiled)}')
       ev = run.evals
@@ -252,6 +253,7 @@ class _Loop:
   def run(self, state: TrainState, start: int, batches: Batches) -> tuple[TrainState, dict]:
     self.t_log, self.n_log = time.time(), 0
     self.wait_log, self.useful_log = 0.0, 0.0  # since the last log line
+    self.cuts_logged = 0  # packed groups whose contexts were cut to fit, last logged
     self.train_seconds0, self.t_train = self.acct['train_seconds'], time.time()
     self.eval_seconds0 = self.acct.get('eval_seconds', 0.0)
     stream = prefetch(batches, start, self.total, self.spec.data.prefetch)
@@ -271,6 +273,10 @@ class _Loop:
         print(f'[process {jax.process_index()}] skipped a corrupt image at step {step}: {name}',
               flush=True)
       self.acct['skipped_images'] += len(skipped)
+      if run.packer is not None and run.packer.cuts > self.cuts_logged:
+        self.cuts_logged = run.packer.cuts
+        log(f'note: {self.cuts_logged} packed group(s) so far had contexts too long for the '
+            'packed rows and were subsampled to fit (masks.pack; expected about once in 1e9)')
       if step == start + 1 and self.monitor:
         self.monitor.begin(state, start, local)
       batch = global_batch(local, self.mesh)

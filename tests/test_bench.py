@@ -68,6 +68,9 @@ def test_device_check_smoke(tmp_path):
   assert 'error' not in e2e, e2e
   assert e2e['jpegs']['images'] == 24 and e2e['images_per_sec'] > 0 and 0 <= e2e['input_wait'] < 1
   assert e2e['of_step'] == pytest.approx(e2e['images_per_sec'] / step['images_per_sec'])
+  padded, packed = [r for r in rows if r['part'] == 'packing']  # corrected masks, both ways
+  assert 'packed' not in padded and 'packed' in packed and packed['images_per_sec'] > 0
+  assert packed['loss'] == pytest.approx(padded['loss'], rel=1e-4)  # the same masks and init
   (flags,) = [r for r in rows if r['part'] == 'xla_flags']
   assert flags['images_per_sec'] > 0
   (ref,) = [r for r in rows if r['part'] == 'torch']

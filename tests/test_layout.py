@@ -85,7 +85,7 @@ def test_only_the_entry_point_imports_the_trainer():
 
 
 CORE = {'pos_embed', 'pixels', 'models', 'masks', 'objective', 'schedules', 'train_step',
-        'health', 'features', 'probes', 'flops'}  # docs/ARCHITECTURE.md, layer (a)
+        'health', 'features', 'probes', 'flops', 'packing'}  # docs/ARCHITECTURE.md, layer (a)
 
 
 def test_the_core_imports_only_the_core():
