@@ -132,9 +132,11 @@ class Packer:
 
   def __init__(self, sampler: MaskSampler, batch_size: int, groups: int, num_patches: int,
                encoder: tuple[int, int], predictor: tuple[int, int],
-               min_saving: float = _MIN_SAVING):
+               min_saving: float | None = None):
     """`encoder`, `predictor`: each network's (width, MLP width); a network is packed where
-    that saves `min_saving` of its FLOPs (a negative value packs both whatever it costs)."""
+    that saves `min_saving` of its FLOPs (None: `_MIN_SAVING`; a negative value packs both
+    whatever it costs)."""
+    min_saving = _MIN_SAVING if min_saving is None else min_saving
     if batch_size % groups:
       raise ValueError(f'a batch of {batch_size} does not split into {groups} groups')
     self.sampler, self.groups, self.group = sampler, groups, batch_size // groups

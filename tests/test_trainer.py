@@ -123,3 +123,33 @@ def test_a_short_run_trains_logs_checkpoints_and_resumes(tmp_path):
   assert all(np.isfinite(r['loss']) for r in rows if 'loss' in r)
   final = json.loads((work / 'final.json').read_text())
   assert final['step'] == 3
+
+
+@pytest.mark.slow
+def test_a_packed_run_trains_as_the_padded_run(tmp_path, monkeypatch, capsys):
+  """`main.py`'s loop with masks.pack (both networks packed, whatever it saves): the log says
+  how, and every step's losses are the padded run's up to float rounding."""
+  import json
+
+  import numpy as np
+
+  from ijepa_jax import packing, trainer
+  from helpers import brightness_folder, folder_config
+
+  monkeypatch.setattr(packing, '_MIN_SAVING', -1.0)
+  brightness_folder(str(tmp_path / 'data'))
+  losses = {}
+  for pack in (False, True):
+    c = folder_config(tmp_path / 'data')
+    c.batch_size, c.num_epochs, c.log_every, c.max_steps = 16, 1.0, 1, 4
+    c.model.pred_width, c.model.pred_depth = 16, 1
+    c.evals.every, c.evals.at_end = 0, False
+    c.monitor.pictures, c.monitor.health_every, c.monitor.tensorboard = False, 0, False
+    c.masks.pack = pack
+    work = tmp_path / f'work{pack}'
+    trainer.train_and_evaluate(c, str(work))
+    rows = [json.loads(line) for line in open(work / 'metrics.jsonl')]
+    losses[pack] = [r['loss'] for r in rows if 'loss' in r]
+  assert 'packed: encoder' in capsys.readouterr().out
+  assert len(losses[True]) == 4
+  np.testing.assert_allclose(losses[True], losses[False], rtol=1e-5)
