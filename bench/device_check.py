@@ -26,9 +26,9 @@ cut off at its limit keeps what it measured:
    step's images/s of part 3;
 5. `breakdown`: ViT-L/16's step in parts (`stepping.step_breakdown`: target forward, context
    forward + backward, predictor forward + backward, AdamW + EMA, remainder);
-6. `step` again: `vitg16.py` at 128 (does it compile and fit), ViT-L/16 and ViT-H/14 at 256;
-7. `packing`: ViT-L/16's step with corrected masks (contexts of every length), padded and
+6. `packing`: ViT-L/16's step with corrected masks (contexts of every length), padded and
    then packed (`masks.pack`, ijepa_jax/packing.py);
+7. `step` again: `vitg16.py` at 128 (does it compile and fit), ViT-L/16 and ViT-H/14 at 256;
 8. `xla_flags`: ViT-L/16's step again under each of `--xla_flags` (a subprocess each, as
    XLA reads its flags once);
 9. `grid` (only with `--grid` or `--attention`): the issue-13 grid, scan x remat x attention.
@@ -235,7 +235,7 @@ def shipped_steps(configs: dict, steps: int, deadline: float, smoke: bool,
 
   order = [(label, f) for f in factors for label in configs
            if f == 1 or label != 'ViT-g/16']
-  if smoke:  # the tiny config at each factor, so that part 6 is tried before a device run
+  if smoke:  # the tiny config at each factor, so that part 7 is tried before a device run
     order = [(label, f) for f in factors for label in configs]
   order = [(label, f) for label, f in order
            if (label, configs[label].batch_size * f) not in set(skip)]
@@ -268,7 +268,7 @@ def step_row(row: dict, config, steps: int, deadline: float, smoke: bool) -> dic
 
 
 def packing_part(configs: dict, steps: int, deadline: float, smoke: bool) -> list[dict]:
-  """Part 7: the first config with corrected masks (contexts of every length), padded and
+  """Part 6: the first config with corrected masks (contexts of every length), padded and
   then packed (`masks.pack`, ijepa_jax/packing.py), at its batch per device."""
   label, base = next(iter(configs.items()))
   rows = []
@@ -486,7 +486,7 @@ def table(rows: list[dict]) -> str:
   return '\n'.join(lines)
 
 
-PARTS = ('torch', 'attention', 'step', 'input', 'e2e', 'breakdown', 'more_steps', 'packing',
+PARTS = ('torch', 'attention', 'step', 'input', 'e2e', 'breakdown', 'packing', 'more_steps',
          'xla_flags')
 XLA_VARIANTS = ('', '--xla_gpu_enable_latency_hiding_scheduler=true',
                 '--xla_gpu_enable_triton_gemm=false')
@@ -498,7 +498,7 @@ flags.DEFINE_integer('steps', 0, 'timed steps per setting (0: 5; smoke 1)')
 flags.DEFINE_integer('e2e_steps', 0, "main.py's steps (0: 300; smoke 6)")
 flags.DEFINE_integer('e2e_images', 0, 'JPEGs written (0: 4096; smoke 24)')
 flags.DEFINE_string('xla_flags', '|'.join(XLA_VARIANTS),
-                    "'|'-separated XLA_FLAGS variants for part 6 ('' is the baseline)")
+                    "'|'-separated XLA_FLAGS variants for part 8 ('' is the baseline)")
 flags.DEFINE_bool('skip_torch', False, 'leave out the PyTorch reference')
 flags.DEFINE_list('parts', list(PARTS), f"which parts, comma-separated (of {','.join(PARTS)})")
 flags.DEFINE_string('e2e_args', '', "more main.py overrides for the e2e part; '|' separates "
@@ -563,12 +563,12 @@ def main(argv) -> None:
   if 'breakdown' in parts:
     rows += breakdown_part(configs, steps, deadline)
     save()
+  if 'packing' in parts:
+    rows += packing_part(configs, steps, deadline, FLAGS.smoke)
+    save()
   if 'more_steps' in parts:
     rows += shipped_steps(configs, steps, deadline, FLAGS.smoke, factors=(1, 2),
                           skip=[(r['model'], r['batch']) for r in step_rows])
-    save()
-  if 'packing' in parts:
-    rows += packing_part(configs, steps, deadline, FLAGS.smoke)
     save()
   if 'xla_flags' in parts:
     variants = FLAGS.xla_flags.split('|') if not FLAGS.smoke else ['']

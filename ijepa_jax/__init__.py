@@ -5,6 +5,8 @@ The pure building blocks, usable inside your own `jax.jit`:
 - `VisionTransformer`, `Predictor`, `VARIANTS`: the encoder and predictor (Flax linen).
 - `sincos_2d`: the fixed 2-D position table in the official layout.
 - `MaskConfig`, `MaskSampler`, `MaskBatch`: host-side multi-block masks, fixed shapes.
+- `Packer`, `batch_masks`: those masks' sequences packed into fixed-shape rows (less padded
+  work where lengths vary), which the step takes beside them.
 - `normalize_targets`, `jepa_loss`: the objective.
 - `Schedules`, `make_optimizer`: official lr / weight-decay / EMA schedules and AdamW.
 - `IJepa`, `TrainState`, `create_train_state`, `train_step`, `guarded_train_step`
@@ -25,6 +27,7 @@ from ijepa_jax.features import encode
 from ijepa_jax.masks import MaskBatch, MaskConfig, MaskSampler
 from ijepa_jax.models import VARIANTS, Predictor, VisionTransformer
 from ijepa_jax.objective import jepa_loss, normalize_targets
+from ijepa_jax.packing import Packer, batch_masks
 from ijepa_jax.pos_embed import sincos_2d
 from ijepa_jax.schedules import Schedules
 from ijepa_jax.train_step import (IJepa, TrainState, compute_loss, create_train_state,
@@ -35,5 +38,5 @@ __all__ = [
     'VARIANTS', 'VisionTransformer', 'Predictor', 'sincos_2d', 'MaskConfig', 'MaskSampler',
     'MaskBatch', 'normalize_targets', 'jepa_loss', 'Schedules', 'make_optimizer', 'IJepa',
     'TrainState', 'create_train_state', 'train_step', 'guarded_train_step', 'compute_loss',
-    'ema_update', 'encode',
+    'ema_update', 'encode', 'Packer', 'batch_masks',
 ]
