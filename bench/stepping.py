@@ -204,9 +204,7 @@ def step_breakdown(run, steps: int) -> list[dict]:
   def target_fwd(tp, images):
     return model.encoder.apply({'params': tp}, images)
 
-  packed = 'ctx_pack' in batch or 'pred_pack' in batch  # masks.pack: the step's rows
-  ctx_rows = packing_of(batch, 'ctx') if 'ctx_pack' in batch else None
-  pred_rows = packing_of(batch, 'pred') if 'pred_pack' in batch else None
+  ctx_rows, pred_rows = packing_of(batch, 'ctx'), packing_of(batch, 'pred')  # masks.pack
 
   def context_fwd_bwd(p, images, ctx_idx, ctx_len, rows):
     def f(p):
@@ -229,7 +227,7 @@ def step_breakdown(run, steps: int) -> list[dict]:
 
   fwd = flops_lib.forward_parts(context_len=kc, target_lens=[kt] * nt, **a.flop_sizes())
   fwd = {k: b * float(v) for k, v in fwd.items()}  # the batch's
-  if packed:
+  if run.packer is not None:
     for k, v in run.packer.flop_change(a.depth, a.pred_depth).items():
       fwd[k] += v
   total = a.step_flops(b, run.sampler, run.packer)

@@ -59,9 +59,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
           f'target_space={config.target_space!r}: choose one of {TARGET_SPACES}')
   _validate_anti_collapse(config.anti_collapse)
   require(config.masks.mode in MODES, f'masks.mode={config.masks.mode!r}: choose one of {MODES}')
-  require(not (config.masks.pack and o.accum_steps > 1),
-          f'masks.pack=True and optim.accum_steps={o.accum_steps} do not combine (packed rows hold '
-          'a whole batch\'s sequences); set one of masks.pack=False or optim.accum_steps=1')
   require(config.batch_size > 0, f'batch_size={config.batch_size} must be positive')
   require(config.num_epochs > 0, f'num_epochs={config.num_epochs} must be positive')
   require(config.steps_per_epoch == -1 or config.steps_per_epoch > 0,

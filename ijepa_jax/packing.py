@@ -122,7 +122,13 @@ def plan(lengths: list[np.ndarray], padded: int, width: int, hidden: int) -> Sha
 
 
 class Packer:
-  """Packs a sampler's masks for a global batch split into `groups` groups (one per device).
+  """Packs a sampler's masks for a global batch split into `groups` groups (one per device),
+  each split again into `accum_steps` micro-batch groups under gradient accumulation.
+
+  Micro-batch j of a batch holds its images j, j + k, j + 2k, ... (`train_step.micro_batches`,
+  k = accum_steps), so a device's micro-group j is the images j, j + k, ... of the device's
+  share; the leading axis of the packed arrays runs over devices, then micro-batches
+  (index device * k + j), which `micro_batches` splits the same way as the images.
 
   Built once per run (it simulates the sampler to size the rows); call it on a host's mask
   batch to get the packed arrays of that host's groups. A network whose packed rows would
@@ -132,14 +138,17 @@ class Packer:
 
   def __init__(self, sampler: MaskSampler, batch_size: int, groups: int, num_patches: int,
                encoder: tuple[int, int], predictor: tuple[int, int],
-               min_saving: float | None = None):
+               min_saving: float | None = None, accum_steps: int = 1):
     """`encoder`, `predictor`: each network's (width, MLP width); a network is packed where
     that saves `min_saving` of its FLOPs (None: `_MIN_SAVING`; a negative value packs both
     whatever it costs)."""
     min_saving = _MIN_SAVING if min_saving is None else min_saving
-    if batch_size % groups:
-      raise ValueError(f'a batch of {batch_size} does not split into {groups} groups')
-    self.sampler, self.groups, self.group = sampler, groups, batch_size // groups
+    if batch_size % (groups * accum_steps):
+      raise ValueError(f'a batch of {batch_size} does not split into {groups} x {accum_steps} '
+                       'groups')
+    self.sampler, self.accum = sampler, accum_steps
+    self.groups = groups * accum_steps  # the packed groups of a global batch
+    self.group = batch_size // self.groups  # images in each
     self.num_patches = num_patches
     b, kc, kt = self.group, sampler.context_len, sampler.target_len
     sims = [sampler(b, _SIMULATION_SEED, s) for s in range(_SIMULATED)]
@@ -177,31 +186,34 @@ class Packer:
   def describe(self) -> str:
     """'encoder 40 x 352 slots per device (64% of the padded FLOPs), predictor ...'."""
     parts = []
+    each = 'per device' + (' and micro-batch' if self.accum > 1 else '')
     for name, shape in (('encoder', self.encoder), ('predictor', self.predictor)):
       parts.append(f'{name} unpacked' if shape is None else
-                   f'{name} {shape.rows} rows x {shape.width} slots per device '
+                   f'{name} {shape.rows} rows x {shape.width} slots {each} '
                    f'({shape.flops / shape.padded_flops:.0%} of its padded FLOPs)')
     return ', '.join(parts)
 
   def __call__(self, masks: MaskBatch, seed: int, step: int,
                first_group: int = 0) -> tuple[MaskBatch, dict[str, np.ndarray]]:
-    """(masks, packed arrays) of a host's images, `len(ctx_len) / group` whole groups, the
-    first of them global group `first_group`. The masks come back as given unless a group
-    had to have contexts cut to fit."""
-    b = self.group
+    """(masks, packed arrays) of a host's images, whole devices' shares (`group` x
+    `accum_steps` images each), the first of its groups global group `first_group`. The
+    masks come back as given unless a group had to have contexts cut to fit."""
+    b, k = self.group, self.accum
     n = len(masks.ctx_len)
-    if n % b:
-      raise ValueError(f'{n} images are not whole groups of {b}')
-    parts, out = [], []
-    for g in range(n // b):
-      one = MaskBatch(*(a[g * b:(g + 1) * b] for a in masks))
+    if n % (b * k):
+      raise ValueError(f'{n} images are not whole groups of {b} x {k} micro-batches')
+    masks = MaskBatch(*(a.copy() for a in masks))
+    out = []
+    for g in range(n // b):  # device g // k, its micro-batch g % k
+      idx = (g // k) * b * k + g % k + k * np.arange(b)
+      one = MaskBatch(*(a[idx] for a in masks))
       packed = self._pack(one)
       if packed is None:
         one, packed = self._cut(one, seed, step, first_group + g)
-      parts.append(one)
+        for a, cut in zip(masks, one):
+          a[idx] = cut
       out.append(packed)
-    masks = MaskBatch(*(np.concatenate(a) for a in zip(*parts)))
-    return masks, {k: np.stack([o[k] for o in out]) for k in out[0]}
+    return masks, {key: np.stack([o[key] for o in out]) for key in out[0]}
 
   def _pack(self, masks: MaskBatch) -> dict[str, np.ndarray] | None:
     b, m = self.group, self.sampler.num_targets

@@ -396,7 +396,8 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int, num_processes: 
   packer = None
   if config.masks.pack:
     packer = Packer(sampler, config.batch_size, devices, arch.grid[0] * arch.grid[1],
-                    (arch.width, arch.mlp_dim), (arch.pred_width, 4 * arch.pred_width))
+                    (arch.width, arch.mlp_dim), (arch.pred_width, 4 * arch.pred_width),
+                    accum_steps=config.optim.accum_steps)
   m = config.model
   attention = None if m.attention == 'default' else m.attention
   encoder = VisionTransformer(

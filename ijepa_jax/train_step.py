@@ -99,8 +99,11 @@ def create_train_state(model: IJepa, rng: jax.Array, batch: Batch) -> TrainState
                     opt_state=model.optimizer.init(params))
 
 
-def packing_of(batch: Batch, network: str) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """A packed batch's (pack, seg, unpack) arrays of `network` ('ctx' or 'pred')."""
+def packing_of(batch: Batch, network: str) -> tuple[jax.Array, jax.Array, jax.Array] | None:
+  """A packed batch's (pack, seg, unpack) arrays of `network` ('ctx' or 'pred'; masks.pack,
+  ijepa_jax/packing.py), or None where that network is not packed."""
+  if f'{network}_pack' not in batch:
+    return None
   return tuple(batch[f'{network}_{k}'] for k in ('pack', 'seg', 'unpack'))
 
 
@@ -115,13 +118,11 @@ def _forward(model: IJepa, params: Any, target_params: Any,
   else:
     targets = gather_tokens(normalize_targets(h), batch['tgt_idx'].reshape(b, m * kt))
   targets = jax.lax.stop_gradient(targets.reshape(b, m, kt, -1))
-  packed = 'ctx_pack' in batch  # sequences packed into rows (ijepa_jax/packing.py)
   z = model.encoder.apply({'params': params['encoder']}, batch['images'],
-                          batch['ctx_idx'], batch['ctx_len'],
-                          packing=packing_of(batch, 'ctx') if packed else None)
+                          batch['ctx_idx'], batch['ctx_len'], packing=packing_of(batch, 'ctx'))
   pred = model.predictor.apply({'params': params['predictor']}, z, batch['ctx_idx'],
                                batch['ctx_len'], batch['tgt_idx'], batch['tgt_len'],
-                               packing=packing_of(batch, 'pred') if packed else None)
+                               packing=packing_of(batch, 'pred'))
   return pred, targets, jax.lax.stop_gradient(h), z
 
 
@@ -189,9 +190,6 @@ def _loss_and_grads(model: IJepa, state: TrainState, batch: Batch):
   if k == 1:
     (loss, terms), grads = jax.value_and_grad(objective, has_aux=True)(state.params, batch)
     return loss, terms, grads
-  if 'ctx_pack' in batch:
-    raise ValueError('packed masks (masks.pack) and gradient accumulation (optim.accum_steps > 1) '
-                     'do not combine: turn one of them off')
   tokens = real_tokens(batch['tgt_len'], batch['tgt_idx'].shape[-1])
 
   def one(total, b):

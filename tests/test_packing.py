@@ -11,7 +11,6 @@ import pytest
 
 from helpers import B, MEAN, STD, batch_for, shapes_of, tiny_model
 from ijepa_jax import sharding
-from ijepa_jax.config import ConfigError
 from ijepa_jax.masks import MaskConfig, MaskSampler
 from ijepa_jax.models import dot_product_attention
 from ijepa_jax.packing import Packer, first_fit
@@ -146,12 +145,40 @@ def test_a_packed_step_is_the_padded_step(devices):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6)
 
 
-def test_packing_with_gradient_accumulation_is_a_config_error():
-  c = fashion_mnist_demo()
-  c.masks.pack = True
-  c.optim.accum_steps = 2
-  with pytest.raises(ConfigError, match='masks.pack=True and optim.accum_steps=2'):
-    resolve(c, 1)
+@pytest.mark.parametrize('devices', [1, pytest.param(8, marks=pytest.mark.slow)])
+def test_packed_micro_batches_are_the_padded_ones(devices):
+  """Gradient accumulation (2 micro-batches) over packed rows: a device's micro-batch j packs
+  its images j, j + 2, ..., the ones `micro_batches` gives it, so the update is the padded
+  accumulated update."""
+  model = dataclasses.replace(tiny_model(), accum_steps=2)
+  padded = batch_for(3)
+  packer = Packer(TINY, B, devices, 36, (32, 128), (16, 64), min_saving=-1.0, accum_steps=2)
+  assert packer.groups == 2 * devices and packer.group == B // (2 * devices)
+  masks, rows = packer(TINY(B, 0, 3), 0, 3)
+  np.testing.assert_array_equal(masks.ctx_len, padded['ctx_len'])
+  s0, m0 = one_step(model, jax.devices()[:devices], padded)
+  s1, m1 = one_step(model, jax.devices()[:devices], padded | rows)
+  assert float(m1['loss']) == pytest.approx(float(m0['loss']), rel=1e-5)
+  for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s0.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6)
+
+
+def test_the_step_reads_the_rows_of_the_one_network_packed():
+  """Only the predictor packed (the encoder's rows would not pay): the step runs it on the
+  rows, so rows filled with one token change the loss, and the true rows give the padded
+  loss."""
+  packer = Packer(TINY, B, 2, 36, (32, 128), (16, 64))
+  assert packer.encoder is None and packer.predictor is not None
+  model = tiny_model()
+  padded = batch_for(3)
+  _, rows = packer(TINY(B, 0, 3), 0, 3)
+  assert set(rows) == {'pred_pack', 'pred_seg', 'pred_unpack'}
+  _, m0 = one_step(model, jax.devices()[:2], padded)
+  _, m1 = one_step(model, jax.devices()[:2], padded | rows)
+  _, m2 = one_step(model, jax.devices()[:2], padded | rows | {
+      'pred_pack': np.zeros_like(rows['pred_pack'])})
+  assert float(m1['loss']) == pytest.approx(float(m0['loss']), rel=1e-5)
+  assert abs(float(m2['loss']) - float(m0['loss'])) > 1e-3 * float(m0['loss'])  # 100x the tolerance
 
 
 def test_a_packed_run_counts_its_flops_from_the_rows():
