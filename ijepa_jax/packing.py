@@ -176,6 +176,15 @@ class Packer:
               'pred_unpack': (g, b, s.num_targets, s.target_len)}
     return out
 
+  def filled(self, masks: MaskBatch) -> dict[str, float]:
+    """The share of the packed slots these masks' sequences fill, per packed network."""
+    groups = len(masks.ctx_len) // self.group
+    tokens = {'encoder': float(masks.ctx_len.sum()),
+              'predictor': float((masks.ctx_len[:, None] + masks.tgt_len).sum())}
+    return {name: tokens[name] / (groups * shape.rows * shape.width)
+            for name, shape in (('encoder', self.encoder), ('predictor', self.predictor))
+            if shape is not None}
+
   def flop_change(self, encoder_depth: int, predictor_depth: int) -> dict[str, float]:
     """Forward FLOPs the packed rows add to the whole batch's context encoder and predictor
     against the padded sequences (negative: what packing saves), {'context', 'predictor'}."""
