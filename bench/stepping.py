@@ -284,6 +284,7 @@ def padding_rows(config, steps: int, batch: int) -> dict:
   packing = config.copy_and_resolve_references()
   packing.masks.pack, packing.batch_size = True, batch
   packer = resolve(packing, 1).packer  # one device's `batch` images packed
+  packed = a.step_flops(batch, sampler, packer) / batch
   masks = [sampler(batch, run.seed, s) for s in range(steps)]
   ctx = np.concatenate([m.ctx_len for m in masks])
   tgt = np.concatenate([m.tgt_len for m in masks])
@@ -297,8 +298,7 @@ def padding_rows(config, steps: int, batch: int) -> dict:
       'ctx_mean': float(ctx.mean()), 'tgt_mean': float(tgt.mean()),
       'executed_gflop': executed / 1e9, 'useful_gflop': useful / 1e9,
       'excess': executed / useful - 1,
-      'packed_gflop': a.step_flops(batch, sampler, packer) / batch / 1e9,
-      'packed_excess': a.step_flops(batch, sampler, packer) / batch / useful - 1,
+      'packed_gflop': packed / 1e9, 'packed_excess': packed / useful - 1,
       'packed': packer.describe(),
       'context_excess': fixed['context'] / real['context'].mean() - 1,
       'predictor_excess': fixed['predictor'] / real['predictor'].mean() - 1,

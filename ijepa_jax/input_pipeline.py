@@ -118,11 +118,6 @@ class Batches:
     raise CorruptImageError(f'{_MAX_REPLACEMENTS} images in a row could not be decoded '
                             f'(last: {skipped[-1]}); is data.data_dir the right dataset?')
 
-  def batch_masks(self, step: int, first: int) -> dict[str, np.ndarray]:
-    """The masks of this process's images of global batch `step` (the first at position
-    `first`), with their packed rows where there is a packer."""
-    return batch_masks(self.masks, self.packer, self.local_batch, self.seed, step, first)
-
   def _submit(self, step: int) -> None:
     """Queue global batch `step`'s images and masks on the workers (once)."""
     if step in self._pending:
@@ -130,7 +125,8 @@ class Batches:
     first = self.process_index * self.local_batch
     jobs = [self._pool.submit(self.element, step, first + k, int(i))
             for k, i in enumerate(self.indices(step))]
-    masks = self._pool.submit(self.batch_masks, step, first)
+    masks = self._pool.submit(batch_masks, self.masks, self.packer, self.local_batch, self.seed,
+                              step, first)
     self._pending[step] = (jobs, masks)
 
   def __call__(self, step: int) -> dict:
